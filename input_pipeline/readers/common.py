@@ -1,0 +1,177 @@
+"""The common example schema every dataset reader yields, and shared reading helpers.
+
+Schema (one dict per example; readers fill every key):
+  image            uint8 [H, W, 3]  (RGB; grey images are converted)
+  image/path       str              path of the source image (or "<file>:<row>" for CSV pixels)
+  subject          str              subject id ("" if unknown)
+  task             str              task/activity id, e.g. "T1" ("" if none)
+  activity_text    str              activity description from clef_jax.prompts ("" if none)
+  frame            int              frame number (-1 for still images)
+  au               int8 [J]         occurrence in the dataset's evaluated AU order; -1 = unknown
+  au_intensity     int8 [J]         intensity 0-5 where coded, else -1
+  expression       int              index into clef_jax.prompts.expressions(), -1 if none
+  expression/votes float32 [8]      FER+ vote distribution in canonical order (zeros elsewhere)
+  fold             int              subject-exclusive fold id (1-based) or 0 where undefined
+
+Errors: structural problems (a missing label file, a header without a needed column, a label out
+of range) raise `DatasetError` naming the path and line. Per-item problems (a truncated JPEG, a
+CSV row without an image) are counted in a `Skips` and reported, never silently mislabelled.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import logging
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+NUM_EXPRESSIONS = 8  # len(clef_jax.prompts.expressions())
+
+FIELDS = ("image", "image/path", "subject", "task", "activity_text", "frame", "au",
+          "au_intensity", "expression", "expression/votes", "fold")
+
+
+class DatasetError(ValueError):
+  """A structural problem in a user's dataset folder; the message names path (and line)."""
+
+  def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None):
+    where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+    super().__init__(f"{where}: {message}")
+    self.path = os.fspath(path)
+    self.line = line
+
+
+@dataclasses.dataclass
+class Skips:
+  """Counts of skipped items by reason, with a few example locations per reason."""
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  max_examples: int = 3
+
+  def add(self, reason: str, where: str = "") -> None:
+    self.counts[reason] += 1
+    ex = self.examples.setdefault(reason, [])
+    if where and len(ex) < self.max_examples:
+      ex.append(where)
+
+  @property
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def report(self) -> str:
+    if not self.counts:
+      return "no items skipped"
+    lines = [f"skipped {self.total} item(s):"]
+    for reason, n in sorted(self.counts.items()):
+      ex = ", ".join(self.examples.get(reason, []))
+      lines.append(f"  {n:8d}  {reason}" + (f"  (e.g. {ex})" if ex else ""))
+    return "\n".join(lines)
+
+  def log(self, name: str) -> None:
+    if self.counts:
+      logging.warning("%s: %s", name, self.report())
+
+
+def make_example(*, image: np.ndarray, path: str, num_aus: int = 0, subject: str = "",
+                 task: str = "", activity_text: str = "", frame: int = -1,
+                 au: Sequence[int] | np.ndarray | None = None,
+                 au_intensity: Sequence[int] | np.ndarray | None = None, expression: int = -1,
+                 votes: Sequence[float] | np.ndarray | None = None, fold: int = 0) -> dict[str, Any]:
+  """Builds one example in the common schema, with defaults for what a dataset lacks."""
+  au_arr = np.full((num_aus,), -1, np.int8) if au is None else np.asarray(au, np.int8)
+  int_arr = (np.full((len(au_arr),), -1, np.int8) if au_intensity is None
+             else np.asarray(au_intensity, np.int8))
+  votes_arr = (np.zeros((NUM_EXPRESSIONS,), np.float32) if votes is None
+               else np.asarray(votes, np.float32))
+  return {
+      "image": image,
+      "image/path": str(path),
+      "subject": subject,
+      "task": task,
+      "activity_text": activity_text,
+      "frame": int(frame),
+      "au": au_arr,
+      "au_intensity": int_arr,
+      "expression": int(expression),
+      "expression/votes": votes_arr,
+      "fold": int(fold),
+  }
+
+
+def decode_image(data: bytes | np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+  """Decodes an image file/bytes to uint8 [H, W, 3] RGB. Raises OSError/ValueError if corrupt."""
+  if isinstance(data, np.ndarray):
+    arr = data
+  else:
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as im:
+      im.load()  # forces a full decode, so truncated files fail here
+      arr = np.asarray(im.convert("RGB"))
+  if arr.ndim == 2:
+    arr = np.repeat(arr[..., None], 3, axis=-1)
+  if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"unexpected image shape {arr.shape}")
+  if arr.shape[-1] == 1:
+    arr = np.repeat(arr, 3, axis=-1)
+  return np.ascontiguousarray(arr[..., :3].astype(np.uint8))
+
+
+def load_image(path: str | os.PathLike[str], skips: Skips | None = None) -> np.ndarray | None:
+  """Reads an image; on a missing/corrupt/non-image file counts a skip and returns None."""
+  try:
+    return decode_image(path)
+  except FileNotFoundError:
+    if skips is None:
+      raise
+    skips.add("image file missing", os.fspath(path))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    if skips is None:
+      raise DatasetError(path, f"cannot decode image: {e}") from None
+    skips.add("unreadable or non-image file", os.fspath(path))
+  return None
+
+
+def read_csv(path: str | os.PathLike[str], *, header: bool = True,
+             delimiter: str = ",") -> Iterator[tuple[int, list[str] | dict[str, str]]]:
+  """Yields (1-based line number, row) from a CSV file; CRLF, a UTF-8 BOM and blank lines are fine.
+
+  With header=True rows are dicts keyed by the stripped header names; a row with a different
+  number of fields than the header raises DatasetError naming the line.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DatasetError(path, "file not found")
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f, delimiter=delimiter)
+    names = None
+    for row in reader:
+      lineno = reader.line_num
+      if not row or all(not c.strip() for c in row):
+        continue
+      row = [c.strip() for c in row]
+      if header and names is None:
+        names = row
+        continue
+      if header:
+        if len(row) != len(names):
+          raise DatasetError(path, f"expected {len(names)} fields as in the header, got {len(row)}",
+                             lineno)
+        yield lineno, dict(zip(names, row))
+      else:
+        yield lineno, row
+    if header and names is None:
+      raise DatasetError(path, "empty file (no header row)")
+
+
+def parse_int(value: str, path: str, line: int, what: str) -> int:
+  """int(value) or a DatasetError naming path, line and what the field was."""
+  try:
+    return int(float(value)) if value.strip().lstrip("-").replace(".", "", 1).isdigit() else int(value)
+  except ValueError:
+    raise DatasetError(path, f"{what}: expected an integer, got {value!r}", line) from None
