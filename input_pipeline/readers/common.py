@@ -26,7 +26,8 @@ import dataclasses
 import io
 import logging
 import os
-from typing import Any, Iterator, Sequence
+import re
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -122,18 +123,25 @@ def decode_image(data: bytes | np.ndarray | str | os.PathLike[str]) -> np.ndarra
   return np.ascontiguousarray(arr[..., :3].astype(np.uint8))
 
 
-def load_image(path: str | os.PathLike[str], skips: Skips | None = None) -> np.ndarray | None:
-  """Reads an image; on a missing/corrupt/non-image file counts a skip and returns None."""
+def load_image(path: str | os.PathLike[str] | bytes, skips: Skips | None = None, *,
+               where: str | None = None) -> np.ndarray | None:
+  """Reads an image; on a missing/corrupt/non-image file counts a skip and returns None.
+
+  `path` may also be the encoded bytes of an image (e.g. a zip member); `where` then names it
+  in skips and errors.
+  """
+  where = where if where is not None else (
+      "<bytes>" if isinstance(path, (bytes, bytearray)) else os.fspath(path))
   try:
     return decode_image(path)
   except FileNotFoundError:
     if skips is None:
       raise
-    skips.add("image file missing", os.fspath(path))
+    skips.add("image file missing", where)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     if skips is None:
-      raise DatasetError(path, f"cannot decode image: {e}") from None
-    skips.add("unreadable or non-image file", os.fspath(path))
+      raise DatasetError(where, f"cannot decode image: {e}") from None
+    skips.add("unreadable or non-image file", where)
   return None
 
 
@@ -175,3 +183,116 @@ def parse_int(value: str, path: str, line: int, what: str) -> int:
     return int(float(value)) if value.strip().lstrip("-").replace(".", "", 1).isdigit() else int(value)
   except ValueError:
     raise DatasetError(path, f"{what}: expected an integer, got {value!r}", line) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder and frame helpers shared by the video (AU) readers.
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+_FRAME_NAME_RE = re.compile(r"^(\d+)(\.[A-Za-z]+)$")
+_AU_HEADER_RE = re.compile(r"^(?:au)?0*(\d+)$", re.IGNORECASE)
+
+# Skip reasons used by several readers (one spelling, so reports add up).
+SKIP_ROW_WITHOUT_IMAGE = "label row without image"
+SKIP_IMAGE_WITHOUT_ROW = "image without label row"
+SKIP_NON_FRAME_FILE = "non-frame file in frame folder"
+SKIP_DUPLICATE_FRAME = "duplicate frame (same number under two names)"
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+  """Sort key ordering embedded numbers numerically: T2 < T10, SN2 < SN10."""
+  return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def require_dir(path: str | os.PathLike[str], expected: str) -> str:
+  """Returns `path` if it is a folder, else a DatasetError saying what was expected there."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    what = "is not a folder" if os.path.exists(path) else "folder not found"
+    raise DatasetError(path, f"{what}; expected {expected}")
+  return path
+
+
+def index_frames(names: Iterable[str], where: str, skips: Skips,
+                 exts: Sequence[str] = IMAGE_EXTS) -> dict[int, str]:
+  """Maps frame number -> file name for names `<digits><ext>` (zero-padded or not).
+
+  Hidden files (".DS_Store") are ignored; any other name is counted as a non-frame file. When
+  one number appears under two names (`732.jpg` and `0732.jpg`), the shortest name wins (then
+  the alphabetically first) and the other is counted as a duplicate frame.
+
+  Args:
+    names: file names (no folders) found in one frame folder.
+    where: the folder (or "archive.zip:folder/"), used in skip examples.
+    skips: where problems are counted.
+    exts: accepted extensions, lower case with the dot.
+  """
+  by_number: dict[int, list[str]] = {}
+  exts = tuple(e.lower() for e in exts)
+  for name in names:
+    if name.startswith("."):
+      continue
+    m = _FRAME_NAME_RE.match(name)
+    if not m or m.group(2).lower() not in exts:
+      skips.add(SKIP_NON_FRAME_FILE, f"{where.rstrip('/')}/{name}")
+      continue
+    by_number.setdefault(int(m.group(1)), []).append(name)
+  out = {}
+  for number, cands in by_number.items():
+    cands.sort(key=lambda n: (len(n), n))
+    out[number] = cands[0]
+    for extra in cands[1:]:
+      skips.add(SKIP_DUPLICATE_FRAME, f"{where.rstrip('/')}/{extra}")
+  return dict(sorted(out.items()))
+
+
+def list_frames(folder: str | os.PathLike[str], skips: Skips,
+                exts: Sequence[str] = IMAGE_EXTS) -> dict[int, str]:
+  """Frame number -> full path of the images `<n>.<ext>` in `folder` (see `index_frames`)."""
+  folder = os.fspath(folder)
+  names = [e.name for e in os.scandir(folder) if not e.is_dir()]
+  return {n: os.path.join(folder, name)
+          for n, name in index_frames(names, folder, skips, exts).items()}
+
+
+def au_columns(header: Sequence[str], path: str, line: int, aus: Sequence[int], *,
+               frame_column: str = "0") -> tuple[int, dict[int, int]]:
+  """Locates the frame column and each needed AU column of an AU-coding CSV by header name.
+
+  Header names may be `12`, `AU12` or `AU012` (any case); unknown names are ignored.
+
+  Returns:
+    (index of the frame column, {au: column index} for every AU in `aus`).
+  Raises:
+    DatasetError naming path, line and the missing/duplicated column.
+  """
+  frame_col = None
+  cols: dict[int, int] = {}
+  for i, name in enumerate(header):
+    if name == frame_column and frame_col is None:
+      frame_col = i
+      continue
+    m = _AU_HEADER_RE.match(name)
+    if not m:
+      continue
+    au = int(m.group(1))
+    if au in cols:
+      raise DatasetError(path, f"AU{au} appears twice in the header ({header[cols[au]]!r} and "
+                         f"{name!r})", line)
+    cols[au] = i
+  if frame_col is None:
+    raise DatasetError(path, f"header has no frame-number column {frame_column!r}", line)
+  missing = [au for au in aus if au not in cols]
+  if missing:
+    raise DatasetError(path, "header lacks the column(s) of evaluated "
+                       + ", ".join(f"AU{a}" for a in missing), line)
+  return frame_col, {au: cols[au] for au in aus}
+
+
+def finish(name: str, skips: Skips, count: int, root: str, expected: str) -> None:
+  """Logs skips at the end of a reader; DatasetError if nothing at all was yielded."""
+  skips.log(name)
+  if count == 0:
+    raise DatasetError(root, f"no usable examples found; expected {expected}. "
+                       + skips.report())
