@@ -107,6 +107,12 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.sharding_rules = [(".*", "fsdp(axis='fsdp', min_size_mb=4)")]
 
   c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+             ) -> ml_collections.ConfigDict:
+  """Applies the switches that must come last (after mode-specific fields), e.g. `tiny`."""
   if args.get("tiny", False):
     apply_tiny(c)
   return c

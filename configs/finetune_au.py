@@ -11,4 +11,4 @@ def get_config(arg=None):
   args = common.parse_arg(arg, variant="Ti/16", tiny=False, init="", image_size=0)
   c = common.base("finetune", args)
   finetune_common.add_finetune(c, task="au")
-  return c
+  return common.finalize(c, args)

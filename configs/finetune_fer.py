@@ -13,4 +13,4 @@ def get_config(arg=None):
   finetune_common.add_finetune(c, task="fer")
   c.data.name = "synthface"
   c.data.config = "raf"
-  return c
+  return common.finalize(c, args)

@@ -18,4 +18,4 @@ def get_config(arg=None):
   c.optim.weight_decay = 0.0
   if args.task == "fer":
     c.data.config = "raf"
-  return c
+  return common.finalize(c, args)

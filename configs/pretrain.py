@@ -29,4 +29,4 @@ def get_config(arg=None):
   c.evals.activity = ml_collections.ConfigDict(dict(type="zeroshot_activity"))
   if args.tiny:
     c.evals.au_probe.max_train = 200
-  return c
+  return common.finalize(c, args)

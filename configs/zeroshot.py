@@ -21,4 +21,4 @@ def get_config(arg=None):
       seen=["happiness", "sadness", "surprise", "neutral"],
       unseen=["fear", "disgust", "anger"],
   ))
-  return c
+  return common.finalize(c, args)
