@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import zipfile
 
 import numpy as np
 import pytest
@@ -309,7 +308,8 @@ def test_synthface_expressions(tmp_path):
   by_name = {(e["subject"], e["fold"]) for e in synthface.read(inner, folds=None)}
   assert by_name == {("F001", 1), ("F003", 2), ("F004", 3)}
   fixtures_au.write_synthface_expressions(inner, [("F001", "T1", 1, "glee")])
-  with pytest.raises(common.DatasetError, match=r"SynthFace_expressions\.csv:2: unknown expression"):
+  with pytest.raises(common.DatasetError,
+                     match=r"SynthFace_expressions\.csv:2: unknown expression"):
     list(synthface.read(tmp_path / "out"))
 
 
@@ -438,3 +438,11 @@ def test_bp4d_malformed_rows(tmp_path):
   csv.write_text("\n".join(lines[:2] + ["x" + lines[2]]) + "\n")
   with pytest.raises(common.DatasetError, match=r"F001_T1\.csv:3: frame number"):
     list(bp4d.read(root))
+
+
+def test_parse_int():
+  assert common.parse_int("7", "f", 1, "x") == 7 and common.parse_int(" 1.0", "f", 1, "x") == 1
+  assert common.parse_int("-1", "f", 1, "x") == -1
+  for bad in ("1.5", "", "nan", "one"):
+    with pytest.raises(common.DatasetError, match=r"f:3: AU1: expected an integer"):
+      common.parse_int(bad, "f", 3, "AU1")

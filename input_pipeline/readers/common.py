@@ -180,9 +180,16 @@ def read_csv(path: str | os.PathLike[str], *, header: bool = True,
 def parse_int(value: str, path: str, line: int, what: str) -> int:
   """int(value) or a DatasetError naming path, line and what the field was."""
   try:
-    return int(float(value)) if value.strip().lstrip("-").replace(".", "", 1).isdigit() else int(value)
+    return int(value)
   except ValueError:
-    raise DatasetError(path, f"{what}: expected an integer, got {value!r}", line) from None
+    pass
+  try:
+    number = float(value)  # "1.0" as written by some spreadsheet exports
+  except ValueError:
+    number = float("nan")
+  if number.is_integer():
+    return int(number)
+  raise DatasetError(path, f"{what}: expected an integer, got {value!r}", line)
 
 
 # ----------------------------------------------------------------------------------------------

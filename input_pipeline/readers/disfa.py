@@ -76,8 +76,9 @@ def read_subject_labels(root: str, subject: str, aus: Sequence[int] = AUS) -> np
     if first is None:
       first = (path, len(values))
     elif len(values) != first[1]:
-      raise common.DatasetError(path, f"has {len(values)} label lines but {first[0]} has "
-                                f"{first[1]}; every AU file of a subject must cover the same frames")
+      raise common.DatasetError(
+          path, f"has {len(values)} label lines but {first[0]} has {first[1]}; every AU file "
+          "of a subject must cover the same frames")
     columns.append(values)
   return np.stack(columns, axis=1)
 
