@@ -80,7 +80,7 @@ class AugmentConfig:
 
   @classmethod
   def from_config(cls, config: "AugmentConfig | Mapping[str, Any] | Any") -> "AugmentConfig":
-    """Builds from an `AugmentConfig`, a dict or an ml_collections ConfigDict (unknown keys fail)."""
+    """Builds from an `AugmentConfig`, a dict or a ConfigDict; unknown keys are errors."""
     if isinstance(config, cls):
       return config
     if hasattr(config, "to_dict"):

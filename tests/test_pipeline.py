@@ -160,6 +160,7 @@ def test_state_round_trip(source):
   assert_batches_equal(take(fresh, 4), expected)
 
 
+@pytest.mark.slow
 def test_state_round_trip_with_mp_prefetch_worker(source):
   flags.FLAGS.mark_as_parsed()
   it = train_iter(source, worker_count=1)
