@@ -2,16 +2,19 @@
 
 Columns (CSV header / JSONL keys); only `path` is required:
   path           image path, relative to the manifest's folder or absolute
-  subject        subject id                    task / activity_text   activity id and text
-  (`activity` and `label` are accepted for activity_text and expression; other columns are
-  ignored with a warning.)
-  frame          int frame number (-1 if none) fold                   subject-exclusive part (int)
+  subject        subject id
+  task           activity id (e.g. T1)
+  activity_text  the activity's description
+  frame          int frame number (-1 if none)
+  fold           subject-exclusive part, int >= 1 (0 or empty = none)
   split          train / validation / test (rows without one count as train)
   expression     canonical name (clef_jax.prompts.expressions()) or its index 0..7
   au_<n>         occurrence of AU n: 1 present, 0 absent, -1 or empty (null) unknown
-The AU columns define the AU order, sorted by AU number (`aus(path)`). `read(root)` accepts the
-manifest file itself or a folder holding `manifest.csv` or `manifest.jsonl`. Bad values are a
-DatasetError naming path and line; a missing or corrupt image is a counted skip.
+`activity` and `label` are accepted for activity_text and expression; other columns are ignored
+with a warning. The AU columns define the AU order, sorted by AU number (`aus(path)`).
+`read(root)` accepts the manifest file itself or a folder holding `manifest.csv` or
+`manifest.jsonl`. Bad values are a DatasetError naming path and line; a missing or corrupt image
+is a counted skip.
 """
 
 from __future__ import annotations

@@ -1,0 +1,473 @@
+"""TFDS builders for every dataset: the user's folder (manual_dir) -> ArrayRecord splits.
+
+Builders (registered TFDS names): bp4d, bp4d_plus, disfa, raf_db, ferplus, affectnet, synthface,
+manifest. Each one runs the dataset's reader (input_pipeline.readers) once over the user's
+folder, resizes every face to `image_size` (shorter side, then a centre crop; default 112) and
+stores it JPEG-encoded (quality 95) with the common schema:
+
+  image [S, S, 3] uint8 (JPEG) | image/path, subject, task, activity_text: Text
+  frame, expression, fold: int32 | au, au_intensity: int8 [J] | expression/votes: float32 [8]
+
+Splits. AU datasets (bp4d, bp4d_plus, disfa, synthface/bp4d, a manifest with a `fold` column):
+one split per subject part, `part1`, `part2`, `part3`; evaluation fold f trains on
+`folds.train_parts(f)` and tests on `folds.test_part(f)` (`sources.fold_splits`), e.g. fold 1 =
+'part1+part2' vs 'part3' (TFDS split arithmetic works with tfds.data_source). FER datasets:
+`train` / `test` (+ `validation` for FER+; AffectNet's validation set is its `test`).
+
+Metadata (`builder.info.metadata`, saved with the dataset): aus, classes (the expression names
+the dataset uses, canonical order), expressions (the canonical index space), subjects, tasks,
+activities {task: text}, parts {k: subjects}, skips {reason: count}, stats per split
+(examples, expression histogram [8], AU positives / known [J]), image_size, reader options.
+
+Configs: a name from BUILDER_CONFIGS (e.g. affectnet '7class'), optionally suffixed
+`_<N>px` for another image size ('7class_224px'); bp4d_plus also takes 'seed<N>' (seed of its
+subject-exclusive 3-fold split). `make_config(name, config)` builds them.
+
+Preparation writes into TFDS's `<version>.incomplete.<random>` folder and renames it to
+`<version>` only after every split and dataset_info.json are written; on an exception the
+incomplete folder is deleted. A dataset counts as prepared only when `<version>/` exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from clef_jax import prompts
+from input_pipeline import readers
+from input_pipeline.readers import common
+
+DEFAULT_IMAGE_SIZE = 112
+JPEG_QUALITY = 95
+VERSION = tfds.core.Version("1.0.0")
+AU_KIND, FER_KIND = "au", "fer"
+SKIP_NO_PART = "subject in no part of the fold split"
+
+
+def resize_face(image: np.ndarray, size: int) -> np.ndarray:
+  """Shorter side to `size` (bicubic), then a centre crop: uint8 [H, W, 3] -> uint8 [S, S, 3]."""
+  h, w = image.shape[:2]
+  scale = size / min(h, w)
+  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+  im = Image.fromarray(image)
+  if (nh, nw) != (h, w):
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return np.asarray(im.crop((left, top, left + size, top + size)).convert("RGB"))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """uint8 [H, W, 3] -> JPEG bytes."""
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+@dataclasses.dataclass(eq=False)
+class FaceConfig(tfds.core.BuilderConfig):
+  """A builder variant: reader options and the stored face size."""
+  image_size: int = DEFAULT_IMAGE_SIZE
+  options: tuple[tuple[str, Any], ...] = ()
+
+
+_SIZE_RE = re.compile(r"^(.+)_(\d+)px$")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """What a builder (under its config) reads: reader module name, kind, subfolder, splits."""
+  reader: str
+  kind: str
+  subdir: str = ""
+  splits: tuple[str, ...] = ()  # FER: reader splits to read; AU: routed by `fold`
+
+
+class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared machinery: one reader pass, spilled per split, then written by TFDS."""
+
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "First release: common schema, faces resized and JPEG-encoded."}
+  BUILDER_CONFIGS = [FaceConfig(name="default")]
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS derives this from the package via importlib_resources, which is not a dependency
+    # here; the builders live in this file (no checksums.tsv next to it: nothing downloads).
+    return epath.Path(__file__)
+
+  def _spec(self) -> _Spec:
+    raise TypeError(f"{type(self).__name__} must define _spec()")
+
+  def _options(self) -> dict[str, Any]:
+    return dict(self.builder_config.options)
+
+  def _num_aus(self) -> int | None:
+    """J of the au vectors, or None where the data decides (manifest)."""
+    spec = self._spec()
+    return len(readers.get(spec.reader).AUS) if spec.kind == AU_KIND else 0
+
+  def _aus(self, root: str) -> list[int]:
+    spec = self._spec()
+    return list(readers.get(spec.reader).AUS) if spec.kind == AU_KIND else []
+
+  def _classes(self) -> list[str]:
+    spec = self._spec()
+    if spec.kind != FER_KIND:
+      return []
+    module = readers.get(spec.reader)
+    used = set(module.TO_CANONICAL)
+    if dict(self._options()).get("num_classes") == 7:
+      used.discard(prompts.expression_index("contempt"))
+    return [e for i, e in enumerate(prompts.expressions()) if i in used]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    j = self._num_aus()
+    shape = (None,) if j is None else (j,)
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+        "image/path": tfds.features.Text(),
+        "subject": tfds.features.Text(),
+        "task": tfds.features.Text(),
+        "activity_text": tfds.features.Text(),
+        "frame": tfds.features.Scalar(dtype=np.int32),
+        "au": tfds.features.Tensor(shape=shape, dtype=np.int8),
+        "au_intensity": tfds.features.Tensor(shape=shape, dtype=np.int8),
+        "expression": tfds.features.Scalar(dtype=np.int32),
+        "expression/votes": tfds.features.Tensor(shape=(common.NUM_EXPRESSIONS,),
+                                                 dtype=np.float32),
+        "fold": tfds.features.Scalar(dtype=np.int32),
+    })
+    return tfds.core.DatasetInfo(
+        builder=self, description=(type(self).__doc__ or "").strip(), features=features,
+        disable_shuffling=True, metadata=tfds.core.MetadataDict())
+
+  # -- reading -----------------------------------------------------------------------------------
+
+  def _root(self, manual_dir: str) -> str:
+    root = os.path.join(manual_dir, self._spec().subdir) if self._spec().subdir else manual_dir
+    if not os.path.isdir(root) and not os.path.isfile(root):
+      raise common.DatasetError(root, "dataset folder not found; see MANUAL_DOWNLOAD_INSTRUCTIONS")
+    return root
+
+  def _read_all(self, root: str, skips: common.Skips) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(split name, example) over the whole dataset, in reader order."""
+    spec = self._spec()
+    module = readers.get(spec.reader)
+    if spec.kind == FER_KIND:
+      for split in spec.splits:
+        for ex in module.read(root, split=split, skips=skips, **self._options()):
+          yield split, ex
+      return
+    for ex in module.read(root, skips=skips, **self._options()):
+      if ex["fold"] <= 0:
+        skips.add(SKIP_NO_PART, ex["subject"])
+        continue
+      yield f"part{ex['fold']}", ex
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    root = self._root(os.fspath(dl_manager.manual_dir))
+    skips = common.Skips()
+    spill_dir = tempfile.mkdtemp(prefix="spill.", dir=os.fspath(self.data_dir))
+    try:
+      counts = self._spill(root, skips, spill_dir)
+    except BaseException:
+      shutil.rmtree(spill_dir, ignore_errors=True)
+      raise
+    skips.log(self.name)
+    return {split: self._generate_examples(os.path.join(spill_dir, f"{split}.pkl"), spill_dir)
+            for split in _sorted_splits(counts)}
+
+  def _spill(self, root: str, skips: common.Skips, spill_dir: str) -> dict[str, int]:
+    """Reads the dataset once, pickling resized examples per split; fills the metadata."""
+    size = self.builder_config.image_size
+    files: dict[str, Any] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    subjects, tasks, activities = set(), set(), {}
+    parts: dict[int, set[str]] = collections.defaultdict(set)
+    num_aus = None
+    try:
+      for split, ex in tfds.core.utils.tqdm(self._read_all(root, skips), unit=" examples",
+                                            desc=f"Reading {self.name} from {root}"):
+        au = np.asarray(ex["au"], np.int8)
+        if num_aus is None:
+          num_aus = len(au)
+        elif len(au) != num_aus:
+          raise common.DatasetError(ex["image/path"], f"{len(au)} AU values, expected {num_aus}")
+        record = dict(ex)
+        record["image"] = encode_jpeg(resize_face(ex["image"], size))
+        if split not in files:
+          files[split] = open(os.path.join(spill_dir, f"{split}.pkl"), "wb")
+          stats[split] = {"examples": 0, "expression": [0] * common.NUM_EXPRESSIONS,
+                          "au_positives": [0] * len(au), "au_known": [0] * len(au)}
+        pickle.dump(record, files[split], protocol=pickle.HIGHEST_PROTOCOL)
+        s = stats[split]
+        s["examples"] += 1
+        if ex["expression"] >= 0:
+          s["expression"][ex["expression"]] += 1
+        s["au_positives"] = [int(a + (v == 1)) for a, v in zip(s["au_positives"], au)]
+        s["au_known"] = [int(a + (v >= 0)) for a, v in zip(s["au_known"], au)]
+        if ex["subject"]:
+          subjects.add(ex["subject"])
+          if ex["fold"] > 0:
+            parts[ex["fold"]].add(ex["subject"])
+        if ex["task"]:
+          tasks.add(ex["task"])
+          if ex["activity_text"]:
+            activities[ex["task"]] = ex["activity_text"]
+    finally:
+      for f in files.values():
+        f.close()
+    if not stats:
+      raise common.DatasetError(root, f"no usable examples for {self.name} "
+                                f"({skips.report()})")
+    md = self.info.metadata
+    md["aus"] = self._aus(root)
+    md["classes"] = self._classes()
+    md["expressions"] = prompts.expressions()
+    md["subjects"] = sorted(subjects, key=common.natural_key)
+    md["tasks"] = sorted(tasks, key=common.natural_key)
+    md["activities"] = {t: activities[t] for t in md["tasks"] if t in activities}
+    md["parts"] = {str(k): sorted(v, key=common.natural_key) for k, v in sorted(parts.items())}
+    md["skips"] = dict(sorted(skips.counts.items()))
+    md["stats"] = stats
+    md["image_size"] = size
+    md["options"] = {k: v for k, v in self._options().items()}
+    return {split: s["examples"] for split, s in stats.items()}
+
+  def _generate_examples(self, path: str, spill_dir: str):
+    """Yields (key, example) from one split's spill file, then deletes it."""
+    try:
+      with open(path, "rb") as f:
+        index = 0
+        while True:
+          try:
+            record = pickle.load(f)
+          except EOFError:
+            break
+          yield f"{index:09d}", record
+          index += 1
+    finally:
+      if os.path.exists(path):
+        os.remove(path)
+      try:
+        os.rmdir(spill_dir)  # only once every split has been written
+      except OSError:
+        pass
+
+
+def _sorted_splits(counts: dict[str, int]) -> list[str]:
+  order = {"train": 0, "validation": 1, "test": 2}
+  return sorted(counts, key=lambda s: (order.get(s, 3), common.natural_key(s)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The datasets.
+# ----------------------------------------------------------------------------------------------
+
+
+class Bp4d(_FaceBuilder):
+  """BP4D-Spontaneous: AU occurrence (12 AUs), 41 subjects, tasks T1-T8, 3 subject parts."""
+
+  name = "bp4d"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the BP4D-Spontaneous folder that holds the subject folders
+  (<subject>/<task>/<frame>.jpg, e.g. F001/T1/0732.jpg) and AUCoding/AU_OCC/<subject>_<task>.csv
+  (AUCoding/AU_INT/ optional).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("bp4d", AU_KIND)
+
+
+class Bp4dPlus(_FaceBuilder):
+  """BP4D+: AU occurrence (12 AUs) on the coded segments of T1, T6, T7, T8; seeded 3 parts."""
+
+  name = "bp4d_plus"
+  BUILDER_CONFIGS = [FaceConfig(name="seed0", options=(("folds", 3), ("fold_seed", 0)))]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the BP4D+ folder that holds 2D+3D/<subject>.zip (or unpacked
+  <subject>/<task>/<frame>.jpg folders) and AUCoding/AU_OCC/<subject>_<task>.csv. The config
+  seed<N> picks the seed of the subject-exclusive 3-fold split (printed while preparing).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("bp4d_plus", AU_KIND)
+
+
+class Disfa(_FaceBuilder):
+  """DISFA: AU occurrence (intensity >= 2) for 8 AUs, 27 subjects, 3 subject parts."""
+
+  name = "disfa"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the DISFA folder that holds ActionUnit_Labels/<SN>/<SN>_au<N>.txt and the
+  extracted frames <SN>/<index>.png (0-based; split the videos into frames first).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("disfa", AU_KIND)
+
+
+class RafDb(_FaceBuilder):
+  """RAF-DB basic: 7 expressions, train / test (split from the image-name prefix)."""
+
+  name = "raf_db"
+  BUILDER_CONFIGS = [FaceConfig(name="aligned", options=(("variant", "aligned"),)),
+                     FaceConfig(name="original", options=(("variant", "original"),))]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the RAF-DB folder that holds basic/ (basic/EmoLabel/list_patition_label.txt
+  and basic/Image/aligned/ or basic/Image/original/).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("raf_db", FER_KIND, splits=("train", "test"))
+
+
+class Ferplus(_FaceBuilder):
+  """FER2013 images with FER+ labels: 8 expressions, train / validation / test."""
+
+  name = "ferplus"
+  BUILDER_CONFIGS = [FaceConfig(name="majority", options=(("label_mode", "majority"),)),
+                     FaceConfig(name="votes", options=(("label_mode", "votes"),))]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the folder that holds fer2013.csv and fer2013new.csv (or the FERPlus
+  converter's FER2013Train/, FER2013Valid/, FER2013Test/ folders with label.csv and PNGs).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("ferplus", FER_KIND, splits=("train", "validation", "test"))
+
+
+class Affectnet(_FaceBuilder):
+  """AffectNet (manual annotations): 8 or 7 expressions, train / test (= the validation set)."""
+
+  name = "affectnet"
+  BUILDER_CONFIGS = [FaceConfig(name="8class", options=(("num_classes", 8), ("crop", True))),
+                     FaceConfig(name="7class", options=(("num_classes", 7), ("crop", True)))]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the AffectNet folder that holds Manually_Annotated_file_lists/ and
+  Manually_Annotated_Images/ (or train_set/ and val_set/ with images/ and annotations/).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("affectnet", FER_KIND, splits=("train", "test"))
+
+
+class Synthface(_FaceBuilder):
+  """SynthFace, the embedded synthetic default: its BP4D-like part (AUs, activities, 3 subject
+  parts) or its RAF-like part (expressions, train / test)."""
+
+  name = "synthface"
+  BUILDER_CONFIGS = [FaceConfig(name="bp4d"), FaceConfig(name="raf")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the output folder of `python -m input_pipeline.synthface --out DIR`
+  (the BP4D-like tree, and RAF/ for the RAF-like part).
+  """
+
+  def _spec(self) -> _Spec:
+    if _base_name(self.builder_config.name) == "raf":
+      return _Spec("raf_db", FER_KIND, subdir="RAF", splits=("train", "test"))
+    return _Spec("synthface", AU_KIND)
+
+  def _classes(self) -> list[str]:
+    if _base_name(self.builder_config.name) == "raf":
+      return super()._classes()
+    return prompts.expressions()  # the BP4D-like part labels expressions too
+
+
+class Manifest(_FaceBuilder):
+  """A user's own data from manifest.csv / manifest.jsonl: parts from `fold`, else `split`."""
+
+  name = "manifest"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Point --manual_dir at the folder that holds manifest.csv or manifest.jsonl (columns: path and
+  any of subject, task, activity_text, frame, au_<n>, expression, fold, split; image paths are
+  relative to that folder or absolute).
+  """
+
+  def _spec(self) -> _Spec:
+    return _Spec("manifest", AU_KIND)
+
+  def _num_aus(self) -> int | None:
+    return None  # the manifest's au_<n> columns decide; metadata['aus'] lists them
+
+  def _aus(self, root: str) -> list[int]:
+    return readers.get("manifest").aus(root)
+
+  def _classes(self) -> list[str]:
+    return prompts.expressions()
+
+  def _read_all(self, root: str, skips: common.Skips) -> Iterator[tuple[str, dict[str, Any]]]:
+    module = readers.get("manifest")
+    if module.folds(root):
+      yield from super()._read_all(root, skips)
+      return
+    for split in module.splits(root):
+      for ex in module.read(root, split=split, skips=skips):
+        yield split, ex
+
+
+BUILDERS: dict[str, type[_FaceBuilder]] = {
+    b.name: b for b in (Bp4d, Bp4dPlus, Disfa, RafDb, Ferplus, Affectnet, Synthface, Manifest)}
+
+
+def _base_name(name: str) -> str:
+  m = _SIZE_RE.match(name)
+  return m.group(1) if m else name
+
+
+def make_config(dataset: str, config: str | None = None,
+                image_size: int | None = None) -> FaceConfig:
+  """The FaceConfig of `dataset` named `config` (default: the first), at `image_size`.
+
+  `config` may carry a size suffix ('7class_224px'); `image_size`, if given, overrides it and
+  the returned config's name then carries the suffix (unless it is the default 112).
+  bp4d_plus accepts any 'seed<N>'.
+  """
+  cls = builder_class(dataset)
+  name = config or cls.BUILDER_CONFIGS[0].name
+  base = _base_name(name)
+  m = _SIZE_RE.match(name)
+  size = image_size or (int(m.group(2)) if m else DEFAULT_IMAGE_SIZE)
+  if size < 8:
+    raise ValueError(f"image_size must be >= 8, got {size}")
+  known = {c.name: c for c in cls.BUILDER_CONFIGS}
+  if base in known:
+    proto = known[base]
+  elif dataset == "bp4d_plus" and re.fullmatch(r"seed\d+", base):
+    proto = FaceConfig(name=base, options=(("folds", 3), ("fold_seed", int(base[4:]))))
+  else:
+    extra = " (or seed<N>)" if dataset == "bp4d_plus" else ""
+    raise ValueError(f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "
+                     "optionally suffixed _<N>px")
+  full = base if size == DEFAULT_IMAGE_SIZE else f"{base}_{size}px"
+  return dataclasses.replace(proto, name=full, image_size=size)
+
+
+def builder_class(dataset: str) -> type[_FaceBuilder]:
+  if dataset not in BUILDERS:
+    raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(BUILDERS)}")
+  return BUILDERS[dataset]
+
+
+def builder(dataset: str, data_dir: str | os.PathLike[str], config: str | None = None,
+            image_size: int | None = None) -> _FaceBuilder:
+  """An instance of the builder of `dataset` (not prepared yet) writing under data_dir."""
+  cls = builder_class(dataset)
+  cfg = make_config(dataset, config, image_size)
+  # TFDS refuses a config object named like a class config: pass those by name.
+  known = {c.name for c in cls.BUILDER_CONFIGS}
+  return cls(data_dir=os.fspath(data_dir), config=cfg.name if cfg.name in known else cfg)

@@ -1,0 +1,142 @@
+"""Opening prepared datasets: random-access sources, their metadata, fold splits, SynthFace.
+
+  src = sources.open_source("bp4d", "part1+part2", data_dir)   # tfds ArrayRecord data source
+  src[0]["image"]        uint8 [S, S, 3] (decoded), strings as bytes, au int8 [J], ...
+  sources.info("bp4d", data_dir)  # {'aus', 'classes', 'subjects', 'tasks', 'num_examples', ...}
+  sources.fold_splits("bp4d", 1)  # ('part1+part2', 'part3')
+
+Reading needs neither TensorFlow nor the builder code: the prepared folder
+`<data_dir>/<name>/<config>/<version>/` is opened with `tfds.builder_from_directory`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from input_pipeline import builders
+from input_pipeline.readers import folds
+
+FER_DATASETS = ("raf_db", "ferplus", "affectnet")
+SYNTHFACE_RAW = "synthface_raw"
+SYNTHFACE_CONFIGS = ("bp4d", "raf")
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> str:
+  """`<data_dir>/<name>/<config>/<version>`: where the prepared dataset lives (or would)."""
+  cfg = builders.make_config(name, config)
+  version = str(builders.builder_class(name).VERSION)
+  return os.path.join(os.fspath(data_dir), name, cfg.name, version)
+
+
+def is_prepared(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> bool:
+  """True once preparation completed (TFDS renames the incomplete folder only at the end)."""
+  return os.path.isfile(os.path.join(dataset_dir(name, data_dir, config), "dataset_info.json"))
+
+
+def _prepared(name: str, data_dir: str | os.PathLike[str],
+              config: str | None) -> tfds.core.DatasetBuilder:
+  path = dataset_dir(name, data_dir, config)
+  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    cfg = f" --config={config}" if config else ""
+    raise FileNotFoundError(
+        f"{path}: dataset {name} is not prepared under {os.fspath(data_dir)}; run `python -m "
+        f"input_pipeline.prepare --dataset={name}{cfg} --manual_dir=<your {name} folder> "
+        f"--data_dir={os.fspath(data_dir)}`")
+  return tfds.builder_from_directory(path)
+
+
+def open_source(name: str, split: str, data_dir: str | os.PathLike[str],
+                config: str | None = None, *, decode_images: bool = True) -> Sequence[dict]:
+  """A random-access source (len, getitem) over `split` of a prepared dataset.
+
+  `split` follows TFDS syntax, including arithmetic ('part1+part2', 'train[:10%]'). Images come
+  decoded to uint8 [S, S, 3]; with decode_images=False they stay JPEG bytes (the grain pipeline
+  decodes either). Text fields are bytes.
+  """
+  b = _prepared(name, data_dir, config)
+  try:
+    if decode_images:
+      return b.as_data_source(split)
+    return b.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{dataset_dir(name, data_dir, config)}: cannot open split {split!r} "
+                     f"(available: {sorted(b.info.splits)}): {e}") from None
+
+
+def info(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> dict[str, Any]:
+  """Metadata of a prepared dataset, without reading its examples.
+
+  Keys: aus (AU numbers of the `au` vector), classes (expression names the dataset uses),
+  expressions (the canonical index space of `expression`), subjects, tasks, activities
+  {task: text}, parts {k: subjects}, skips {reason: count}, stats per split, image_size,
+  options, num_examples {split: n}, path.
+  """
+  b = _prepared(name, data_dir, config)
+  out = dict(b.info.metadata or {})
+  for key, default in (("aus", []), ("classes", []), ("subjects", []), ("tasks", [])):
+    out.setdefault(key, default)
+  out["num_examples"] = {s: int(v.num_examples) for s, v in b.info.splits.items()}
+  out["path"] = dataset_dir(name, data_dir, config)
+  return out
+
+
+def fold_splits(name: str, fold: int, num_parts: int = 3) -> tuple[str, str]:
+  """(train split, test split) of evaluation fold `fold`: fold 1 -> ('part1+part2', 'part3')."""
+  if name in FER_DATASETS:
+    raise ValueError(f"{name} has no subject folds; use its 'train' and 'test' splits")
+  builders.builder_class(name)  # a clear KeyError for an unknown name
+  train = "+".join(f"part{p}" for p in folds.train_parts(fold, num_parts))
+  return train, f"part{folds.test_part(fold, num_parts)}"
+
+
+def prepare(name: str, manual_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
+            config: str | None = None, image_size: int | None = None) -> tfds.core.DatasetBuilder:
+  """Prepares one dataset (no-op if already prepared) and returns its builder."""
+  b = builders.builder(name, data_dir, config, image_size)
+  if not os.path.exists(manual_dir):
+    raise FileNotFoundError(f"{os.fspath(manual_dir)}: folder not found. "
+                            f"{' '.join(b.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+  b.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  return b
+
+
+def ensure_synthface(data_dir: str | os.PathLike[str], *, seed: int = 0,
+                     image_size: int | None = None, **sizes: Any) -> dict[str, str]:
+  """Makes sure both SynthFace parts are prepared under data_dir; returns {config: path}.
+
+  If either is missing, runs the generator (`input_pipeline.synthface.generate(out, seed=seed,
+  **sizes)`; sizes such as subjects, frames_per_task, raf_train, raf_test, size) into
+  `<data_dir>/synthface_raw` (reused if it was generated with the same arguments) and prepares
+  the missing parts from it. Prepared parts are reused as they are; a raw tree generated with
+  other arguments is an error (use another data_dir or delete it).
+  """
+  data_dir = os.fspath(data_dir)
+  configs = [c if not image_size or image_size == builders.DEFAULT_IMAGE_SIZE
+             else f"{c}_{image_size}px" for c in SYNTHFACE_CONFIGS]
+  raw = os.path.join(data_dir, SYNTHFACE_RAW)
+  summary_path = os.path.join(raw, "synthface.json")
+  wanted = {"seed": seed, **sizes}
+  have = None
+  if os.path.isfile(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      have = json.load(f)
+    diff = {k: (have.get(k), v) for k, v in wanted.items() if k in have and have[k] != v}
+    if diff:
+      raise ValueError(f"{raw}: SynthFace was generated with other arguments "
+                       f"(have, wanted): {diff}; use another data_dir or delete {raw} and the "
+                       f"prepared {os.path.join(data_dir, 'synthface')}")
+  missing = [c for c in configs if not is_prepared("synthface", data_dir, c)]
+  if missing and have is None:
+    from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
+    logging.info("generating SynthFace (seed %d) into %s", seed, raw)
+    synthface.generate(raw, seed=seed, overwrite=os.path.isdir(raw), **sizes)
+  for c in missing:
+    prepare("synthface", raw, data_dir, c)
+  return {c: dataset_dir("synthface", data_dir, c) for c in configs}
