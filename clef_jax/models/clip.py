@@ -1,0 +1,92 @@
+"""CLIP: image tower + text tower + learnable logit scale (Flax linen).
+
+Param tree: `{'visual': {...}, 'text': {...}, 'logit_scale': () float32}`.
+
+  model = clef_jax.models.build(model_config('tiny'))
+  params = model.init(rng, images, tokens)['params']
+  zimg, ztxt, scale = model.apply({'params': params}, images, tokens)
+  zimg = model.apply({'params': params}, images, method='encode_image')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from clef_jax.models import text as text_lib
+from clef_jax.models import variants
+from clef_jax.models import vit
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Normalises the last axis to unit L2 norm (`[..., D] float32`)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+class CLIP(nn.Module):
+  """Two-tower CLIP model configured by a `variants.model_config` ConfigDict."""
+  config: Any  # ml_collections.ConfigDict / FrozenConfigDict (see variants.py).
+
+  def __post_init__(self):
+    # Freeze so the module stays hashable; validate once, loudly.
+    if not isinstance(self.config, ml_collections.FrozenConfigDict):
+      object.__setattr__(self, 'config', ml_collections.FrozenConfigDict(self.config))
+    variants.check_config(self.config)
+    super().__post_init__()
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    self.visual = vit.VisionTransformer(
+        image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width,
+        layers=c.vision_layers, num_heads=c.vision_heads,
+        mlp_dim=variants.mlp_dim(c, c.vision_width), embed_dim=c.embed_dim,
+        act=c.act, dtype=dtype, remat=c.remat)
+    self.text = text_lib.TextTransformer(
+        vocab_size=c.vocab_size, context_length=c.context_length,
+        width=c.text_width, layers=c.text_layers, num_heads=c.text_heads,
+        mlp_dim=variants.mlp_dim(c, c.text_width), embed_dim=c.embed_dim,
+        act=c.act, pooling=c.text_pooling, eos_token_id=c.eos_token_id,
+        dtype=dtype, remat=c.remat)
+    self.logit_scale = self.param(
+        'logit_scale', nn.initializers.constant(c.logit_scale_init), (), jnp.float32)
+
+  def encode_image(self, images: jax.Array, normalize: bool = True) -> jax.Array:
+    """`[B, H, W, 3] float32` CLIP-normalised images → `[B, embed_dim] float32`."""
+    _, z = self.visual(images)
+    return l2_normalize(z) if normalize else z
+
+  def encode_text(self, tokens: jax.Array, normalize: bool = True) -> jax.Array:
+    """`[N, L] int32` tokens → `[N, embed_dim] float32`."""
+    _, z = self.text(tokens)
+    return l2_normalize(z) if normalize else z
+
+  def image_features(self, images: jax.Array) -> jax.Array:
+    """Pre-projection class-token features after ln_post, `[B, vision_width] float32`."""
+    features, _ = self.visual(images)
+    return features
+
+  def text_features(self, tokens: jax.Array) -> jax.Array:
+    """Pre-projection EOT features after ln_final, `[N, text_width] float32`."""
+    features, _ = self.text(tokens)
+    return features
+
+  def logit_scale_value(self) -> jax.Array:
+    """exp(min(logit_scale, logit_scale_max)), a `[] float32` scalar."""
+    return jnp.exp(jnp.minimum(self.logit_scale, self.config.logit_scale_max))
+
+  def __call__(self, images: jax.Array, tokens: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns (zimg `[B, E]`, ztxt `[N, E]`, scale `[]`), embeddings L2-normalised."""
+    return (self.encode_image(images), self.encode_text(tokens),
+            self.logit_scale_value())
+
+
+def build(model_config: ml_collections.ConfigDict) -> CLIP:
+  """Returns the (unbound) CLIP module for a model config."""
+  return CLIP(model_config)
