@@ -47,7 +47,17 @@ def _maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops INFO chatter of orbax, TFDS and grain (their warnings and errors still show)."""
+  _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/")
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        p in record.pathname for p in self._NOISY)
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config

@@ -91,8 +91,8 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.data.worker_count = 0      # grain mp_prefetch workers (0: in-process)
   c.data.two_views = False
   c.data.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.7, 1.0), crop_ratio=(0.9, 1.1), flip=True, brightness=0.2, contrast=0.2,
-      saturation=0.2, greyscale=0.1))
+      crop_scale=(0.7, 1.0), crop_ratio=(0.9, 1.1), flip_prob=0.5, jitter_prob=0.8,
+      brightness=0.3, contrast=0.3, saturation=0.3, greyscale_prob=0.1))
   c.data.sampler = ml_collections.ConfigDict(dict(
       enabled=False, activities_per_batch=8, subjects_per_activity=4, frames_per_group=2,
       min_frame_gap=4))

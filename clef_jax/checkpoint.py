@@ -1,0 +1,126 @@
+"""Orbax checkpoints of the train state and the grain iterator, for exact resume.
+
+A checkpoint at step s holds two items:
+  state  the train state pytree {'params', 'opt', 'step'} (orbax StandardSave, sharded arrays)
+  data   the grain iterator's state (grain.checkpoint.CheckpointSave: one JSON per process)
+so that a resumed run continues with the same parameters *and* the same next batches.
+
+Policies (orbax 0.12): save every `every_steps` and at preemption sync points
+(`PreemptionCheckpointingPolicy`, multi-host); keep the latest `keep` checkpoints. Saves are
+asynchronous; `close()` waits for the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_policies = ocp.checkpoint_managers
+
+
+class Checkpointer:
+  """A thin wrapper of `ocp.CheckpointManager` for our two items."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 2,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    save_policies = [_policies.PreemptionCheckpointingPolicy()]
+    if every_steps > 0:
+      save_policies.insert(0, _policies.FixedIntervalPolicy(every_steps))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=_policies.AnySavePolicy(save_policies),
+        preservation_policy=_policies.LatestN(max(1, keep)),
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps(read=True))
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
+           force: bool = False) -> bool:
+    """Saves (if the policies say so, or `force`); call on every process."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, int] | None:
+    """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings.
+
+    `abstract_state` is a tree of `jax.ShapeDtypeStruct` with `.sharding`. If the newest
+    checkpoint cannot be read (a partial write, a corrupt file), the error is logged and the
+    one before it is tried. Returns (state, step), or None when there is no checkpoint.
+    """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        return self._restore_step(step, abstract_state, data_iterator), step
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+                      self.directory, step, type(e).__name__, e)
+    if steps:
+      raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps})")
+    return None
+
+  def _restore_step(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    if data_iterator is not None and has_data:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    elif data_iterator is not None:
+      logging.warning("Checkpoint %d has no data-iterator state; the data stream restarts.", step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def reached_preemption(self, step: int) -> bool:
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads a finished run for `pretrained.load('clef:DIR')`: (config dict, params as numpy).
+
+  The params are read onto the host as numpy arrays whatever mesh they were saved from.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path}: not a clef-jax workdir (config.json missing)")
+  with open(config_path, encoding="utf-8") as f:
+    config = json.load(f)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoints in this workdir")
+  with ocp.CheckpointManager(ckpt_dir) as manager:
+    steps = sorted(manager.all_steps(read=True))
+    if not steps:
+      raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {steps}")
+    metadata = manager.item_metadata(step)["state"]
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+  return config, restored["state"]["params"]

@@ -1,0 +1,145 @@
+"""From config.data to sources, label vocabularies and grain iterators for the training loop.
+
+This is the one place where the trainer meets the input pipeline: it resolves the data folder,
+prepares SynthFace on first use, picks the splits of the fold (with the leakage guard), builds
+the subject/task vocabularies and activity texts, and returns random-access sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from input_pipeline import pipeline
+from input_pipeline import sampler as sampler_lib
+from input_pipeline import sources
+
+LABEL_KEYS = ("subject", "task", "activity_text", "frame", "fold", "expression", "au")
+NUMERIC_BATCH_KEYS = ("image", "au", "expression", "expression/votes", "subject_id",
+                      "activity_id", "index", "mask", "label")
+
+
+def data_dir(config) -> str:
+  return os.path.abspath(os.path.expanduser(
+      config.data.data_dir or os.environ.get("CLEF_DATA_DIR", "") or "./data"))
+
+
+class Subset:
+  """A random-access view of `source` restricted to `indices` (in that order)."""
+
+  def __init__(self, source: Any, indices: Sequence[int]):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    return self.source[int(self.indices[i])]
+
+  def __repr__(self) -> str:
+    return f"Subset({len(self)} of {len(self.source)})"
+
+
+@dataclasses.dataclass
+class Data:
+  """What the trainer and evaluators need to know about the configured dataset."""
+  name: str
+  builder_config: str
+  data_dir: str
+  info: dict[str, Any]
+  train_split: str
+  test_split: str
+  train: Any                       # random-access source (possibly a Subset)
+  test: Any
+  train_table: dict[str, np.ndarray]
+  subjects: list[str]
+  tasks: list[str]
+  activity_texts: list[str]        # index = activity id
+  aus: list[int]
+  classes: list[str]               # canonical expression names present in the dataset
+
+
+def _splits(config, info) -> tuple[str, str]:
+  name = config.data.name
+  train, test = config.data.train_split, config.data.test_split
+  splits = list(info.get("num_examples", {}))
+  if not train or not test:
+    if any(s.startswith("part") for s in splits):
+      ftrain, ftest = sources.fold_splits(name, config.fold)
+      if config.mode == "pretrain" and not config.data.leakage_guard:
+        ftrain = "+".join(sorted(s for s in splits if s.startswith("part")))
+      train, test = train or ftrain, test or ftest
+    else:
+      train, test = train or "train", test or "test"
+  return train, test
+
+
+def setup(config) -> Data:
+  """Opens the configured dataset (preparing SynthFace first if it is the one and absent)."""
+  ddir = data_dir(config)
+  name, bconf = config.data.name, config.data.config or None
+  if name == "synthface":
+    sources.ensure_synthface(ddir, **config.data.synthface.to_dict())
+  info = sources.info(name, ddir, config=bconf)
+  train_split, test_split = _splits(config, info)
+  # Images stay JPEG bytes: the grain pipeline decodes them (in its workers), and scanning the
+  # labels below does not pay for decoding.
+  train = sources.open_source(name, train_split, ddir, config=bconf, decode_images=False)
+  test = sources.open_source(name, test_split, ddir, config=bconf, decode_images=False)
+  if len(train) == 0:
+    raise ValueError(f"dataset {name}/{bconf} split {train_split!r} in {ddir} is empty")
+  table = pipeline.label_table(train, LABEL_KEYS)
+  tasks = list(info.get("tasks") or pipeline.vocab(table["task"]))
+  subjects = list(info.get("subjects") or pipeline.vocab(table["subject"]))
+  texts = {}
+  for t, a in zip(table["task"], table["activity_text"]):
+    if t and a:
+      texts.setdefault(str(t), str(a))
+  activity_texts = [texts.get(t, "") for t in tasks] if texts else []
+  used = sorted(set(str(s) for s in table["subject"]))
+  logging.info("data: %s/%s from %s; train=%s (%d examples, %d subjects: %s), test=%s (%d)",
+               name, bconf, ddir, train_split, len(train), len(used), " ".join(used),
+               test_split, len(test))
+  return Data(name=name, builder_config=bconf or "", data_dir=ddir, info=info,
+              train_split=train_split, test_split=test_split, train=train, test=test,
+              train_table=table, subjects=subjects, tasks=tasks, activity_texts=activity_texts,
+              aus=list(info.get("aus") or []), classes=list(info.get("classes") or []))
+
+
+def restrict(data: Data, indices: np.ndarray) -> Data:
+  """The same Data with the training source restricted to `indices` of it."""
+  table = {k: v[indices] for k, v in data.train_table.items()}
+  return dataclasses.replace(data, train=Subset(data.train, indices), train_table=table)
+
+
+def make_sampler(config, data: Data) -> sampler_lib.ActivityBatchSampler:
+  sc = config.data.sampler
+  t = data.train_table
+  return sampler_lib.ActivityBatchSampler(
+      pipeline.to_ids(t["subject"], data.subjects), pipeline.to_ids(t["task"], data.tasks),
+      t["frame"], activities_per_batch=sc.activities_per_batch,
+      subjects_per_activity=sc.subjects_per_activity, frames_per_group=sc.frames_per_group,
+      min_frame_gap=sc.min_frame_gap, seed=config.seed)
+
+
+def train_iterator(config, data: Data, keys: Sequence[str], source: Any | None = None):
+  """The checkpointable grain iterator of per-process training batches."""
+  sampler = make_sampler(config, data) if config.data.sampler.enabled else None
+  return pipeline.make_train_iterator(
+      data.train if source is None else source, global_batch_size=config.batch_size,
+      seed=config.seed, image_size=config.model.image_size,
+      augment=config.data.augment.to_dict(), two_views=config.data.two_views,
+      subjects=data.subjects, tasks=data.tasks, keys=tuple(keys),
+      worker_count=config.data.worker_count, sampler=sampler)
+
+
+def eval_batches(config, data: Data, source: Any, keys: Sequence[str], batch_size: int | None = None):
+  return pipeline.make_eval_batches(
+      source, global_batch_size=batch_size or config.batch_size,
+      image_size=config.model.image_size, keys=tuple(keys), subjects=data.subjects,
+      tasks=data.tasks)

@@ -1,0 +1,361 @@
+"""How a batch becomes embeddings and a loss, for each mode of the one training loop.
+
+An objective splits the work in three, so that gradient accumulation can cache embeddings and
+keep the whole negative pool (open_clip's accumulation, a.k.a. GradCache):
+
+  images(batch)                      -> uint8 [n, H, W, 3]  the images of the step (views flattened)
+  embed_images(params, images)       -> float32 [n, D]      image tower (L2-normalised)
+  embed_texts(params, rng)           -> dict of [K, D]      text tower on the step's label texts
+  loss(params, zimg, ztxt, batch, rng) -> (loss, aux)       everything else (heads, logit scales)
+
+`grad_fn` composes them; with `accum_steps > 1` it embeds every micro-batch without gradients,
+takes the loss gradient with respect to the embeddings once, and back-propagates it through each
+micro-batch's tower in turn. That gives exactly the big-batch gradient (tested).
+
+Params: the model's {'visual', 'text', 'logit_scale'} plus 'heads' (objective-specific: a
+projection head, AU scale/bias, a linear classifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clef_jax import losses
+from clef_jax import models
+from clef_jax import prompts
+
+MODEL_KEYS = ("visual", "text", "logit_scale")
+
+
+def model_params(params: dict[str, Any]) -> dict[str, Any]:
+  return {k: params[k] for k in MODEL_KEYS if k in params}
+
+
+def logit_scale(params: dict[str, Any], model_config) -> jax.Array:
+  """s = exp(min(logit_scale, logit_scale_max)), CLIP's clipped temperature."""
+  return jnp.exp(jnp.minimum(params["logit_scale"], model_config.logit_scale_max))
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class ProjectionHead(nn.Module):
+  """SimCLR-style MLP head used only by L_II' (pretrain.proj_head)."""
+  hidden: int
+  out: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.hidden, name="fc1")(x)
+    x = nn.relu(x)
+    return nn.Dense(self.out, name="fc2")(x)
+
+
+@dataclasses.dataclass
+class Objective:
+  """See the module docstring. `tokens` holds the step's constant token arrays."""
+  model: Any
+  model_config: Any
+  tokens: dict[str, np.ndarray]
+  init_heads: Callable[[jax.Array], dict[str, Any]]
+  images: Callable[[dict[str, jax.Array]], jax.Array]
+  text_fn: Callable[[Callable[[jax.Array], jax.Array], dict[str, jax.Array], jax.Array], dict]
+  loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  predict_fn: Callable[..., jax.Array] | None = None
+
+  def embed_images(self, params, images: jax.Array) -> jax.Array:
+    x = models.normalize_images(images)
+    return self.model.apply({"params": model_params(params)}, x, method=self.model.encode_image)
+
+  def encode_tokens(self, params, tokens: jax.Array) -> jax.Array:
+    """[..., L] int32 -> [..., D] normalised text embeddings."""
+    shape = tokens.shape
+    z = self.model.apply({"params": model_params(params)}, tokens.reshape(-1, shape[-1]),
+                         method=self.model.encode_text)
+    return z.reshape(*shape[:-1], z.shape[-1])
+
+  def embed_texts(self, params, rng) -> dict[str, jax.Array]:
+    toks = {k: jnp.asarray(v) for k, v in self.tokens.items()}
+    return self.text_fn(lambda t: self.encode_tokens(params, t), toks, rng)
+
+  def loss(self, params, zimg, ztxt, batch, rng):
+    return self.loss_fn(self, params, zimg, ztxt, batch, rng)
+
+  def predict(self, params, zimg, ztxt):
+    """Logits used by evaluators: FER [n, C] or AU [n, J]."""
+    return self.predict_fn(self, params, zimg, ztxt)
+
+
+# ------------------------------------------------------------------------------------------
+# Gradients, with and without accumulation.
+# ------------------------------------------------------------------------------------------
+
+
+def _micro(x: jax.Array, k: int) -> jax.Array:
+  """[n, ...] -> [k, n/k, ...] taking every k-th row, so each micro-batch spans all devices."""
+  n = x.shape[0]
+  return jnp.swapaxes(x.reshape(n // k, k, *x.shape[1:]), 0, 1)
+
+
+def _unmicro(x: jax.Array) -> jax.Array:
+  """Inverse of `_micro`: [k, n/k, ...] -> [n, ...]."""
+  k, m = x.shape[:2]
+  return jnp.swapaxes(x, 0, 1).reshape(k * m, *x.shape[2:])
+
+
+def grad_fn(objective: Objective, params, batch, rng, accum_steps: int = 1):
+  """(loss, aux), grads of the objective on one global batch.
+
+  accum_steps > 1 embeds `accum_steps` interleaved micro-batches without gradients, takes
+  d loss / d embeddings on the whole batch, then back-propagates each micro-batch's share
+  through the image tower (a `lax.scan`, so peak activation memory is one micro-batch).
+  """
+  images = objective.images(batch)
+  if accum_steps <= 1:
+    def full(p):
+      zimg = objective.embed_images(p, images)
+      ztxt = objective.embed_texts(p, rng)
+      return objective.loss(p, zimg, ztxt, batch, rng)
+    (loss, aux), grads = jax.value_and_grad(full, has_aux=True)(params)
+    return (loss, aux), grads
+
+  n = images.shape[0]
+  if n % accum_steps:
+    raise ValueError(f"{n} images per step do not split into accum_steps={accum_steps}")
+  chunks = _micro(images, accum_steps)
+  zimg = _unmicro(jax.lax.map(lambda c: objective.embed_images(params, c), chunks))
+  zimg = jax.lax.stop_gradient(zimg)
+  ztxt, text_vjp = jax.vjp(lambda p: objective.embed_texts(p, rng), params)
+  (loss, aux), (g_params, g_zimg, g_ztxt) = jax.value_and_grad(
+      lambda p, zi, zt: objective.loss(p, zi, zt, batch, rng), argnums=(0, 1, 2),
+      has_aux=True)(params, zimg, ztxt)
+  grads = jax.tree.map(jnp.add, g_params, text_vjp(g_ztxt)[0])
+
+  def body(acc, xs):
+    chunk, g_chunk = xs
+    _, vjp = jax.vjp(lambda p: objective.embed_images(p, chunk), params)
+    return jax.tree.map(jnp.add, acc, vjp(g_chunk)[0]), None
+
+  grads, _ = jax.lax.scan(body, grads, (chunks, _micro(g_zimg, accum_steps)))
+  return (loss, aux), grads
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 1: pretraining (CLEF or plain CLIP).
+# ------------------------------------------------------------------------------------------
+
+
+def _two_view_images(batch):
+  x = batch["image"]
+  if x.ndim == 5:  # [b, 2, H, W, 3] -> [2b, H, W, 3], the views of one image adjacent
+    return x.reshape(-1, *x.shape[2:])
+  return x
+
+
+def _repeat_views(x, batch):
+  views = batch["image"].shape[1] if batch["image"].ndim == 5 else 1
+  return jnp.repeat(x, views, axis=0)
+
+
+def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) -> Objective:
+  """L = λ_PI · L_II' + λ_PA · L_IA (objective='clef'), or CLIP InfoNCE (objective='clip').
+
+  activity_texts: the K distinct activity texts, index k = activity id k.
+  """
+  pc = config.pretrain
+  mc = config.model
+  if pc.objective not in ("clef", "clip"):
+    raise ValueError(f"config.pretrain.objective={pc.objective!r}: expected 'clef' or 'clip'")
+  if pc.pairing not in losses.PAIRINGS:
+    raise ValueError(f"config.pretrain.pairing={pc.pairing!r}: expected one of {losses.PAIRINGS}")
+  if not activity_texts:
+    raise ValueError("pretraining needs activity texts, but the dataset defines no activities")
+  tokens = {"activities": tokenizer(list(activity_texts))}
+  head = ProjectionHead(hidden=mc.embed_dim, out=pc.proj_dim) if pc.proj_head else None
+
+  def init_heads(rng):
+    if head is None:
+      return {}
+    return {"pi_proj": head.init(rng, jnp.zeros((1, mc.embed_dim)))["params"]}
+
+  def text_fn(encode, toks, rng):
+    del rng
+    return {"activities": encode(toks["activities"])}
+
+  def loss_fn(obj, params, zimg, ztxt, batch, rng):
+    del obj, rng
+    scale = logit_scale(params, mc)
+    mask = _repeat_views(batch["mask"], batch)
+    act = _repeat_views(batch["activity_id"], batch)
+    zact = ztxt["activities"]
+    if pc.objective == "clip":
+      # Each image against its own activity text (duplicates in a batch are negatives).
+      zt = zact[jnp.clip(act, 0, zact.shape[0] - 1)]
+      loss, aux = losses.clip_loss(zimg, zt, scale, mask & (act >= 0))
+      return loss, {**aux, "logit_scale": scale}
+    aux = {"logit_scale": scale}
+    loss = jnp.float32(0.0)
+    if pc.lambda_pi:
+      z = zimg
+      if head is not None:
+        z = _normalize(head.apply({"params": params["heads"]["pi_proj"]}, zimg))
+      pos = losses.pairing_mask(
+          pc.pairing, instance_ids=_repeat_views(batch["index"], batch), activity_ids=act,
+          subject_ids=_repeat_views(batch["subject_id"], batch))
+      l_pi = losses.supcon_from_mask(z, pos, pc.temperature, mask)
+      loss += pc.lambda_pi * l_pi
+      aux["loss_pi"] = l_pi
+    if pc.lambda_pa:
+      l_pa, pa_aux = losses.image_activity_loss(zimg, zact, act, scale, mask)
+      loss += pc.lambda_pa * l_pa
+      aux["loss_pa"] = l_pa
+      aux.update({f"pa_{k}": v for k, v in pa_aux.items()})
+    return loss, aux
+
+  def predict_fn(obj, params, zimg, ztxt):
+    del obj
+    return logit_scale(params, mc) * zimg @ ztxt["activities"].T
+
+  return Objective(model=model, model_config=mc, tokens=tokens, init_heads=init_heads,
+                   images=_two_view_images, text_fn=text_fn, loss_fn=loss_fn,
+                   predict_fn=predict_fn)
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 2: text-driven fine-tuning (FER / AU), the linear baseline and the linear probe.
+# ------------------------------------------------------------------------------------------
+
+
+def label_texts(task: str, labels: Sequence) -> dict[str, list[list[str]]]:
+  """Template-expanded texts: {'names': [T][C], 'descriptions': [T'][C], 'negatives': [T''][C]}.
+
+  labels: FER class names (canonical names) or AU numbers.
+  """
+  if task == "fer":
+    names = list(labels)
+    descs = [prompts.expression_description(c) for c in labels]
+  elif task == "au":
+    names = [prompts.au_name(a) for a in labels]
+    descs = [prompts.au_description(a) for a in labels]
+  else:
+    raise ValueError(f"config.finetune.task={task!r}: expected 'fer' or 'au'")
+  return {
+      "names": [[t.format(x) for x in names] for t in prompts.templates("name")],
+      "descriptions": [[t.format(x) for x in descs] for t in prompts.templates("description")],
+      "negatives": [[t.format(x) for x in names] for t in prompts.templates("au_negative")],
+  }
+
+
+def _template_mean(z: jax.Array) -> jax.Array:
+  """[T, C, D] -> [C, D]: mean over templates, renormalised (prompt ensembling)."""
+  return _normalize(z.mean(axis=0))
+
+
+def finetune_objective(config, model, tokenizer, labels: Sequence, *,
+                       pos_weight: np.ndarray | None = None) -> Objective:
+  """L = L_IN + λ_DN · L_DN for task 'fer' (labels = class names) or 'au' (labels = AU numbers).
+
+  head='text': classify by label-text embeddings (CLEF); head='linear': a linear classifier on
+  the image embedding (the poster's "I"). For AU, pos_weight [J] balances the BCE.
+  """
+  fc = config.finetune
+  mc = config.model
+  task = fc.task
+  if fc.head not in ("text", "linear"):
+    raise ValueError(f"config.finetune.head={fc.head!r}: expected 'text' or 'linear'")
+  if fc.au_head not in ("bias", "prompt_pair"):
+    raise ValueError(f"config.finetune.au_head={fc.au_head!r}: expected 'bias' or 'prompt_pair'")
+  texts = label_texts(task, labels)
+  num = len(labels)
+  tokens = {k: np.stack([tokenizer(row) for row in v]) for k, v in texts.items()}
+  use_text_head = fc.head == "text"
+  use_dn = bool(fc.use_descriptions and fc.lambda_dn)
+  if not (use_text_head or use_dn):
+    tokens = {}
+  pw = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+
+  def init_heads(rng):
+    heads = {}
+    if fc.head == "linear":
+      heads["linear"] = nn.Dense(num).init(rng, jnp.zeros((1, mc.embed_dim)))["params"]
+    elif task == "au":
+      heads["au_logit_scale"] = jnp.asarray(math.log(10.0), jnp.float32)
+      heads["au_bias"] = jnp.zeros((num,), jnp.float32)
+    return heads
+
+  def text_fn(encode, toks, rng):
+    out = {}
+    if not toks:
+      return out
+    out["names"] = _template_mean(encode(toks["names"]))
+    desc = toks["descriptions"]
+    t = jax.random.randint(rng, (), 0, desc.shape[0])
+    out["descriptions"] = encode(desc[t])  # a random description template each step
+    out["descriptions_mean"] = jax.lax.stop_gradient(_template_mean(encode(desc)))
+    if task == "au" and fc.au_head == "prompt_pair":
+      out["negatives"] = _template_mean(encode(toks["negatives"]))
+    return out
+
+  def classifier(ztxt, train):
+    """The label-text embeddings that classify: names (N), else descriptions (D)."""
+    if fc.use_names:
+      return ztxt["names"]
+    return ztxt["descriptions"] if train else ztxt["descriptions_mean"]
+
+  def logits_fn(params, zimg, ztxt, train):
+    if fc.head == "linear":
+      return nn.Dense(num).apply({"params": params["heads"]["linear"]}, zimg)
+    cls = classifier(ztxt, train)
+    if task == "fer":
+      return logit_scale(params, mc) * zimg @ cls.T
+    if fc.au_head == "prompt_pair":
+      return losses.au_prompt_pair_logits(zimg, cls, ztxt["negatives"], logit_scale(params, mc))
+    s_au = jnp.exp(params["heads"]["au_logit_scale"])
+    return losses.au_logits(zimg, cls, s_au, params["heads"]["au_bias"])
+
+  def loss_fn(obj, params, zimg, ztxt, batch, rng):
+    del obj, rng
+    logits = logits_fn(params, zimg, ztxt, train=True)
+    mask = batch["mask"]
+    if task == "fer":
+      labels_ = batch["label"]
+      l_in = losses.softmax_ce(logits, labels_, mask, label_smoothing=fc.label_smoothing)
+      acc = jnp.sum((jnp.argmax(logits, -1) == labels_) & mask & (labels_ >= 0)) / jnp.maximum(
+          jnp.sum(mask & (labels_ >= 0)), 1)
+      aux = {"loss_in": l_in, "accuracy": acc}
+    else:
+      l_in = losses.au_bce(logits, batch["au"], pw, mask)
+      aux = {"loss_in": l_in}
+    loss = l_in
+    if use_dn and "names" in ztxt:
+      l_dn = losses.description_name_loss(ztxt["descriptions"], ztxt["names"],
+                                          logit_scale(params, mc))
+      loss = loss + fc.lambda_dn * l_dn
+      aux["loss_dn"] = l_dn
+    aux["logit_scale"] = logit_scale(params, mc)
+    return loss, aux
+
+  def predict_fn(obj, params, zimg, ztxt):
+    del obj
+    return logits_fn(params, zimg, ztxt, train=False)
+
+  return Objective(model=model, model_config=mc, tokens=tokens, init_heads=init_heads,
+                   images=lambda b: b["image"], text_fn=text_fn, loss_fn=loss_fn,
+                   predict_fn=predict_fn)
+
+
+def embedding_objective(config, model) -> Objective:
+  """An objective that only embeds (for zero-shot evaluation): no label texts, no loss."""
+  def no_loss(obj, params, zimg, ztxt, batch, rng):
+    raise ValueError("the embedding objective has no loss; it is for evaluation only")
+  return Objective(model=model, model_config=config.model, tokens={},
+                   init_heads=lambda rng: {}, images=lambda b: b["image"],
+                   text_fn=lambda encode, toks, rng: {}, loss_fn=no_loss)

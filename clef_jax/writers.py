@@ -1,0 +1,105 @@
+"""Run outputs: config.json, metrics (clu writers + metrics.jsonl), results.json and results.md.
+
+The clu default writer gives TensorBoard event files and log lines (process 0; other processes
+only log). `metrics.jsonl` holds one JSON object per logged step with at least `step` and
+`loss`; after a resume, a step may appear again and the later line supersedes the earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def write_config(workdir: str, config) -> None:
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(_jsonable(config.to_dict()), f, indent=2, sort_keys=True)
+
+
+class MetricWriter:
+  """clu's default writer (TensorBoard + logging) plus the metrics.jsonl file."""
+
+  def __init__(self, workdir: str, is_main: bool = True):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    _hide_accelerators_from_tf()
+    self._writer = metric_writers.create_default_writer(
+        workdir, just_logging=not is_main, asynchronous=True)
+    self._jsonl = os.path.join(workdir, "metrics.jsonl") if is_main else None
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()
+               if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)}
+    if not scalars:
+      return
+    self._writer.write_scalars(int(step), scalars)
+    if self._jsonl:
+      with open(self._jsonl, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+
+  def close(self) -> None:
+    self._writer.flush()
+    self._writer.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
+  """metrics.jsonl as {step: metrics}, later lines superseding earlier ones for a step."""
+  out: dict[int, dict[str, float]] = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        m = json.loads(line)
+        out[int(m["step"])] = m
+  return out
+
+
+def _hide_accelerators_from_tf() -> None:
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except Exception:  # pylint: disable=broad-except  (already initialised, or no such type)
+    pass
+
+
+def log_parameter_overview(params) -> None:
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  shapes = jax.tree.map(lambda x: np.zeros((), np.float32) if x.ndim == 0 else x, params)
+  try:
+    parameter_overview.log_parameter_overview(shapes, include_stats=False)
+  except Exception as e:  # pylint: disable=broad-except  (logging must never stop training)
+    logging.warning("parameter overview failed: %s", e)
+
+
+def write_results(workdir: str, results: Mapping[str, Any], config=None) -> None:
+  """results.json (flat, keys named by metric) and a readable results.md table."""
+  flat = {k: v for k, v in _jsonable(results).items()}
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(flat, f, indent=2, sort_keys=True)
+  lines = ["| metric | value |", "|---|---|"]
+  for k in sorted(flat):
+    v = flat[k]
+    if isinstance(v, float):
+      lines.append(f"| {k} | {v:.4f} |")
+    elif isinstance(v, (int, str)):
+      lines.append(f"| {k} | {v} |")
+  header = f"# Results ({config.mode})\n\n" if config is not None else "# Results\n\n"
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(header + "\n".join(lines) + "\n")
