@@ -8,6 +8,7 @@ the environment says this is one of several processes, or with explicit
 --coordinator_address/--num_processes/--process_id.
 """
 
+import logging as std_logging
 import os
 
 from absl import app
@@ -47,12 +48,12 @@ def _maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-class _QuietLibraries(logging.logging.Filter):
+class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of orbax, TFDS and grain (their warnings and errors still show)."""
   _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/")
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or not any(
+    return record.levelno >= std_logging.WARNING or not any(
         p in record.pathname for p in self._NOISY)
 
 
