@@ -47,6 +47,8 @@ DERIVED_KEYS = ("subject_id", "activity_id", "index", "mask")
 # Requested keys that are silently dropped when a source lacks them.
 OPTIONAL_KEYS = ("expression/votes",)
 DEFAULT_LABEL_KEYS = ("subject", "task", "frame", "fold", "expression", "au")
+# Internal key: an example's position in the global training stream (seeds its augmentation).
+_POSITION = "_position"
 
 # Canonical dtypes of schema fields; other keys keep numpy's inferred dtype.
 _DTYPES = {
@@ -161,7 +163,10 @@ class ExampleLoader:
     self.subject_ids = None if subjects is None else {s: i for i, s in enumerate(subjects)}
     self.task_ids = None if tasks is None else {t: i for i, t in enumerate(tasks)}
 
-  def __call__(self, index: int) -> dict[str, Any]:
+  def __call__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+    position = None
+    if isinstance(index, tuple):  # (global stream position, source index) from training
+      position, index = index
     index = int(index)
     example = self.source[index]
     where = f"example {index}"
@@ -181,6 +186,8 @@ class ExampleLoader:
         out[key] = decode_image(_get(example, key, where), where)
       else:
         out[key] = _convert(key, _get(example, key, where))
+    if position is not None:
+      out[_POSITION] = np.int64(position)
     return out
 
 
@@ -263,9 +270,36 @@ class _SamplerPositions:
   def __len__(self) -> int:
     return sys.maxsize
 
-  def __getitem__(self, position: int) -> int:
+  def __getitem__(self, position: int) -> tuple[int, int]:
     step, j = divmod(int(position), self.local_batch_size)
-    return int(self.sampler.indices(step)[self.offset + j])
+    global_position = step * self.sampler.batch_size + self.offset + j
+    return global_position, int(self.sampler.indices(step)[self.offset + j])
+
+
+def _drop_position(element: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in element.items() if k != _POSITION}
+
+
+def _with_position(position: int, index: int) -> tuple[int, int]:
+  return int(position), int(index)
+
+
+class _PositionSeededAugment(grain.transforms.Map):
+  """Augments with an rng drawn from (seed, the example's position in the global stream).
+
+  The global stream is the same whatever the number of processes, so the augmented global
+  batch is too: 2 processes x 4 devices train exactly like 1 process x 8 devices.
+  """
+
+  def __init__(self, transform: augment_lib.TrainAugment, seed: int):
+    self.transform = transform
+    self.seed = int(seed)
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    element = dict(element)
+    position = int(element.pop(_POSITION))
+    rng = np.random.default_rng([self.seed, position])
+    return self.transform.random_map(element, rng)
 
 
 def make_train_dataset(
@@ -309,7 +343,7 @@ def make_train_dataset(
 
   if sampler is None:
     positions = (grain.MapDataset.range(len(source)).seed(int(seed)).shuffle().repeat()
-                 [process_index::process_count])
+                 .map_with_index(_with_position)[process_index::process_count])
   else:
     if sampler.batch_size != global_batch_size:
       raise ValueError(
@@ -324,10 +358,9 @@ def make_train_dataset(
 
   ds = positions.map(ExampleLoader(source, keys, subjects, tasks))
   if "image" in keys:
-    # Seeded per process: grain derives each element's rng from (seed, position in `ds`), and
-    # positions repeat across processes.
-    aug_seed = int(np.random.SeedSequence([int(seed), process_index, 1]).generate_state(1)[0])
-    ds = ds.random_map(transform, seed=aug_seed)
+    ds = ds.map(_PositionSeededAugment(transform, int(seed)))
+  else:
+    ds = ds.map(_drop_position)
   ds = ds.batch(local_bs, drop_remainder=True)
   it_ds = ds.to_iter_dataset(read_options or default_read_options())
   if worker_count > 0:

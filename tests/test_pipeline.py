@@ -89,6 +89,30 @@ def test_train_batch_contents(source):
     assert batch["activity_id"][k] == expected_task
 
 
+@pytest.mark.parametrize("use_sampler", [False, True])
+def test_global_batch_independent_of_process_count(source, use_sampler):
+  """Images (augmentations included) and labels of the global batch do not depend on P."""
+  kwargs = dict(two_views=True, augment={"crop_scale": (0.3, 1.0)})
+  if use_sampler:
+    table = pipeline.label_table(source)
+    kwargs["sampler"] = sampler_lib.ActivityBatchSampler(
+        pipeline.to_ids(table["subject"], SUBJECTS), pipeline.to_ids(table["task"], TASKS),
+        table["frame"], activities_per_batch=2, subjects_per_activity=2, frames_per_group=2,
+        min_frame_gap=1, seed=5)
+  one = take(train_iter(source, **kwargs), 3)
+  two = [take(train_iter(source, process_index=p, process_count=2, **kwargs), 3)
+         for p in range(2)]
+  for step in range(3):
+    for key in one[step]:
+      merged = np.concatenate([two[0][step][key], two[1][step][key]])
+      if use_sampler:
+        np.testing.assert_array_equal(one[step][key], merged, err_msg=key)
+      else:  # shuffled stream: process p holds every P-th global position
+        glob = np.empty_like(merged)
+        glob[0::2], glob[1::2] = two[0][step][key], two[1][step][key]
+        np.testing.assert_array_equal(one[step][key], glob, err_msg=key)
+
+
 def test_determinism_by_seed(source):
   a = take(train_iter(source, seed=3), 6)
   b = take(train_iter(source, seed=3), 6)
