@@ -447,7 +447,6 @@ def load_hf(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Par
       hf_config = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{cfg_path}: invalid JSON ({e}).') from e
-  state = _read_hf_weights(path, what)
 
   def setting(tower: str, key: str) -> Any:
     sub = hf_config.get(f'{tower}_config') or {}
@@ -466,6 +465,7 @@ def load_hf(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Par
     raise ValueError(f'{cfg_path}: towers use different activations {acts}; one act '
                      'for both towers is supported.')
   eos = setting('text', 'eos_token_id')
+  state = _read_hf_weights(path, what)
 
   v, t = 'vision_model', 'text_model'
   patch_w = _require(state, f'{v}.embeddings.patch_embedding.weight', what)
@@ -596,12 +596,15 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
   else:
     try:
       obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except
-      if 'weights_only' not in str(e) and 'Unpickl' not in type(e).__name__:
-        raise ValueError(f'{path}: cannot be read by torch.load ({e}).') from e
-      warnings.warn(f'{path} holds non-tensor Python objects; unpickling it fully '
+    except Exception:  # pylint: disable=broad-except
+      # Non-tensor objects (e.g. training args in FaRL/open_clip checkpoints) need
+      # full unpickling; anything else unreadable is reported with the path.
+      try:
+        obj = torch.load(path, map_location='cpu', weights_only=False)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f'{path}: not a readable torch checkpoint ({e}).') from e
+      warnings.warn(f'{path} holds non-tensor Python objects and was fully unpickled '
                     '(only load files you trust).')
-      obj = torch.load(path, map_location='cpu', weights_only=False)
   if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
     obj = obj['state_dict']
   if not isinstance(obj, Mapping):

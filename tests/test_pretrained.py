@@ -1,8 +1,11 @@
 """Pretrained import: our towers vs transformers' PyTorch CLIPModel on the same weights."""
 
+import argparse
+import contextlib
 import functools
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -170,7 +173,9 @@ def _torchscript(state_dict, path):
         node.add_module(name, torch.nn.Module())
       node = getattr(node, name)
     node.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
-  torch.jit.save(torch.jit.script(root), path)
+  with warnings.catch_warnings():  # torch.jit is deprecated; OpenAI files use it.
+    warnings.simplefilter('ignore', DeprecationWarning)
+    torch.jit.save(torch.jit.script(root), path)
 
 
 @pytest.fixture(scope='module')
@@ -188,10 +193,13 @@ def test_openai_matches_transformers(tmp_path, openai_model, layout):
     torch.save(sd, path)
   elif layout == 'state_dict_module':  # FaRL-like: {'state_dict': ...}, wrapper prefix
     torch.save({'state_dict': {f'module.{k}': v for k, v in sd.items()},
-                'epoch': 16}, path)
+                'epoch': 16, 'args': argparse.Namespace(lr=1e-4)}, path)
   else:
     _torchscript(sd, path)
-  config, params = pretrained.load(f'openai:{path}')
+  expect_warning = layout == 'state_dict_module'
+  with (pytest.warns(UserWarning, match='fully unpickled') if expect_warning
+        else contextlib.nullcontext()):
+    config, params = pretrained.load(f'openai:{path}')
   assert (config.vision_heads, config.text_heads) == (2, 1)
   assert config.text_pooling == 'argmax'
   images, tokens = _inputs(32, 2)
@@ -223,6 +231,9 @@ def test_openai_errors_name_keys(tmp_path, openai_model):
   assert 'visual.transformer.resblocks.0.attn.extra' in str(e.value)
   with pytest.raises(FileNotFoundError, match='nope.pt'):
     pretrained.load(f'openai:{tmp_path / "nope.pt"}')
+  (tmp_path / 'garbage.pt').write_bytes(b'not a checkpoint')
+  with pytest.raises(ValueError, match='garbage.pt: not a readable torch checkpoint'):
+    pretrained.load(f'openai:{tmp_path / "garbage.pt"}')
 
 
 def test_hf_missing_key_and_extras(tmp_path):
@@ -317,6 +328,12 @@ def test_spec_errors_and_register_loader(tmp_path):
     pretrained.load(f'hf:{tmp_path}')
   (tmp_path / 'config.json').write_text(json.dumps({}))
   with pytest.raises(FileNotFoundError, match='model.safetensors'):
+    pretrained.load(f'hf:{tmp_path}')
+  (tmp_path / 'config.json').write_text(json.dumps({'text_config': {'hidden_act': 'relu'}}))
+  with pytest.raises(ValueError, match="text_config.hidden_act='relu'"):
+    pretrained.load(f'hf:{tmp_path}')
+  (tmp_path / 'config.json').write_text('{')
+  with pytest.raises(ValueError, match='config.json: invalid JSON'):
     pretrained.load(f'hf:{tmp_path}')
 
   def fake(path, **overrides):
