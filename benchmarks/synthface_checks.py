@@ -21,6 +21,7 @@ import collections
 import csv
 import os
 import pathlib
+import resource
 import sys
 import tempfile
 import time
@@ -209,6 +210,12 @@ def cnn_check(subj, labels, rgb64, steps: int, seed: int, fold: int = 1):
   return float(f1.mean()), f1, time.perf_counter() - t0
 
 
+def _cpu_seconds() -> float:
+  """User + system CPU time of this process and its finished children."""
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--data", help="an existing SynthFace folder (default: generate one)")
@@ -224,11 +231,14 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="synthface_bench_")
     root = pathlib.Path(tmp.name) / "synthface"
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
     s = synthface.generate(root, seed=a.seed, workers=a.workers, progress=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     print(f"[speed] default SynthFace ({s['images']} images at {s['size']} px, "
-          f"{a.workers} workers, {os.cpu_count()} CPUs): {dt:.1f} s = {s['images'] / dt:.0f} "
-          "images/s", flush=True)
+          f"{a.workers} workers, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}): "
+          f"wall {dt:.1f} s = {s['images'] / dt:.0f} images/s; CPU {cpu:.1f} s = "
+          f"{s['images'] / cpu:.0f} images per CPU-second (=> {cpu / a.workers:.0f} s wall on "
+          f"{a.workers} idle cores)", flush=True)
   subj, task, labels, exprs, gray, rgb, rgb64 = load_bp4d(root)
   print(f"[data] {len(subj)} BP4D-like frames, {len(np.unique(subj))} subjects; AU base rates: "
         + " ".join(f"AU{au}={labels[labels[:, j] >= 0, j].mean():.2f}"

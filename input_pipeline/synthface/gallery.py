@@ -74,7 +74,7 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
     tiles += [Image.new("RGB", tiles[-1].size, _BG)] * ((cols - len(people)) % cols)
   parts.append(_grid(tiles, cols, width))
   parts.append(_title("Episode strip: subject doing T1 (" +
-                      prompts.activity_text("bp4d", "T1") + "), label under AU codes ≥ 2", width))
+                      prompts.activity_text("bp4d", "T1") + "), frame, expression, AUs coded 1", width))
   sess = population.make_session(seed, 0, people[0], "T1", 24)
   tiles = []
   for k in range(0, 24, 2):
