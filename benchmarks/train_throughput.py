@@ -1,0 +1,414 @@
+"""Training-step throughput: our jitted step vs transformers' PyTorch CLIPModel, in one run.
+
+  python benchmarks/train_throughput.py                # tiny and S/16 at 112 px, batch 32
+  python benchmarks/train_throughput.py --quick        # 1 step per round, 2 rounds
+  python benchmarks/train_throughput.py --variants=S/16 --batch_size=64 --steps=4 --repeats=5
+
+Both sides do the same work per step on the same batch (uint8 images [B, S, S, 3], activity ids
+[B]) and the same architecture:
+  ours   `clef_jax.train.make_train_step` jitted with `donate_argnums=(0,)` as the trainer does,
+         with `configs/pretrain.py` and `pretrain.objective='clip'`: normalise the images, image
+         tower on B images, text tower on the K=8 BP4D activity texts, each image against its
+         activity's text in CLIP's symmetric InfoNCE, backward, global-norm clip 1.0, AdamW
+         (decay mask, warmup+cosine schedule), logit-scale clamp, metrics (loss, accuracies,
+         grad/param/update norms).
+  torch  `transformers.CLIPModel` built from a `CLIPConfig` with our widths, layers, heads, patch,
+         image size, vocab, context and quick_gelu: the same normalisation, towers, gather, loss,
+         `clip_grad_norm_(1.0)`, `torch.optim.AdamW` (fused on CPU when available, decay on
+         matrices only) and clamp; eager mode (no torch.compile).
+Timing: compile/warm up first, then `--repeats` rounds; each round times `--steps` steps (default
+5 for tiny, 2 otherwise) of ours, of torch and a large fp32 matmul (the order alternates between
+rounds, to spread the noise of a shared machine). It prints the median images/s of each, the ratio, and for every variant the
+achieved FLOP/s of our step (FLOPs from XLA's `cost_analysis()` of the compiled step) as a share
+of the matmul's FLOP/s measured in the same rounds.
+
+Threads: torch uses `torch.set_num_threads(os.cpu_count())`; XLA uses all cores by default.
+Compiled steps go to JAX's persistent compilation cache (`--cache_dir`), so a rerun starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from clef_jax import models
+from clef_jax import objectives
+from clef_jax import optim
+from clef_jax import prompts
+from clef_jax import sharding
+from clef_jax import tokenizer as tokenizer_lib
+from clef_jax import train
+from configs import pretrain as pretrain_config
+
+BATCH_KEYS = ("image", "activity_id", "subject_id", "index", "mask")
+
+
+# ------------------------------------------------------------------------------------------
+# Machine description (printed by every benchmark).
+# ------------------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+  """CPU model, core count and the 1/5/15-minute load averages."""
+  model = platform.processor() or "?"
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return (f"{model}; {os.cpu_count()} cores; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; jax {jax.__version__} "
+          f"{jax.devices()[0].platform} x{jax.device_count()}")
+
+
+# ------------------------------------------------------------------------------------------
+# Our step, as the trainer builds it.
+# ------------------------------------------------------------------------------------------
+
+
+def bench_config(variant: str, image_size: int, batch_size: int,
+                 objective: str = "clip") -> ml_collections.ConfigDict:
+  """configs/pretrain.py for `variant` at `image_size`, one view per image, no sampler."""
+  config = pretrain_config.get_config(f"variant={variant},image_size={image_size}")
+  config.batch_size = batch_size
+  config.pretrain.objective = objective
+  config.data.two_views = False
+  config.data.sampler.enabled = False
+  config.optim.total_steps = config.total_steps
+  return config
+
+
+def build_state_and_step(config: ml_collections.ConfigDict, objective: objectives.Objective
+                         ) -> tuple[Any, Callable, jax.sharding.Mesh]:
+  """(state, jitted step, mesh) exactly as `clef_jax.train.train_and_evaluate` makes them."""
+  mesh = sharding.make_mesh(config.mesh)
+  model = objective.model
+  size = config.model.image_size
+
+  def init_params(rng):
+    r_model, r_heads = jax.random.split(rng)
+    params = model.init(r_model, jnp.zeros((1, size, size, 3), jnp.float32),
+                        jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    return {**params, "heads": objective.init_heads(r_heads)}
+
+  rng = jax.random.key(config.seed)
+  tx, schedule = optim.make_optimizer(config.optim, jax.eval_shape(init_params, rng))
+
+  def init_state(params):
+    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  abstract = jax.eval_shape(lambda r: init_state(init_params(r)), rng)
+  state_sh = sharding.infer_sharding(abstract, config.sharding_rules, mesh)
+  with jax.set_mesh(mesh):
+    params = jax.jit(init_params, out_shardings=state_sh["params"])(rng)
+    state = jax.jit(init_state, out_shardings=state_sh)(params)
+  step = jax.jit(train.make_train_step(config, objective, tx, schedule, None),
+                 donate_argnums=(0,), out_shardings=(state_sh, sharding.replicated(mesh)))
+  return state, step, mesh
+
+
+def random_batch(batch_size: int, image_size: int, num_activities: int, seed: int = 0,
+                 views: int = 1) -> dict[str, np.ndarray]:
+  """A host batch with the pretraining keys: image uint8 [B, S, S, 3] (or [B, 2, S, S, 3])."""
+  rng = np.random.default_rng(seed)
+  shape = (batch_size,) + ((views,) if views > 1 else ()) + (image_size, image_size, 3)
+  return {
+      "image": rng.integers(0, 256, shape, dtype=np.uint8),
+      "activity_id": rng.integers(0, num_activities, (batch_size,)).astype(np.int32),
+      "subject_id": rng.integers(0, 4, (batch_size,)).astype(np.int32),
+      "index": np.arange(batch_size, dtype=np.int64),
+      "mask": np.ones((batch_size,), bool),
+  }
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled computation from XLA's cost analysis (a multiply-add counts 2)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0]
+  if not cost or "flops" not in cost:
+    raise RuntimeError(f"XLA cost_analysis() gave no 'flops' entry: {cost!r}")
+  return float(cost["flops"])
+
+
+class OurStep:
+  """Our compiled train step on a fixed device batch; `run(n)` does n steps and blocks."""
+
+  def __init__(self, config: ml_collections.ConfigDict, activity_texts: list[str],
+               host_batch: dict[str, np.ndarray]):
+    tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
+    model = models.build(config.model)
+    objective = objectives.pretrain_objective(config, model, tok, activity_texts)
+    self.state, step, self.mesh = build_state_and_step(config, objective)
+    with jax.set_mesh(self.mesh):
+      self.batch = sharding.global_batch(host_batch, self.mesh)
+      self.compiled = step.lower(self.state, self.batch).compile()
+    self.flops = xla_flops(self.compiled)
+    self.tokens = tok(activity_texts)
+
+  def run(self, n: int) -> float:
+    """Seconds for n steps (dispatch to results ready)."""
+    t0 = time.perf_counter()
+    with jax.set_mesh(self.mesh):
+      for _ in range(n):
+        self.state, metrics = self.compiled(self.state, self.batch)
+      jax.block_until_ready((self.state, metrics))
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"our step gave loss {loss}")
+    return time.perf_counter() - t0
+
+
+def analytic_matmul_flops(mc: ml_collections.ConfigDict, images: int, texts: int) -> float:
+  """3 x the forward matmul FLOPs (fwd + 2 x bwd) of both towers; a cross-check of XLA's count."""
+  def tower(n, t, w, layers, extra):
+    mlp = models.variants.mlp_dim(mc, w)
+    per_layer = 2 * n * t * w * (3 * w + w + 2 * mlp) + 4 * n * t * t * w  # dense + attention
+    return layers * per_layer + extra
+  grid = (mc.image_size // mc.patch_size) ** 2
+  vis = tower(images, grid + 1, mc.vision_width, mc.vision_layers,
+              2 * images * grid * mc.patch_size ** 2 * 3 * mc.vision_width
+              + 2 * images * mc.vision_width * mc.embed_dim)
+  txt = tower(texts, mc.context_length, mc.text_width, mc.text_layers,
+              2 * texts * mc.text_width * mc.embed_dim)
+  return 3.0 * (vis + txt)
+
+
+# ------------------------------------------------------------------------------------------
+# The same step in transformers + PyTorch.
+# ------------------------------------------------------------------------------------------
+
+
+def hf_clip_config(mc: ml_collections.ConfigDict):
+  """A transformers CLIPConfig with our model config's architecture (argmax text pooling)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  if mc.text_pooling != "argmax":
+    raise ValueError(f"model text_pooling={mc.text_pooling!r}: this benchmark maps 'argmax' only")
+  text = dict(vocab_size=mc.vocab_size, hidden_size=mc.text_width,
+              intermediate_size=models.variants.mlp_dim(mc, mc.text_width),
+              num_hidden_layers=mc.text_layers, num_attention_heads=mc.text_heads,
+              max_position_embeddings=mc.context_length, hidden_act=mc.act,
+              eos_token_id=2, bos_token_id=0, pad_token_id=1)  # 2: legacy argmax pooling
+  vision = dict(hidden_size=mc.vision_width,
+                intermediate_size=models.variants.mlp_dim(mc, mc.vision_width),
+                num_hidden_layers=mc.vision_layers, num_attention_heads=mc.vision_heads,
+                image_size=mc.image_size, patch_size=mc.patch_size, hidden_act=mc.act)
+  return transformers.CLIPConfig(text_config=text, vision_config=vision,
+                                 projection_dim=mc.embed_dim,
+                                 logit_scale_init_value=mc.logit_scale_init)
+
+
+class TorchStep:
+  """transformers.CLIPModel forward + CLIP loss + backward + clip + AdamW on a fixed batch."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tokens: np.ndarray,
+               host_batch: dict[str, np.ndarray]):
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    self.model = transformers.CLIPModel(hf_clip_config(config.model)).train()
+    oc = config.optim
+    decay = [p for n, p in self.model.named_parameters()
+             if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in self.model.named_parameters()
+                if not (p.ndim >= 2 and "embedding" not in n)]
+    groups = [{"params": decay, "weight_decay": oc.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=oc.lr, betas=(oc.b1, oc.b2), eps=oc.eps)
+    try:
+      self.opt = torch.optim.AdamW(groups, fused=True, **kwargs)
+      self.optimizer = "AdamW(fused=True)"
+    except (RuntimeError, TypeError):
+      self.opt = torch.optim.AdamW(groups, foreach=True, **kwargs)
+      self.optimizer = "AdamW(foreach=True)"
+    self.images = torch.from_numpy(host_batch["image"])
+    self.act = torch.from_numpy(host_batch["activity_id"].astype(np.int64))
+    self.tokens = torch.from_numpy(np.asarray(tokens, np.int64))
+    self.mean = torch.tensor(models.CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    self.std = torch.tensor(models.CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    self.clip_norm = oc.grad_clip_norm
+    self.max_scale = config.model.logit_scale_max
+    self.last_loss = float("nan")
+
+  def _features(self, out):
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+  def step(self) -> None:
+    torch = self.torch
+    f = torch.nn.functional
+    x = self.images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - self.mean) / self.std
+    zi = f.normalize(self._features(self.model.get_image_features(pixel_values=x)), dim=-1)
+    zt = f.normalize(self._features(self.model.get_text_features(input_ids=self.tokens)), dim=-1)
+    zt = zt[self.act]
+    logits = self.model.logit_scale.clamp(max=self.max_scale).exp() * zi @ zt.T
+    labels = torch.arange(logits.shape[0])
+    loss = 0.5 * (f.cross_entropy(logits, labels) + f.cross_entropy(logits.T, labels))
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if self.clip_norm:
+      torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+    self.opt.step()
+    with torch.no_grad():
+      self.model.logit_scale.clamp_(max=self.max_scale)
+    self.last_loss = float(loss.detach())
+
+  def run(self, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+      self.step()
+    if not math.isfinite(self.last_loss):
+      raise FloatingPointError(f"torch step gave loss {self.last_loss}")
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------
+# The reference matmul.
+# ------------------------------------------------------------------------------------------
+
+
+class Matmul:
+  """A jitted fp32 [n, n] @ [n, n]; `run(reps)` returns seconds for `reps` products."""
+
+  def __init__(self, n: int = 2048):
+    k1, k2 = jax.random.split(jax.random.key(0))
+    self.a = jax.random.normal(k1, (n, n), jnp.float32)
+    self.b = jax.random.normal(k2, (n, n), jnp.float32)
+    self.compiled = jax.jit(jnp.dot).lower(self.a, self.b).compile()
+    self.flops = 2.0 * n ** 3
+    self.xla_flops = xla_flops(self.compiled)
+    self.run(1)
+
+  def run(self, reps: int) -> float:
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(reps):
+      out = self.compiled(self.a, self.b)
+    jax.block_until_ready(out)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------
+# Main.
+# ------------------------------------------------------------------------------------------
+
+
+def bench_variant(variant: str, args: argparse.Namespace, matmul: Matmul) -> dict[str, Any]:
+  """Builds, warms up and times both steps and the matmul for one variant; prints a summary."""
+  config = bench_config(variant, args.image_size, args.batch_size)
+  texts = list(prompts.activities("bp4d").values())
+  host = random_batch(args.batch_size, args.image_size, len(texts))
+  t0 = time.perf_counter()
+  ours = OurStep(config, texts, host)
+  t_compile = time.perf_counter() - t0
+  theirs = TorchStep(config, ours.tokens, host)
+  warm_ours, warm_theirs = ours.run(args.warmup), theirs.run(args.warmup)
+  mc = config.model
+  print(f"\n== {variant} at {mc.image_size} px, batch {args.batch_size} "
+        f"(vision {mc.vision_width}x{mc.vision_layers}/{mc.vision_heads}h patch {mc.patch_size}, "
+        f"text {mc.text_width}x{mc.text_layers}/{mc.text_heads}h ctx {mc.context_length}, "
+        f"vocab {mc.vocab_size}, {mc.act}); {len(texts)} activity texts; torch {theirs.optimizer}")
+  print(f"   compile {t_compile:.1f} s; warm-up ({args.warmup} steps) ours {warm_ours:.2f} s, "
+        f"torch {warm_theirs:.2f} s")
+  ours_ips, torch_ips, mm_fps = [], [], []
+  for r in range(args.repeats):
+    runs = [("ours", ours), ("torch", theirs), ("matmul", matmul)]
+    if r % 2:
+      runs.reverse()
+    times = {}
+    for name, obj in runs:
+      times[name] = obj.run(args.matmul_reps if name == "matmul" else args.steps)
+    ours_ips.append(args.batch_size * args.steps / times["ours"])
+    torch_ips.append(args.batch_size * args.steps / times["torch"])
+    mm_fps.append(matmul.flops * args.matmul_reps / times["matmul"])
+    print(f"   round {r + 1}: ours {ours_ips[-1]:8.2f} img/s   torch {torch_ips[-1]:8.2f} img/s   "
+          f"ratio {ours_ips[-1] / torch_ips[-1]:5.2f}   matmul {mm_fps[-1] / 1e9:6.1f} GFLOP/s   "
+          f"load {os.getloadavg()[0]:.2f}")
+  o, t, m = (statistics.median(x) for x in (ours_ips, torch_ips, mm_fps))
+  step_flops = ours.flops
+  achieved = step_flops * o / args.batch_size
+  analytic = analytic_matmul_flops(mc, args.batch_size, len(texts))
+  print(f"   median: ours {o:.2f} img/s, torch {t:.2f} img/s -> ours/torch = {o / t:.2f}x "
+        f"(target >= 1.5x: {'met' if o / t >= 1.5 else 'MISSED'})")
+  print(f"   step FLOPs (XLA cost_analysis) {step_flops / 1e9:.1f} G (analytic 3x fwd matmuls "
+        f"{analytic / 1e9:.1f} G); achieved {achieved / 1e9:.1f} GFLOP/s = "
+        f"{100 * achieved / m:.0f}% of the {matmul.a.shape[0]}^2 fp32 matmul's "
+        f"{m / 1e9:.1f} GFLOP/s")
+  return dict(variant=variant, ours=o, torch=t, ratio=o / t, flops=step_flops,
+              share=achieved / m, matmul=m)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--variants", default="tiny,S/16", help="comma-separated model variants")
+  p.add_argument("--image_size", type=int, default=112)
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--steps", type=int, default=0, help="timed steps per round (0: per variant)")
+  p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  p.add_argument("--matmul_size", type=int, default=2048)
+  p.add_argument("--matmul_reps", type=int, default=5)
+  p.add_argument("--quick", action="store_true", help="1 step per round, 2 rounds")
+  p.add_argument("--cache_dir", default=default_cache_dir(),
+                 help="JAX persistent compilation cache ('' for none): reruns skip compiling")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.repeats = min(args.repeats, 2)
+    args.matmul_reps = 3
+  return args
+
+
+def default_cache_dir() -> str:
+  return os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache")
+
+
+def use_compilation_cache(path: str) -> None:
+  """Turns on JAX's persistent compilation cache in `path` (no-op for '')."""
+  if path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  use_compilation_cache(args.cache_dir)
+  print(f"machine: {machine_line()}")
+  print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
+  matmul = Matmul(args.matmul_size)
+  print(f"matmul {args.matmul_size}^2 fp32: XLA counts {matmul.xla_flops / 1e9:.2f} GFLOP "
+        f"(2n^3 = {matmul.flops / 1e9:.2f})")
+  results = []
+  explicit_steps = args.steps
+  for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    default_steps = {"tiny": 5}.get(variant, 2)
+    args.steps = explicit_steps or (1 if args.quick else default_steps)
+    results.append(bench_variant(variant, args, matmul))
+  print("\nsummary (median images/s; ours/torch; our step's FLOP/s as a share of the matmul's):")
+  for r in results:
+    print(f"  {r['variant']:>6}: ours {r['ours']:8.2f}  torch {r['torch']:8.2f}  "
+          f"ratio {r['ratio']:5.2f}x  FLOP share {100 * r['share']:4.0f}%")
+  print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+  main()
