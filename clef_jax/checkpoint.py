@@ -43,7 +43,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps(read=True))
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
@@ -113,14 +114,18 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], 
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{ckpt_dir}: no checkpoints in this workdir")
   with ocp.CheckpointManager(ckpt_dir) as manager:
-    steps = sorted(manager.all_steps(read=True))
-    if not steps:
-      raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {steps}")
-    metadata = manager.item_metadata(step)["state"]
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=restore_args)))
-  return config, restored["state"]["params"]
+    steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {steps}")
+  # Restore onto one host CPU device whatever the mesh/process count it was saved from.
+  path = os.path.join(ckpt_dir, str(step), "state")
+  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    metadata = ckptr.metadata(path).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
+                          metadata)
+    state = ckptr.restore(path, target)
+  return config, jax.tree.map(np.asarray, jax.device_get(state["params"]))

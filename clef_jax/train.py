@@ -166,8 +166,8 @@ def make_train_step(config, objective, tx, schedule, lut):
     params = optax.apply_updates(state["params"], updates)
     params["logit_scale"] = jnp.minimum(params["logit_scale"], max_scale)  # CLIP's clamp
     metrics = {"loss": loss, **aux, "lr": schedule(step),
-               "l2_grads": optax.global_norm(grads), "l2_updates": optax.global_norm(updates),
-               "l2_params": optax.global_norm(params)}
+               "l2_grads": optax.tree.norm(grads), "l2_updates": optax.tree.norm(updates),
+               "l2_params": optax.tree.norm(params)}
     return {"params": params, "opt": opt, "step": step + 1}, metrics
 
   return train_step

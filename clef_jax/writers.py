@@ -2,7 +2,8 @@
 
 The clu default writer gives TensorBoard event files and log lines (process 0; other processes
 only log). `metrics.jsonl` holds one JSON object per logged step with at least `step` and
-`loss`; after a resume, a step may appear again and the later line supersedes the earlier one.
+`loss`; evaluation results are written on lines of their own, and after a resume a step may
+appear again: `read_metrics` merges the lines of a step, later values superseding earlier ones.
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
-  """metrics.jsonl as {step: metrics}, later lines superseding earlier ones for a step."""
+  """metrics.jsonl as {step: metrics}: the lines of a step merged, later values winning."""
   out: dict[int, dict[str, float]] = {}
   path = os.path.join(workdir, "metrics.jsonl")
   with open(path, encoding="utf-8") as f:
     for line in f:
       if line.strip():
         m = json.loads(line)
-        out[int(m["step"])] = m
+        out.setdefault(int(m["step"]), {}).update(m)
   return out
 
 

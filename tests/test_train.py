@@ -1,0 +1,178 @@
+"""The training engine end to end: exact resume after SIGKILL, SIGTERM preemption, 2 processes.
+
+All runs use configs/pretrain.py:tiny (CLEF objective, activity batch sampler, two views) on the
+session's tiny SynthFace, 8 simulated CPU devices, and compare against one straight run.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clef_jax import checkpoint
+from clef_jax import train
+from clef_jax import writers
+from configs import pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = 16
+OVERRIDES = {
+    "total_steps": TOTAL, "checkpoint_every_steps": 4, "keep_checkpoints": 10,
+    "log_every_steps": 1, "evals.au_probe.max_train": 32,
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _config(data_dir):
+  c = pretrain.get_config("tiny")
+  c.data.data_dir = data_dir
+  for k, v in OVERRIDES.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _launch(workdir, data_dir, *extra, env=None):
+  args = [sys.executable, "main.py", "--config=configs/pretrain.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}"]
+  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra)
+  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "ab")
+  return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                          env={**os.environ, **(env or {})})
+
+
+def _log(workdir):
+  with open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"),
+            encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+def _wait_for_step(proc, workdir, step, timeout=600):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(path):
+      try:
+        if max(writers.read_metrics(workdir)) >= step:
+          return
+      except (ValueError, KeyError):  # a line being written
+        pass
+    if proc.poll() is not None:
+      pytest.fail(f"run exited ({proc.returncode}) before step {step}:\n{_log(workdir)[-3000:]}")
+    time.sleep(0.02)
+  proc.kill()
+  pytest.fail(f"step {step} not reached in {timeout}s:\n{_log(workdir)[-3000:]}")
+
+
+def _finish(proc, workdir, timeout=900):
+  rc = proc.wait(timeout=timeout)
+  assert rc == 0, f"run failed ({rc}):\n{_log(workdir)[-5000:]}"
+
+
+def _assert_same_params(a, b, exact=True):
+  _, pa = checkpoint.load_params(a)
+  _, pb = checkpoint.load_params(b)
+  fa, fb = _flat(pa), _flat(pb)
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    if exact:
+      np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+    else:
+      np.testing.assert_allclose(fa[k], fb[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}/"))
+    else:
+      out[prefix + k] = np.asarray(v)
+  return out
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_data_dir, tmp_path_factory):
+  """One uninterrupted run (in-process) that every other run must reproduce."""
+  workdir = str(tmp_path_factory.mktemp("straight") / "run")
+  results = train.run(_config(tiny_data_dir), workdir)
+  assert results["step"] == TOTAL
+  return workdir
+
+
+def test_straight_run_outputs(straight):
+  for name in ("config.json", "metrics.jsonl", "results.json", "results.md"):
+    assert os.path.isfile(os.path.join(straight, name)), name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight))
+  m = writers.read_metrics(straight)
+  assert sorted(m) == list(range(1, TOTAL + 1))
+  assert all(np.isfinite(v["loss"]) for v in m.values())
+  assert sorted(int(s) for s in os.listdir(os.path.join(straight, "checkpoints"))
+                if s.isdigit())[-1] == TOTAL
+
+
+def test_resume_after_sigkill_is_exact(straight, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "killed")
+  proc = _launch(workdir, tiny_data_dir)
+  _wait_for_step(proc, workdir, 9)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  ckpts = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=4)
+  resumed_from = ckpts.latest_step()
+  ckpts.close()
+  assert resumed_from is not None and 4 <= resumed_from < TOTAL
+  logged_before = max(writers.read_metrics(workdir))
+  proc = _launch(workdir, tiny_data_dir)
+  _finish(proc, workdir)
+  assert f"Resumed from" in _log(workdir)
+  _assert_same_params(straight, workdir)
+  want, got = writers.read_metrics(straight), writers.read_metrics(workdir)
+  for step in range(resumed_from + 1, TOTAL + 1):
+    assert got[step]["loss"] == want[step]["loss"], step
+  assert logged_before > resumed_from  # the killed run had gone past its last checkpoint
+
+
+def test_sigterm_saves_and_exits_cleanly(straight, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "terminated")
+  proc = _launch(workdir, tiny_data_dir)
+  _wait_for_step(proc, workdir, 6)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=600) == 0, _log(workdir)[-3000:]
+  assert "after SIGTERM" in _log(workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  stopped = max(writers.read_metrics(workdir))
+  assert steps[-1] == stopped < TOTAL  # a checkpoint exactly where it stopped
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  proc = _launch(workdir, tiny_data_dir)
+  _finish(proc, workdir)
+  _assert_same_params(straight, workdir)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(straight, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "two")
+  port = _free_port()
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = [_launch(workdir, tiny_data_dir, f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}", env=env) for i in range(2)]
+  for p in procs:
+    _finish(p, workdir)
+  assert "process 1 of 2" in _log(workdir)
+  _assert_same_params(straight, workdir, exact=False)
+  want, got = writers.read_metrics(straight), writers.read_metrics(workdir)
+  np.testing.assert_allclose([got[s]["loss"] for s in range(1, TOTAL + 1)],
+                             [want[s]["loss"] for s in range(1, TOTAL + 1)], rtol=1e-4)
