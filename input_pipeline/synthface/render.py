@@ -443,9 +443,11 @@ def _hair_front(p: _Painter, f: Identity, fx):
 def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
   cx, ey, ew, eh = 0.5, f.eye_y, f.eye_w, f.eye_h
   ex = cx + s * f.eye_dx
-  h_up = eh * (1.0 + 1.1 * A[5] - 0.4 * A[7] - 0.15 * A[6])
-  h_lo = eh * (0.85 - 0.6 * A[7] - 0.4 * A[6])
-  h_lo = max(h_lo, eh * 0.12)
+  # AU7 narrows the aperture from both sides (lower lid up and straight, upper lid a little
+  # down); AU6 mostly pushes the lower lid up from below (with a bag and crow's feet).
+  h_up = eh * (1.0 + 1.1 * A[5] - 0.5 * A[7] - 0.15 * A[6])
+  h_lo = eh * (0.85 - 0.8 * A[7] - 0.3 * A[6])
+  h_lo = max(h_lo, eh * 0.06)
   inner = np.array([ex - s * ew, ey + 0.002])
   outer = np.array([ex + s * ew, ey - f.eye_tilt])
   up = _curve(inner, (ex + s * ew * 0.08, ey - h_up), outer, 11)
@@ -467,6 +469,12 @@ def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
   p.line(crease[1:-1], _rgba(line_col, 120), 0.004)
   p.line(up, (25, 18, 15), 0.007)
   p.line(lo, _rgba(line_col, 110 + 145 * A[7]), 0.004 + 0.008 * A[7])
+  # AU7: the tensed lower lid bulges (bright band) over a shadow line, both straight.
+  if A[7] > 0:
+    band = np.stack([lo[:, 0], ey + (lo[:, 1] - ey) * 0.3], 1)
+    p.line(band[1:-1] + [0, 0.011], _rgba(_mix(skin, (255, 255, 255), 0.45), 230 * A[7]), 0.011)
+    p.line(band[2:-2] + [0, 0.02], _rgba(line_col, 230 * A[7]), 0.007)
+    p.line(up[2:-2] + [0, -0.006], _rgba(line_col, 200 * A[7]), 0.006)
   # AU6: bag under the eye and crow's feet.
   if A[6] > 0:
     bag = lo + [0, 0.014]
@@ -505,17 +513,26 @@ def _nose(p: _Painter, f: Identity, A, fx, skin, line_col):
 
 
 def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
+  """Lips, mouth interior, chin and the skin around the mouth.
+
+  Each lower-face AU gets its own geometric signature: AU12 corners up and out, AU15 corners
+  down with marionette lines, AU14 corners in with deep dimples, AU17 lower lip pushed up into
+  an inverted U over a bright chin boss, AU23 a narrow, thin-lipped mouth with vertical purse
+  lines, AU24 the lips pressed flat (red almost gone) between bright bulges, AU10 the upper lip
+  lifted off the teeth.
+  """
   cx, my = 0.5, f.mouth_y
-  cw = f.mouth_w * (1 + 0.2 * A[12] + 0.32 * A[20] - 0.16 * A[14] - 0.2 * A[23]
-                    - 0.05 * A[24])
-  corner_y = my - 0.03 * A[12] + 0.03 * A[15] + 0.006 * A[20] + drop * 0.25
-  center_y = my + 0.004 * A[12] - 0.014 * A[17] - 0.003 * A[10]
+  cw = f.mouth_w * (1 + 0.22 * A[12] + 0.32 * A[20] - 0.2 * A[14] - 0.3 * A[23]
+                    + 0.06 * A[24])
+  corner_y = (my - 0.04 * A[12] + 0.04 * A[15] + 0.006 * A[20] - 0.006 * A[14] + drop * 0.25
+              + 0.008 * A[17])
+  center_y = my + 0.004 * A[12] - 0.026 * A[17] - 0.003 * A[10]
   s25 = min(1.0, 3 * A[25])
-  gap = (0.02 * A[25] + 0.05 * A[26] * s25) * (1 - A[24]) * (1 - 0.6 * A[23])
+  gap = (0.02 * A[25] + 0.05 * A[26] * s25) * (1 - A[24]) * (1 - 0.6 * A[23]) * (1 - 0.5 * A[17])
   lo_extra = 0.016 * A[16]
   up_raise = 0.02 * A[10] + 0.004 * A[9]
-  thin = max(0.25, 1 - 0.5 * A[23] - 0.6 * A[24] - 0.3 * A[20])
-  ut, lt = f.lip_up * thin, f.lip_lo * thin
+  thin = max(0.12, 1 - 0.45 * A[23] - 0.85 * A[24] - 0.3 * A[20])
+  ut, lt = f.lip_up * thin, f.lip_lo * thin * (1 + 0.6 * A[17])
   x = np.linspace(-1, 1, 15)
   prof = 1 - x ** 2
   line_y = corner_y + (center_y - corner_y) * prof
@@ -529,24 +546,36 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   def P(y):
     return np.stack([xs, y], 1)
 
-  # Chin: AU17 raises the chin boss (dimpled texture, deeper crease under the lower lip).
+  # Chin: AU17 pushes the chin boss up (bright bulge, shadow under it, dimpled texture, deep
+  # crease under the lower lip).
   chin_y = f.chin_y + drop
   if A[17] > 0:
+    boss_y = chin_y - 0.05 - 0.012 * A[17]
+    p.ellipse(fx(cx), boss_y, 0.058, 0.034,
+              fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 210 * A[17]))
+    p.line(_curve((fx(cx - 0.06), boss_y + 0.012), (fx(cx), boss_y + 0.04),
+                  (fx(cx + 0.06), boss_y + 0.012)), _rgba(line_col, 200 * A[17]), 0.012)
     rs = np.random.default_rng(7)
     for _ in range(9):
-      p.ellipse(fx(cx + rs.uniform(-0.035, 0.035)), chin_y - 0.05 + rs.uniform(-0.015, 0.015)
-                - 0.01 * A[17], 0.007, 0.006, fill=_rgba(line_col, 220 * A[17]))
-    p.ellipse(fx(cx), chin_y - 0.045 - 0.01 * A[17], 0.05, 0.032,
-              fill=_rgba(_mix(skin, (255, 255, 255), 0.35), 150 * A[17]))
-    p.line(_curve((fx(cx - 0.05), lo.max() + 0.01), (fx(cx), lo.max() + 0.02 - 0.004 * A[17]),
-                  (fx(cx + 0.05), lo.max() + 0.01)), _rgba(line_col, 255 * A[17]), 0.012)
+      p.ellipse(fx(cx + rs.uniform(-0.035, 0.035)), boss_y + rs.uniform(-0.012, 0.012),
+                0.006, 0.005, fill=_rgba(line_col, 200 * A[17]))
+    p.line(_curve((fx(cx - 0.055), lo.max() + 0.016), (fx(cx), lo.max() + 0.008),
+                  (fx(cx + 0.055), lo.max() + 0.016)), _rgba(line_col, 255 * A[17]), 0.013)
   # Nasolabial furrows: deepened by AU11 and AU10, a little by AU12 and AU9.
   fold = min(1.0, A[11] + 0.8 * A[10] + 0.5 * A[12] + 0.3 * A[9])
   for s in (-1, 1):
     p.line(_curve((fx(cx + s * (f.nose_w + 0.014), 1.3), f.nose_y - 0.01),
                   (fx(cx + s * (f.nose_w + 0.035)), (f.nose_y + corner_y) / 2 + 0.005),
-                  (fx(cx + s * (cw + 0.018)), corner_y + 0.025)),
+                  (fx(cx + s * (f.mouth_w + 0.018)), corner_y + 0.025)),
            _rgba(line_col, 35 + 200 * fold), 0.005 + 0.003 * fold)
+  # AU24: bright skin bulges above and below the pressed lips, each with a shadow beyond it.
+  if A[24] > 0:
+    hi = _rgba(_mix(skin, (255, 255, 255), 0.5), 230 * A[24])
+    sh = _rgba(line_col, 255 * A[24])
+    p.line(P(uo - 0.011)[1:-1], hi, 0.014)
+    p.line(P(lo + 0.011)[1:-1], hi, 0.014)
+    p.line(P(uo - 0.022)[3:-3], sh, 0.009)
+    p.line(P(lo + 0.022)[3:-3], sh, 0.009)
   # Mouth interior and teeth.
   if gap + lo_extra + 0.006 * A[10] > 1e-4:
     p.poly(np.concatenate([P(ui), P(li)[::-1]]), (70, 28, 32))
@@ -555,33 +584,35 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
     if A[16] > 0 or A[26] > 0.4:
       ltooth = np.maximum(li - 0.006 - 0.006 * A[16], tooth)
       p.poly(np.concatenate([P(ltooth)[3:-3], P(li)[3:-3][::-1]]), (226, 222, 212))
-  lip = f.lip_color
+  # AU23 darkens the (thin) red of the lips; AU24 presses it towards the skin colour.
+  lip = _mix(_mix(f.lip_color, (60, 10, 20), 0.45 * A[23]), skin, 0.5 * A[24])
   p.poly(np.concatenate([P(uo), P(ui)[::-1]]), _mix(lip, (0, 0, 0), 0.08))
   p.poly(np.concatenate([P(li), P(lo)[::-1]]), lip)
-  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6), 200 + 55 * A[24]), 0.004 + 0.004 * A[24])
-  # AU23: crisp, darker lip borders; AU24: skin bulges above and below the pressed lips.
+  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6), 200 + 55 * A[24]), 0.004 + 0.008 * A[24])
+  # AU23: crisp dark lip borders and vertical purse lines above and below the lips.
   if A[23] > 0:
-    p.line(P(uo), _rgba(_mix(lip, (20, 5, 5), 0.65), 255 * A[23]), 0.01)
-    p.line(P(lo), _rgba(_mix(lip, (20, 5, 5), 0.65), 255 * A[23]), 0.01)
-  if A[24] > 0:
-    hi = _rgba(_mix(skin, (255, 255, 255), 0.4), 200 * A[24])
-    p.line(P(uo - 0.008)[2:-2], hi, 0.008)
-    p.line(P(lo + 0.008)[2:-2], hi, 0.008)
-    p.line(P(uo - 0.016)[3:-3], _rgba(line_col, 255 * A[24]), 0.01)
-    p.line(P(lo + 0.016)[3:-3], _rgba(line_col, 255 * A[24]), 0.01)
-  # Corners: AU14 dimples, AU15 marionette lines, AU12 cheek creases.
+    border = _rgba(_mix(lip, (20, 5, 5), 0.65), 255 * A[23])
+    p.line(P(uo), border, 0.008)
+    p.line(P(lo), border, 0.008)
+    for k in (2, 4, 7, 10, 12):
+      for y0, dy in ((uo[k] - 0.004, -0.024), (lo[k] + 0.004, 0.024)):
+        p.line([(xs[k], y0), (xs[k] + 0.1 * x[k] * abs(dy), y0 + dy)],
+               _rgba(line_col, 230 * A[23]), 0.006)
+  # Corners: AU14 dimples, AU15 marionette lines, AU12 cheek creases, AU20 stretch lines.
   for s, i in ((-1, 0), (1, -1)):
     c = (xs[i], line_y[i])
     if A[14] > 0:
-      p.line(_curve((c[0] + s * 0.014, c[1] - 0.022), (c[0] + s * 0.028, c[1]),
-                    (c[0] + s * 0.014, c[1] + 0.022)), _rgba(line_col, 255 * A[14]), 0.012)
-      p.ellipse(c[0] + s * 0.005, c[1], 0.008, 0.008, fill=_rgba(line_col, 230 * A[14]))
+      p.ellipse(c[0] + s * 0.02, c[1] - 0.002, 0.016, 0.02,
+                fill=_rgba(_mix(skin, (255, 255, 255), 0.4), 200 * A[14]))
+      p.line(_curve((c[0] + s * 0.012, c[1] - 0.026), (c[0] + s * 0.03, c[1]),
+                    (c[0] + s * 0.012, c[1] + 0.026)), _rgba(line_col, 255 * A[14]), 0.012)
+      p.ellipse(c[0] + s * 0.008, c[1], 0.011, 0.011, fill=_rgba(line_col, 245 * A[14]))
     if A[15] > 0:
-      p.line([(c[0] + s * 0.002, c[1] + 0.004), (c[0] + s * 0.008, c[1] + 0.04)],
-             _rgba(line_col, 240 * A[15]), 0.006)
+      p.line([(c[0] + s * 0.002, c[1] + 0.002), (c[0] + s * 0.012, c[1] + 0.05)],
+             _rgba(line_col, 250 * A[15]), 0.009)
     if A[12] > 0:
-      p.line(_curve((c[0] + s * 0.006, c[1] - 0.012), (c[0] + s * 0.016, c[1] - 0.002),
-                    (c[0] + s * 0.01, c[1] + 0.01)), _rgba(line_col, 200 * A[12]), 0.005)
+      p.line(_curve((c[0] + s * 0.006, c[1] - 0.016), (c[0] + s * 0.02, c[1] - 0.002),
+                    (c[0] + s * 0.012, c[1] + 0.012)), _rgba(line_col, 220 * A[12]), 0.007)
     if A[20] > 0:
       p.line([(c[0] + s * 0.004, c[1]), (c[0] + s * 0.03, c[1] + 0.004)],
              _rgba(line_col, 200 * A[20]), 0.005)
