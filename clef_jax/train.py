@@ -53,6 +53,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _register_clef_loader() -> None:
   def load_clef(path: str, **overrides):
     cfg, params = ckpt_lib.load_params(path)
+    # Objective heads (projection, AU scale/bias, linear classifiers) belong to the run that
+    # trained them; a new run initialises its own.
+    params = {k: v for k, v in params.items() if k != "heads"}
     mc = ml_collections.ConfigDict(cfg["model"])
     for k, v in overrides.items():
       mc[k] = v
@@ -260,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _, loaded = init_loaded
         merged = pretrained.merge_params(
             {**loaded, "heads": params_host["heads"]}, params_host, config.dont_load)
+        merged.setdefault("heads", params_host["heads"])  # merge_params drops empty subtrees
         params = sharding.reshard(merged, param_sh)
         logging.info("Initialised from %s (kept init for %s).", config.init,
                      list(config.dont_load))
