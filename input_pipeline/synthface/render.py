@@ -469,21 +469,23 @@ def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
   p.line(crease[1:-1], _rgba(line_col, 120), 0.004)
   p.line(up, (25, 18, 15), 0.007)
   p.line(lo, _rgba(line_col, 110 + 145 * A[7]), 0.004 + 0.008 * A[7])
-  # AU7: the tensed lower lid bulges (bright band) over a shadow line, both straight.
-  if A[7] > 0:
-    band = np.stack([lo[:, 0], ey + (lo[:, 1] - ey) * 0.3], 1)
-    p.line(band[1:-1] + [0, 0.011], _rgba(_mix(skin, (255, 255, 255), 0.45), 230 * A[7]), 0.011)
-    p.line(band[2:-2] + [0, 0.02], _rgba(line_col, 230 * A[7]), 0.007)
-    p.line(up[2:-2] + [0, -0.006], _rgba(line_col, 200 * A[7]), 0.006)
   # AU6: bag under the eye and crow's feet.
   if A[6] > 0:
-    bag = lo + [0, 0.014]
+    bag = lo + [0, 0.024]
     p.line(bag[2:-1], _rgba(line_col, 240 * A[6]), 0.009)
     o = outer + [s * 0.01, 0.0]
     for ang in (-30, 0, 30):
       t = math.radians(ang)
       p.line([(fx(o[0]), o[1]), (fx(o[0] + s * 0.04 * math.cos(t)), o[1] + 0.04 * math.sin(t))],
              _rgba(line_col, 250 * A[6]), 0.009)
+  # AU7: the tensed lower lid bulges (bright band) over a shadow line, both straight.
+  if A[7] > 0:
+    band = np.stack([lo[:, 0], ey + (lo[:, 1] - ey) * 0.3], 1)
+    band[0, 0] -= s * 0.006
+    band[-1, 0] += s * 0.012
+    p.line(band + [0, 0.013], _rgba(_mix(skin, (255, 255, 255), 0.5), 240 * A[7]), 0.015)
+    p.line(band[1:-1] + [0, 0.022], _rgba(line_col, 200 * A[7]), 0.006)
+    p.line(up[1:-1] + [0, -0.007], _rgba(line_col, 220 * A[7]), 0.007)
 
 
 def _nose(p: _Painter, f: Identity, A, fx, skin, line_col):
@@ -530,13 +532,13 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   s25 = min(1.0, 3 * A[25])
   gap = (0.02 * A[25] + 0.05 * A[26] * s25) * (1 - A[24]) * (1 - 0.6 * A[23]) * (1 - 0.5 * A[17])
   lo_extra = 0.016 * A[16]
-  up_raise = 0.02 * A[10] + 0.004 * A[9]
+  up_raise = 0.03 * A[10] + 0.004 * A[9]
   thin = max(0.12, 1 - 0.45 * A[23] - 0.85 * A[24] - 0.3 * A[20])
   ut, lt = f.lip_up * thin, f.lip_lo * thin * (1 + 0.6 * A[17])
   x = np.linspace(-1, 1, 15)
   prof = 1 - x ** 2
   line_y = corner_y + (center_y - corner_y) * prof
-  ui = line_y - (gap / 2 + 0.006 * A[10]) * prof ** 0.7
+  ui = line_y - (gap / 2 + 0.012 * A[10]) * prof ** 0.7
   li = line_y + (gap / 2 + lo_extra) * prof ** 0.7
   bow = 0.004 * np.exp(-((np.abs(x) - 0.35) / 0.2) ** 2)
   uo = ui - ut * (0.3 + 0.7 * np.sqrt(prof)) - bow - up_raise * prof ** 0.5
@@ -572,12 +574,12 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   if A[24] > 0:
     hi = _rgba(_mix(skin, (255, 255, 255), 0.5), 230 * A[24])
     sh = _rgba(line_col, 255 * A[24])
-    p.line(P(uo - 0.011)[1:-1], hi, 0.014)
-    p.line(P(lo + 0.011)[1:-1], hi, 0.014)
-    p.line(P(uo - 0.022)[3:-3], sh, 0.009)
-    p.line(P(lo + 0.022)[3:-3], sh, 0.009)
+    p.line(P(uo - 0.014)[1:-1], hi, 0.018)
+    p.line(P(lo + 0.014)[1:-1], hi, 0.018)
+    p.line(P(uo - 0.03)[2:-2], sh, 0.012)
+    p.line(P(lo + 0.03)[2:-2], sh, 0.012)
   # Mouth interior and teeth.
-  if gap + lo_extra + 0.006 * A[10] > 1e-4:
+  if gap + lo_extra + 0.012 * A[10] > 1e-4:
     p.poly(np.concatenate([P(ui), P(li)[::-1]]), (70, 28, 32))
     tooth = np.minimum(ui + 0.014, li)
     p.poly(np.concatenate([P(ui)[2:-2], P(tooth)[2:-2][::-1]]), (236, 232, 222))
@@ -602,11 +604,11 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   for s, i in ((-1, 0), (1, -1)):
     c = (xs[i], line_y[i])
     if A[14] > 0:
-      p.ellipse(c[0] + s * 0.02, c[1] - 0.002, 0.016, 0.02,
-                fill=_rgba(_mix(skin, (255, 255, 255), 0.4), 200 * A[14]))
-      p.line(_curve((c[0] + s * 0.012, c[1] - 0.026), (c[0] + s * 0.03, c[1]),
-                    (c[0] + s * 0.012, c[1] + 0.026)), _rgba(line_col, 255 * A[14]), 0.012)
-      p.ellipse(c[0] + s * 0.008, c[1], 0.011, 0.011, fill=_rgba(line_col, 245 * A[14]))
+      p.ellipse(c[0] + s * 0.026, c[1] - 0.002, 0.02, 0.026,
+                fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 220 * A[14]))
+      p.line(_curve((c[0] + s * 0.014, c[1] - 0.03), (c[0] + s * 0.036, c[1]),
+                    (c[0] + s * 0.014, c[1] + 0.03)), _rgba(line_col, 255 * A[14]), 0.014)
+      p.ellipse(c[0] + s * 0.01, c[1], 0.014, 0.014, fill=_rgba(line_col, 250 * A[14]))
     if A[15] > 0:
       p.line([(c[0] + s * 0.002, c[1] + 0.002), (c[0] + s * 0.012, c[1] + 0.05)],
              _rgba(line_col, 250 * A[15]), 0.009)
