@@ -663,4 +663,21 @@ def _raise_if_any(what: str, missing: list[str], unexpected: list[str],
   raise ValueError('\n'.join(lines))
 
 
-_LOADERS: dict[str, Loader] = {'hf': load_hf, 'openai': load_openai}
+def load_clef(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Params]:
+  """A clef-jax run folder (its config.json + latest orbax checkpoint): model config, towers.
+
+  The run's objective heads (projection head, AU scale/bias, linear classifiers) are left out:
+  a new run initialises its own.
+  """
+  from clef_jax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax, lazily)
+  run_config, params = checkpoint.load_params(path)
+  if 'model' not in run_config:
+    raise ValueError(f'{path}/config.json has no "model" section; not a clef-jax run?')
+  config = ml_collections.ConfigDict(run_config['model'])
+  for key, value in overrides.items():
+    config[key] = value
+  variants.check_config(config)
+  return config, {k: v for k, v in params.items() if k != 'heads'}
+
+
+_LOADERS: dict[str, Loader] = {'clef': load_clef, 'hf': load_hf, 'openai': load_openai}

@@ -50,22 +50,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 
-def _register_clef_loader() -> None:
-  def load_clef(path: str, **overrides):
-    cfg, params = ckpt_lib.load_params(path)
-    # Objective heads (projection, AU scale/bias, linear classifiers) belong to the run that
-    # trained them; a new run initialises its own.
-    params = {k: v for k, v in params.items() if k != "heads"}
-    mc = ml_collections.ConfigDict(cfg["model"])
-    for k, v in overrides.items():
-      mc[k] = v
-    return mc, params
-  pretrained.register_loader("clef", load_clef)
-
-
-_register_clef_loader()
-
-
 def resolve_init(config) -> tuple[Any, Any] | None:
   """Loads `config.init` (if any) and fixes config.model to the checkpoint's architecture.
 

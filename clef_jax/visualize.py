@@ -687,19 +687,22 @@ def relevance_main(workdir: str, images: str, out_dir: str, *, texts: Sequence[s
 
 COMMANDS = ("embeddings", "relevance")
 
-flags.DEFINE_multi_string("workdir", [], "run folder(s); embeddings: one row each")
-flags.DEFINE_string("out", None, "embeddings: output PNG; relevance: output folder")
-flags.DEFINE_string("split", "test", "embeddings: 'test', 'train' (the run's fold) or a TFDS split")
-flags.DEFINE_integer("max", 2000, "embeddings: at most this many images (seeded sample)")
-flags.DEFINE_integer("k", 10, "embeddings: neighbours for the kNN purity")
-flags.DEFINE_float("perplexity", 30.0, "embeddings: t-SNE perplexity (capped at (N-1)/3)")
-flags.DEFINE_string("images", "6", "relevance: number of test images, or comma-separated paths")
-flags.DEFINE_list("texts", list(TEXT_KINDS), "relevance: prompt kinds (names, descriptions)")
-flags.DEFINE_enum("labels", "auto", LABEL_KINDS, "relevance: label set (auto: from the run)")
-flags.DEFINE_integer("steps", 16, "relevance: integrated-gradients steps (midpoint rule)")
-flags.DEFINE_float("sigma", None, "relevance: smoothing in px (default image_size / 28)")
-flags.DEFINE_integer("seed", 0, "sampling / t-SNE seed")
-flags.DEFINE_string("data_dir", None, "override the run's config.data.data_dir")
+
+def define_flags() -> None:
+  """The command's flags; defined only when run as a script (importing never clashes)."""
+  flags.DEFINE_multi_string("workdir", [], "run folder(s); embeddings: one row each")
+  flags.DEFINE_string("out", None, "embeddings: output PNG; relevance: output folder")
+  flags.DEFINE_string("split", "test", "embeddings: 'test', 'train' (the run's fold) or a TFDS split")
+  flags.DEFINE_integer("max", 2000, "embeddings: at most this many images (seeded sample)")
+  flags.DEFINE_integer("k", 10, "embeddings: neighbours for the kNN purity")
+  flags.DEFINE_float("perplexity", 30.0, "embeddings: t-SNE perplexity (capped at (N-1)/3)")
+  flags.DEFINE_string("images", "6", "relevance: number of test images, or comma-separated paths")
+  flags.DEFINE_list("texts", list(TEXT_KINDS), "relevance: prompt kinds (names, descriptions)")
+  flags.DEFINE_enum("labels", "auto", LABEL_KINDS, "relevance: label set (auto: from the run)")
+  flags.DEFINE_integer("steps", 16, "relevance: integrated-gradients steps (midpoint rule)")
+  flags.DEFINE_float("sigma", None, "relevance: smoothing in px (default image_size / 28)")
+  flags.DEFINE_integer("seed", 0, "sampling / t-SNE seed")
+  flags.DEFINE_string("data_dir", None, "override the run's config.data.data_dir")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -720,4 +723,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

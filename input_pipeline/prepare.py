@@ -24,13 +24,16 @@ from input_pipeline import builders
 from input_pipeline import sources
 from input_pipeline.readers import common
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to prepare.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The user's dataset folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"),
-                                "Where prepared datasets are written.")
-_CONFIG = flags.DEFINE_string("config", None, "Builder config (default: the first one).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Stored face size (default 112).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that is already prepared.")
+def define_flags() -> None:
+  """The command's flags; defined only when run as a script, so importing this module (for
+  `summary`) never clashes with another program's flags."""
+  flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to prepare.")
+  flags.DEFINE_string("manual_dir", None, "The user's dataset folder.")
+  flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"),
+                      "Where prepared datasets are written.")
+  flags.DEFINE_string("config", None, "Builder config (default: the first one).")
+  flags.DEFINE_integer("image_size", None, "Stored face size (default 112).")
+  flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that is already prepared.")
 
 
 def summary(name: str, info: dict) -> str:
@@ -63,13 +66,14 @@ def summary(name: str, info: dict) -> str:
 
 def main(argv):
   del argv
-  if not _DATASET.value or not _MANUAL_DIR.value:
+  f = flags.FLAGS
+  if not f.dataset or not f.manual_dir:
     raise app.UsageError("--dataset and --manual_dir are required")
-  name, data_dir = _DATASET.value, os.path.expanduser(_DATA_DIR.value)
-  manual_dir = os.path.expanduser(_MANUAL_DIR.value)
+  name, data_dir = f.dataset, os.path.expanduser(f.data_dir)
+  manual_dir = os.path.expanduser(f.manual_dir)
   try:
-    cfg = builders.make_config(name, _CONFIG.value, _IMAGE_SIZE.value)
-    if _OVERWRITE.value and sources.is_prepared(name, data_dir, cfg.name):
+    cfg = builders.make_config(name, f.config, f.image_size)
+    if f.overwrite and sources.is_prepared(name, data_dir, cfg.name):
       shutil.rmtree(sources.dataset_dir(name, data_dir, cfg.name))
     sources.prepare(name, manual_dir, data_dir, cfg.name)
     print(summary(name, sources.info(name, data_dir, cfg.name)))
@@ -82,4 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -320,7 +320,7 @@ def test_merge_params():
 
 
 def test_spec_errors_and_register_loader(tmp_path):
-  with pytest.raises(ValueError, match=r"'zzz'.*\['hf', 'openai'"):
+  with pytest.raises(ValueError, match=r"'zzz'.*\['clef', 'hf', 'openai'"):
     pretrained.load('zzz:/x')
   with pytest.raises(ValueError, match='PREFIX:PATH'):
     pretrained.load('/just/a/path')

@@ -166,7 +166,7 @@ def _free_port():
 def test_two_processes_match_one(straight, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "two")
   port = _free_port()
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {"XLA_FLAGS": os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")}
   procs = [_launch(workdir, tiny_data_dir, f"--coordinator_address=127.0.0.1:{port}",
                    "--num_processes=2", f"--process_id={i}", env=env) for i in range(2)]
   for p in procs:
