@@ -25,6 +25,7 @@ import optax
 from clef_jax import checkpoint as ckpt_lib
 from clef_jax import datasets as data_lib
 from clef_jax import evaluate
+from clef_jax import losses
 from clef_jax import models
 from clef_jax import objectives
 from clef_jax import optim
@@ -110,7 +111,6 @@ def build_objective(config, model, tok, data: data_lib.Data):
     data = data_lib.restrict(data, idx)
   pos_weight = None
   if fc.task == "au":
-    from clef_jax import losses  # pylint: disable=g-import-not-at-top
     pos_weight = losses.au_pos_weight(data.train_table["au"])
   obj = objectives.finetune_objective(config, model, tok, labels, pos_weight=pos_weight)
   return obj, keys, data

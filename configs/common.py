@@ -50,6 +50,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def set_fields(config: ml_collections.ConfigDict, overrides: dict[str, Any]
+               ) -> ml_collections.ConfigDict:
+  """Sets dotted fields, like `--config.a.b=v` does: {'optim.lr': 1e-4} -> config.optim.lr."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The fields every mode has, with defaults for the SynthFace default job."""
   if mode not in MODES:

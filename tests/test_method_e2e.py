@@ -25,6 +25,7 @@ from clef_jax import checkpoint as ckpt_lib
 from clef_jax import models
 from clef_jax import prompts
 from clef_jax import train
+from configs import common
 from input_pipeline import sources
 from scripts import run_folds
 
@@ -56,13 +57,7 @@ def make_config(module: str, root, arg: str = "tiny", **overrides):
   if c.mode != "zeroshot":
     c.total_steps = STEPS
     c.checkpoint_every_steps = STEPS
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return common.set_fields(c, overrides)
 
 
 def run(module: str, root, name: str, arg: str = "tiny", **overrides):

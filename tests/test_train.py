@@ -17,6 +17,7 @@ import pytest
 from clef_jax import checkpoint
 from clef_jax import train
 from clef_jax import writers
+from configs import common
 from configs import pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,13 +33,7 @@ pytestmark = pytest.mark.slow
 def _config(data_dir):
   c = pretrain.get_config("tiny")
   c.data.data_dir = data_dir
-  for k, v in OVERRIDES.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return common.set_fields(c, OVERRIDES)
 
 
 def _launch(workdir, data_dir, *extra, env=None):
