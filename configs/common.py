@@ -77,7 +77,7 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.keep_checkpoints = 2
   c.eval_every_steps = 0       # 0: evaluate only at the end
   c.init = args.get("init", "") or ""   # clef_jax.pretrained.load spec or ''
-  c.dont_load = ["heads/.*"]   # regexes of params that keep their init when loading `init`
+  c.dont_load = ("heads/.*",)   # regexes of params that keep their init when loading `init`
   c.tokenizer = "embedded"     # or a folder with HF CLIP tokenizer files
   c.fold = 1                   # subject-exclusive fold for BP4D-like data (1..3)
   c.transfer_guard = True      # jax_transfer_guard='disallow' inside the training loop
@@ -115,10 +115,10 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup_steps=30, total_steps=-1, end_lr_ratio=0.0, weight_decay=0.05, b1=0.9,
-      b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_mults=[], freeze=[], no_decay=config_dict.placeholder(list)))
+      b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_mults=(), freeze=(), no_decay=config_dict.placeholder(tuple)))
 
-  c.mesh = [("data", -1), ("fsdp", 1)]
-  c.sharding_rules = [(".*", "fsdp(axis='fsdp', min_size_mb=4)")]
+  c.mesh = (("data", -1), ("fsdp", 1))  # tuples: overridable from the command line
+  c.sharding_rules = ((".*", "fsdp(axis='fsdp', min_size_mb=4)"),)
 
   c.evals = ml_collections.ConfigDict()
   return c

@@ -11,10 +11,10 @@ def add_finetune(c: ml_collections.ConfigDict, *, task: str) -> None:
       use_names=True,            # N: label names as the classifier texts
       use_descriptions=True,     # D: L_DN between descriptions and names
       lambda_dn=1.0,
-      classes=[],                # FER: class subset to train on ([] = all); unseen-expression split
+      classes=(),                # FER: class subset to train on (() = all); unseen-expression split
       label_smoothing=0.0,
   ))
   c.total_steps = 300
   c.optim.lr = 1e-4
-  c.optim.lr_mults = [("text/.*", 1.0)]
+  c.optim.lr_mults = (("text/.*", 1.0),)
   c.evals.test = ml_collections.ConfigDict(dict(type=f"{task}_test"))

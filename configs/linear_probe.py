@@ -13,7 +13,7 @@ def get_config(arg=None):
   finetune_common.add_finetune(c, task=args.task)
   c.finetune.head = "linear"
   c.finetune.use_descriptions = False
-  c.optim.freeze = ["visual/.*", "text/.*", "logit_scale"]
+  c.optim.freeze = ("visual/.*", "text/.*", "logit_scale")
   c.optim.lr = 1e-2
   c.optim.weight_decay = 0.0
   if args.task == "fer":

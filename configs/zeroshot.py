@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.zeroshot = ml_collections.ConfigDict(dict(
       protocol=args.protocol,    # 'prompts' | 'unseen_expressions' | 'au_to_fer'
       texts="names",             # 'names' | 'descriptions' | 'both' (mean of the two, renormalised)
-      seen=["happiness", "sadness", "surprise", "neutral"],
-      unseen=["fear", "disgust", "anger"],
+      seen=("happiness", "sadness", "surprise", "neutral"),
+      unseen=("fear", "disgust", "anger"),
   ))
   return common.finalize(c, args)
