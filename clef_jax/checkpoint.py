@@ -100,6 +100,13 @@ class Checkpointer:
     self._manager.close()
 
 
+def has_checkpoint(directory: str) -> bool:
+  """Whether `directory` holds at least one finished checkpoint (orbax step folder)."""
+  return os.path.isdir(directory) and any(
+      name.isdigit() and os.path.isdir(os.path.join(directory, name))
+      for name in os.listdir(directory))
+
+
 def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a finished run for `pretrained.load('clef:DIR')`: (config dict, params as numpy).
 

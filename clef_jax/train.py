@@ -51,13 +51,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 
-def resolve_init(config) -> tuple[Any, Any] | None:
+def resolve_init(config, resuming_from: str | None = None) -> tuple[Any, Any] | None:
   """Loads `config.init` (if any) and fixes config.model to the checkpoint's architecture.
+
+  `resuming_from`: a workdir with checkpoints (and its config.json); then nothing is loaded.
 
   Compute settings (dtype, remat) and the image size come from the config; the image
   positional embedding is resampled when the sizes differ.
   """
   if not config.init:
+    return None
+  if resuming_from is not None:
+    # The run's own checkpoint will replace the weights: take the architecture it was built
+    # with from its config.json instead of reading the (possibly large) init checkpoint again.
+    with open(os.path.join(resuming_from, "config.json"), encoding="utf-8") as f:
+      saved = json.load(f)["model"]
+    with config.unlocked():
+      config.model = ml_collections.ConfigDict(
+          {**saved, "dtype": config.model.dtype, "remat": config.model.remat})
     return None
   mc, params = pretrained.load(config.init, image_size=config.model.image_size,
                                dtype=config.model.dtype, remat=config.model.remat)
@@ -185,7 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  init_loaded = resolve_init(config)
+  resuming = (os.path.isfile(os.path.join(workdir, "config.json")) and
+              ckpt_lib.has_checkpoint(os.path.join(workdir, "checkpoints")))
+  init_loaded = resolve_init(config, workdir if resuming else None)
   if config.optim.total_steps < 0:
     with config.unlocked():
       config.optim.total_steps = config.total_steps
