@@ -50,9 +50,9 @@ _EXTRAS: dict[str, list[tuple[float, int]]] = {
     "sadness": [(0.5, 17), (0.2, 14)],
     "surprise": [(0.9, 25)],
     "fear": [(0.8, 25)],
-    "anger": [(0.3, 24), (0.3, 17), (0.2, 10)],
+    "anger": [(0.45, 24), (0.3, 17), (0.2, 10)],
     "disgust": [(0.6, 10), (0.4, 4), (0.6, 25)],
-    "contempt": [(0.2, 24)],
+    "contempt": [(0.35, 24)],
     "neutral": [],
 }
 _HABIT_AUS = (1, 2, 4, 7, 10, 14, 17, 23, 24)
@@ -75,7 +75,7 @@ class Subject:
   identity: render.Identity
   expressivity: float               # scales apex intensities
   habits: tuple[tuple[int, float], ...]   # (AU, intensity) mixed into episodes now and then
-  resting: tuple[int, float]        # (AU, intensity < 1.5) always present
+  resting: tuple[int, float]        # (AU, trace intensity ≤ 1) always present
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def make_subject(seed: int, index: int, name: str) -> Subject:
   ident = render.sample_identity(rng, name[0])
   habits = tuple((int(au), float(rng.uniform(1.5, 3.5)))
                  for au in rng.choice(_HABIT_AUS, size=rng.integers(1, 3), replace=False))
-  resting = (int(rng.choice(_RESTING_AUS)), float(rng.uniform(0.0, 1.2)))
+  resting = (int(rng.choice(_RESTING_AUS)), float(rng.uniform(0.0, 1.0)))
   return Subject(name=name, identity=ident, expressivity=float(rng.uniform(0.6, 1.25)),
                  habits=habits, resting=resting)
 

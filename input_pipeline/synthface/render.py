@@ -288,9 +288,10 @@ def visibility(x: float) -> float:
 
   Continuous and increasing: linear in ``x`` plus a steep (but smooth) step around 1.5, the
   boundary between FACS trace (A) and slight (B) evidence, i.e. where occurrence starts
-  (intensity code ≥ 2). Trace AUs are faint, B–E differ by degree.
+  (intensity code ≥ 2). Trace AUs are faint (≤ 0.15 below 1.3), an AU coded as occurring is
+  clearly there (≥ 0.6 from 1.7 on), B–E differ by degree.
   """
-  return 0.55 * x / 5.0 + 0.45 / (1.0 + math.exp(-(x - 1.5) / 0.1))
+  return 0.5 * x / 5.0 + 0.5 / (1.0 + math.exp(-(x - 1.5) / 0.06))
 
 
 def _au(a: np.ndarray, au: int) -> float:
@@ -394,15 +395,15 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
   if f.glasses:
     for s in (-1, 1):
       ex = fx(cx + s * f.eye_dx)
-      rx, ry = f.eye_w * 1.45, 0.036
+      rx, ry = f.eye_w * 1.6, 0.05
       box = [(ex - rx) * p.c, (ey - ry) * p.c, (ex + rx) * p.c, (ey + ry) * p.c]
       if f.glasses == 1:
-        p.d.ellipse(box, outline=f.glasses_color, width=p.w(0.007))
+        p.d.ellipse(box, outline=f.glasses_color, width=p.w(0.0045))
       else:
-        p.d.rounded_rectangle(box, radius=p.w(0.012), outline=f.glasses_color, width=p.w(0.007))
-    p.line([(fx(cx - f.eye_dx + f.eye_w * 1.45), ey - 0.008),
-            (fx(cx), ey - 0.014), (fx(cx + f.eye_dx - f.eye_w * 1.45), ey - 0.008)],
-           f.glasses_color, 0.007)
+        p.d.rounded_rectangle(box, radius=p.w(0.014), outline=f.glasses_color, width=p.w(0.0045))
+    p.line([(fx(cx - f.eye_dx + f.eye_w * 1.6), ey - 0.012),
+            (fx(cx), ey - 0.018), (fx(cx + f.eye_dx - f.eye_w * 1.6), ey - 0.012)],
+           f.glasses_color, 0.0045)
 
 
 def _hair_front(p: _Painter, f: Identity, fx):
@@ -445,8 +446,8 @@ def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
   ex = cx + s * f.eye_dx
   # AU7 narrows the aperture from both sides (lower lid up and straight, upper lid a little
   # down); AU6 mostly pushes the lower lid up from below (with a bag and crow's feet).
-  h_up = eh * (1.0 + 1.1 * A[5] - 0.5 * A[7] - 0.15 * A[6])
-  h_lo = eh * (0.85 - 0.8 * A[7] - 0.3 * A[6])
+  h_up = eh * (1.0 + 1.1 * A[5] - 0.6 * A[7] - 0.15 * A[6])
+  h_lo = eh * (0.85 - 0.85 * A[7] - 0.3 * A[6])
   h_lo = max(h_lo, eh * 0.06)
   inner = np.array([ex - s * ew, ey + 0.002])
   outer = np.array([ex + s * ew, ey - f.eye_tilt])
@@ -483,9 +484,9 @@ def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
     band = np.stack([lo[:, 0], ey + (lo[:, 1] - ey) * 0.3], 1)
     band[0, 0] -= s * 0.006
     band[-1, 0] += s * 0.012
-    p.line(band + [0, 0.013], _rgba(_mix(skin, (255, 255, 255), 0.5), 240 * A[7]), 0.015)
-    p.line(band[1:-1] + [0, 0.022], _rgba(line_col, 200 * A[7]), 0.006)
-    p.line(up[1:-1] + [0, -0.007], _rgba(line_col, 220 * A[7]), 0.007)
+    p.line(band + [0, 0.013], _rgba(_mix(skin, (255, 255, 255), 0.55), 250 * A[7]), 0.018)
+    p.line(band[1:-1] + [0, 0.025], _rgba(line_col, 230 * A[7]), 0.009)
+    p.line(up[1:-1] + [0, -0.007], _rgba(line_col, 240 * A[7]), 0.009)
 
 
 def _nose(p: _Painter, f: Identity, A, fx, skin, line_col):
@@ -574,10 +575,10 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   if A[24] > 0:
     hi = _rgba(_mix(skin, (255, 255, 255), 0.5), 230 * A[24])
     sh = _rgba(line_col, 255 * A[24])
-    p.line(P(uo - 0.014)[1:-1], hi, 0.018)
-    p.line(P(lo + 0.014)[1:-1], hi, 0.018)
-    p.line(P(uo - 0.03)[2:-2], sh, 0.012)
-    p.line(P(lo + 0.03)[2:-2], sh, 0.012)
+    p.line(P(uo - 0.016)[1:-1], hi, 0.022)
+    p.line(P(lo + 0.016)[1:-1], hi, 0.022)
+    p.line(P(uo - 0.034)[2:-2], sh, 0.014)
+    p.line(P(lo + 0.034)[2:-2], sh, 0.014)
   # Mouth interior and teeth.
   if gap + lo_extra + 0.012 * A[10] > 1e-4:
     p.poly(np.concatenate([P(ui), P(li)[::-1]]), (70, 28, 32))
@@ -587,10 +588,11 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
       ltooth = np.maximum(li - 0.006 - 0.006 * A[16], tooth)
       p.poly(np.concatenate([P(ltooth)[3:-3], P(li)[3:-3][::-1]]), (226, 222, 212))
   # AU23 darkens the (thin) red of the lips; AU24 presses it towards the skin colour.
-  lip = _mix(_mix(f.lip_color, (60, 10, 20), 0.45 * A[23]), skin, 0.5 * A[24])
+  lip = _mix(_mix(f.lip_color, (60, 10, 20), 0.45 * A[23]), skin, 0.8 * A[24])
   p.poly(np.concatenate([P(uo), P(ui)[::-1]]), _mix(lip, (0, 0, 0), 0.08))
   p.poly(np.concatenate([P(li), P(lo)[::-1]]), lip)
-  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6), 200 + 55 * A[24]), 0.004 + 0.008 * A[24])
+  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6 + 0.3 * A[24]), 200 + 55 * A[24]),
+         0.004 + 0.012 * A[24])
   # AU23: crisp dark lip borders and vertical purse lines above and below the lips.
   if A[23] > 0:
     border = _rgba(_mix(lip, (20, 5, 5), 0.65), 255 * A[23])
@@ -599,7 +601,7 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
     for k in (2, 4, 7, 10, 12):
       for y0, dy in ((uo[k] - 0.004, -0.024), (lo[k] + 0.004, 0.024)):
         p.line([(xs[k], y0), (xs[k] + 0.1 * x[k] * abs(dy), y0 + dy)],
-               _rgba(line_col, 230 * A[23]), 0.006)
+               _rgba(line_col, 240 * A[23]), 0.008)
   # Corners: AU14 dimples, AU15 marionette lines, AU12 cheek creases, AU20 stretch lines.
   for s, i in ((-1, 0), (1, -1)):
     c = (xs[i], line_y[i])
