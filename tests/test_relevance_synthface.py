@@ -33,6 +33,7 @@ TEST_IDS = 4                  # held-out identities per AU (other seed)
 STEPS = 300
 IDS_PER_BATCH = 8             # a batch holds all 4 AU combos of 8 identities: [32, S, S, 3]
 IG_STEPS = 4
+MIN_VAL_ACC = 0.8             # per AU, 8 held-out identities × 4 combos (measured 0.97, 1.00)
 # Share of relevance inside the AU's box / the box's share of the image area. Measured with
 # these seeds: trained 3.36 (AU12), 2.34 (AU4); untrained 0.87, 0.86. 1.75 leaves a 25 % margin
 # below the weaker trained AU and twice the untrained value.
@@ -69,14 +70,16 @@ def _model_and_tokens():
   return model, init(jax.random.key(0)), tokens
 
 
-def _train(model, params, tokens, images, labels, steps: int):
+def _train(model, params, tokens, images, labels, steps: int, val_images, val_labels):
   """Adam on BCE(s · cos(f(x), g(prompt_j)) + b_j) → trained CLIP params.
 
   The prompt embeddings g are computed once (the text tower stays at its init: two distinct
   directions, cos 0.47; training it too let both prompts collapse onto one direction), so only
   the image tower learns. Batches hold every AU combo of the same identities, which makes the
   AU, not the identity, the thing to learn; with shuffled batches and s = 10 at the start the
-  tower collapsed to chance within these few steps.
+  tower collapsed to chance within these few steps. The recipe is seed-sensitive: with other
+  seeds (init key 5, batch rng 7, data seed 3) 300-500 steps learned AU4 but not AU12, which
+  the held-out accuracy check below reports as such.
   """
   zt = visualize.text_embeddings(model, params, tokens)          # [2, D] unit, fixed
   variables = {"clip": params, "s": jnp.zeros(()), "b": jnp.zeros((len(AUS),))}
@@ -101,7 +104,12 @@ def _train(model, params, tokens, images, labels, steps: int):
     idx = (ids[:, None] * len(COMBOS) + np.arange(len(COMBOS))).ravel()
     variables, state, loss, acc = step(variables, state, jnp.asarray(images[idx]),
                                        jnp.asarray(labels[idx]))
-  assert float(acc) >= 0.75, f"training did not learn the AUs: last batch accuracy {acc:.2f}"
+  logits = jax.jit(loss_fn)(variables, jnp.asarray(val_images), jnp.asarray(val_labels))[1]
+  val_acc = np.mean((np.asarray(logits) > 0) == (val_labels > 0.5), axis=0)      # [2]
+  # A failed training run is not a relevance finding: say so plainly.
+  assert (val_acc >= MIN_VAL_ACC).all(), (
+      f"training did not learn both AUs: held-out accuracy AU12 {val_acc[0]:.2f}, "
+      f"AU4 {val_acc[1]:.2f} (need {MIN_VAL_ACC}; last batch {float(acc):.2f})")
   return variables["clip"]
 
 
@@ -141,7 +149,8 @@ def trained():
   model, params0, tokens = _model_and_tokens()
   images, labels = _render(0, TRAIN_IDS, COMBOS)
   faces = {au: _render(100 + au, TEST_IDS, [(au,)], intensity=4.0)[0] for au in AUS}
-  params = _train(model, params0, tokens, images, labels, STEPS)
+  val_images, val_labels = _render(50, 8, COMBOS)
+  params = _train(model, params0, tokens, images, labels, STEPS, val_images, val_labels)
   area = {au: float(visualize.region_mask(render.AU_REGIONS[au], SIZE, SIZE).mean())
           for au in AUS}
   return model, params0, params, tokens, faces, area
