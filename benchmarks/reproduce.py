@@ -1,0 +1,639 @@
+r"""Reproduces the poster's tables on SynthFace and writes docs/results.md (issue 7).
+
+  python benchmarks/reproduce.py                       # the full run (about 1–2 h on 2 CPU cores)
+  python benchmarks/reproduce.py --quick --workdir=W   # minutes: tiny models, tiny data
+
+Stages (each resumable: a rerun skips what is on disk under --workdir):
+ 1. Pretraining, per subject-exclusive fold k (the leakage guard keeps fold k's test subjects
+    out): `instance` (SimCLR pairing, the paper's "problem"), `clef_pi` (L_II' with activity
+    pairing), `clef_pa` (L_IA only), `clef_pa_pi` (both, CLEF). Each is the real
+    `main.py --config=configs/pretrain.py ...` run, called in-process; `random` is the model's
+    initialisation (seed k) without pretraining.
+ 2. Frozen image embeddings of every (row, fold): BP4D-like train/test of the fold and the
+    RAF-like train/test split.
+ 3. Stage-2 heads on the frozen embeddings, with the project's own fine-tuning objectives
+    (`objectives.finetune_objective`) and optimizer: I = a linear head, I+N = text head over
+    label names, I+D = over descriptions (+ L_DN), I+N+D = names + L_DN. The image tower stays
+    frozen (full fine-tuning of 5 × 4 × 3 models does not fit the CPU budget); the text tower,
+    the logit scales and the heads train. Same steps, batch and lr for every cell.
+ 4. Probes and zero-shot: subject identity from frozen embeddings (held-out tasks of the
+    training subjects); unseen expressions (FER head fitted on the seen classes of the RAF-like
+    train split, tested on unseen-class test images over all classes); AU → FER (the fold's
+    AU I+N+D text tower classifies RAF-like test images from expression names).
+ 5. One real end-to-end fine-tune (`configs/finetune_au.py`, image tower trained) from the CLEF
+    and instance checkpoints of fold 1, embedding maps and relevance heatmaps.
+The tables (mean ± std over folds) go to --results (default docs/results.md); raw numbers to
+W/results.json. The file's "Reading" section is kept between runs (it is written by a person).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+
+from clef_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+from clef_jax import datasets as data_lib  # pylint: disable=g-import-not-at-top
+from clef_jax import evaluate  # pylint: disable=g-import-not-at-top
+from clef_jax import losses  # pylint: disable=g-import-not-at-top
+from clef_jax import models  # pylint: disable=g-import-not-at-top
+from clef_jax import objectives  # pylint: disable=g-import-not-at-top
+from clef_jax import optim  # pylint: disable=g-import-not-at-top
+from clef_jax import sharding  # pylint: disable=g-import-not-at-top
+from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+from clef_jax import train  # pylint: disable=g-import-not-at-top
+from configs import common  # pylint: disable=g-import-not-at-top
+from configs import finetune_au  # pylint: disable=g-import-not-at-top
+from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
+
+# Rows of the ablation table: pretraining overrides (None: no pretraining).
+PRETRAIN_ROWS = {
+    "random": None,
+    "instance": {"pretrain.pairing": "instance", "pretrain.lambda_pa": 0.0},
+    "clef_pi": {"pretrain.pairing": "activity", "pretrain.lambda_pa": 0.0},
+    "clef_pa": {"pretrain.lambda_pi": 0.0},
+    "clef_pa_pi": {"pretrain.pairing": "activity"},
+}
+ROW_TITLES = {
+    "random": "random init (no pretraining)",
+    "instance": "instance pairing (SimCLR, the problem)",
+    "clef_pi": "CLEF PI (L_II', activity pairing)",
+    "clef_pa": "CLEF PA (L_IA, activity texts)",
+    "clef_pa_pi": "CLEF PA+PI",
+}
+# Columns: stage-2 head variants (config.finetune fields).
+HEADS = {
+    "I": {"head": "linear", "use_names": False, "use_descriptions": False},
+    "I+N": {"head": "text", "use_names": True, "use_descriptions": False},
+    "I+D": {"head": "text", "use_names": False, "use_descriptions": True},
+    "I+N+D": {"head": "text", "use_names": True, "use_descriptions": True},
+}
+SCARCE_FRACTION = 0.1
+
+
+# ------------------------------------------------------------------------------------------
+# Settings.
+# ------------------------------------------------------------------------------------------
+
+
+def settings(args) -> dict[str, Any]:
+  """Everything that defines the run; written into results.json and docs/results.md."""
+  if args.quick:
+    s = dict(config_arg="tiny", pretrain_steps=args.pretrain_steps or 8,
+             head_steps=args.head_steps or 40, head_batch=32, folds=args.folds or "1,2",
+             finetune_steps=args.finetune_steps or 6)
+  else:
+    s = dict(config_arg="", pretrain_steps=args.pretrain_steps or 150,
+             head_steps=args.head_steps or 300, head_batch=256, folds=args.folds or "1,2,3",
+             finetune_steps=args.finetune_steps or 150)
+  s.update(seed=args.seed, head_lr=1e-3, quick=args.quick,
+           zeroshot_seen=("happiness", "sadness", "surprise", "neutral"),
+           zeroshot_unseen=("fear", "disgust", "anger"))
+  s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
+  return s
+
+
+def base_overrides(s, data_dir: str, fold: int) -> dict[str, Any]:
+  return {"fold": fold, "seed": s["seed"], "data.data_dir": data_dir}
+
+
+def cli(config_file: str, s, workdir: str, overrides: dict[str, Any]) -> str:
+  """The main.py command line equivalent to an in-process run (for docs/results.md)."""
+  arg = f":{s['config_arg']}" if s["config_arg"] else ""
+  parts = [f"python main.py --config={config_file}{arg}", f"--workdir={workdir}"]
+  for k, v in overrides.items():
+    if k == "data.data_dir":
+      continue
+    parts.append(f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}")
+  return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 1: pretraining.
+# ------------------------------------------------------------------------------------------
+
+
+def pretrain_workdir(root: str, row: str, fold: int) -> str:
+  return os.path.join(root, "pretrain", row, f"fold{fold}")
+
+
+def pretrain(s, root: str, data_dir: str, row: str, fold: int, log: list) -> dict[str, Any]:
+  """Runs (or resumes, or skips when finished) one pretraining; returns its results.json."""
+  wd = pretrain_workdir(root, row, fold)
+  over = {**base_overrides(s, data_dir, fold), "total_steps": s["pretrain_steps"],
+          "checkpoint_every_steps": s["pretrain_steps"], **PRETRAIN_ROWS[row]}
+  log.append(cli("configs/pretrain.py", s, wd, over))
+  done = os.path.join(wd, "results.json")
+  if os.path.isfile(done):
+    with open(done, encoding="utf-8") as f:
+      return json.load(f)
+  config = pretrain_config.get_config(s["config_arg"])
+  common.set_fields(config, over)
+  del config.evals["au_probe"]   # stage 3 probes every row the same way
+  t0 = time.time()
+  res = train.run(config, wd)
+  print(f"[pretrain] {row} fold {fold}: {time.time() - t0:.0f} s  "
+        f"activity zero-shot {res.get('activity/activity_accuracy', float('nan')):.3f}",
+        flush=True)
+  return res
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 2: frozen embeddings.
+# ------------------------------------------------------------------------------------------
+
+
+def au_config(s, data_dir: str, fold: int):
+  config = finetune_au.get_config(s["config_arg"])
+  return common.set_fields(config, base_overrides(s, data_dir, fold))
+
+
+def row_params(s, root: str, row: str, fold: int, config) -> dict[str, Any]:
+  """The CLIP towers of a row: a finished pretraining, or the model's init (seed = fold)."""
+  if PRETRAIN_ROWS[row] is None:
+    model = models.build(config.model)
+    size = config.model.image_size
+    p = jax.jit(model.init)(jax.random.key(1000 + fold), jnp.zeros((1, size, size, 3)),
+                            jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    return jax.tree.map(np.asarray, p)
+  _, p = ckpt_lib.load_params(pretrain_workdir(root, row, fold))
+  return {k: p[k] for k in objectives.MODEL_KEYS}
+
+
+def embed_row(s, root: str, data_dir: str, row: str, fold: int) -> dict[str, np.ndarray]:
+  """Frozen image embeddings of the fold's BP4D-like train/test and the RAF-like splits."""
+  path = os.path.join(root, "embeddings", row, f"fold{fold}.npz")
+  if os.path.isfile(path):
+    with np.load(path) as f:
+      return dict(f)
+  config = au_config(s, data_dir, fold)
+  params = row_params(s, root, row, fold, config)
+  mesh = sharding.make_mesh(config.mesh)
+  params = sharding.reshard(params, sharding.infer_sharding(params, config.sharding_rules, mesh))
+  model = models.build(config.model)
+  obj = objectives.embedding_objective(config, model)
+  out = {}
+  data = data_lib.setup(config)
+  for split, src in (("au_train", data.train), ("au_test", data.test)):
+    e = evaluate.embed_source(obj, params, config, data, src, mesh,
+                              ("au", "subject_id", "activity_id", "expression"))
+    out.update({f"{split}/{k}": v for k, v in e.items()})
+  rconfig = au_config(s, data_dir, fold)
+  rconfig.data.config = "raf"
+  rdata = data_lib.setup(rconfig)
+  for split, src in (("raf_train", rdata.train), ("raf_test", rdata.test)):
+    e = evaluate.embed_source(obj, params, rconfig, rdata, src, mesh, ("expression",))
+    out.update({f"{split}/{k}": v for k, v in e.items()})
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path + ".tmp.npz", **out)
+  os.replace(path + ".tmp.npz", path)
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 3: heads on frozen embeddings.
+# ------------------------------------------------------------------------------------------
+
+
+class HeadFitter:
+  """Fits one stage-2 objective on frozen image embeddings, compiled once per head variant.
+
+  The AU class-balancing weights are an argument of the jitted step (not a constant of the
+  objective), so every fold and label fraction reuses the same compiled step.
+  """
+
+  def __init__(self, s, config, tok, labels: Sequence):
+    self.s, self.config, self.tok, self.labels = s, config, tok, list(labels)
+    self.model = models.build(config.model)
+    self.obj = objectives.finetune_objective(config, self.model, tok, labels)
+    self.ocfg = {**config.optim.to_dict(), "lr": s["head_lr"], "total_steps": s["head_steps"],
+                 "warmup_steps": s["head_steps"] // 10, "freeze": ()}
+    self._tx = None
+    self._step = None
+    self._predict = jax.jit(
+        lambda p, z: self.obj.predict(p, z, self.obj.embed_texts(p, jax.random.key(0))))
+
+  def _make_step(self, tx):
+    def step(trainable, opt_state, visual, z, batch, rng, pos_weight):
+      obj = objectives.finetune_objective(self.config, self.model, self.tok, self.labels,
+                                          pos_weight=pos_weight)
+
+      def loss(t):
+        p = {**t, "visual": visual}
+        return obj.loss(p, z, obj.embed_texts(p, rng), batch, rng)
+      (l, _), g = jax.value_and_grad(loss, has_aux=True)(trainable)
+      updates, opt_state = tx.update(g, opt_state, trainable)
+      return optax.apply_updates(trainable, updates), opt_state, l
+    return jax.jit(step)
+
+  def fit(self, params: dict[str, Any], z: np.ndarray, labels: dict[str, np.ndarray],
+          seed: int, pos_weight: np.ndarray | None = None) -> dict[str, Any]:
+    """params: CLIP towers; z [N, D]; labels {'au': [N, J]} or {'label': [N]}; -> fitted params."""
+    rng = jax.random.key(seed)
+    r_heads, rng = jax.random.split(rng)
+    trainable = {k: v for k, v in params.items() if k != "visual"}
+    trainable["heads"] = self.obj.init_heads(r_heads)
+    visual = params["visual"]
+    if self._step is None:
+      self._tx, _ = optim.make_optimizer(self.ocfg, trainable)
+      self._step = self._make_step(self._tx)
+    opt_state = self._tx.init(trainable)
+    order = np.random.default_rng(seed)
+    bs = min(self.s["head_batch"], len(z))
+    pw = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+    loss = jnp.float32(0)
+    for i in range(self.s["head_steps"]):
+      idx = order.choice(len(z), bs, replace=False)
+      batch = {k: jnp.asarray(v[idx]) for k, v in labels.items()}
+      batch["mask"] = jnp.ones((bs,), bool)
+      trainable, opt_state, loss = self._step(trainable, opt_state, visual, jnp.asarray(z[idx]),
+                                              batch, jax.random.fold_in(rng, i), pw)
+    if not np.isfinite(float(loss)):
+      raise FloatingPointError(f"stage-2 head fit diverged (loss {float(loss)})")
+    return {**trainable, "visual": visual}
+
+  def predict(self, params, z: np.ndarray) -> np.ndarray:
+    return np.asarray(self._predict(params, jnp.asarray(z)))
+
+
+def mean_f1(pred: np.ndarray, label: np.ndarray, aus: Sequence[int]) -> tuple[float, dict]:
+  res = evaluate.au_results("", pred, label, aus)
+  return res["au_f1/mean"], {k.split("/")[-1]: v for k, v in res.items() if "AU" in k}
+
+
+def identity_probe(e: dict[str, np.ndarray], s) -> float:
+  """Subject identity from frozen embeddings: train on odd tasks, test on even tasks."""
+  act, subj, z = e["au_train/activity_id"], e["au_train/subject_id"], e["au_train/z"]
+  tr, te = act % 2 == 0, act % 2 == 1
+  rng = np.random.default_rng(s["seed"])
+  tr_idx = np.flatnonzero(tr)
+  if len(tr_idx) > 3000:
+    tr_idx = np.sort(rng.choice(tr_idx, 3000, replace=False))
+  pred = evaluate.logistic_probe(z[tr_idx], subj[tr_idx], z[te], seed=s["seed"], balanced=False)
+  return float(np.mean(pred == subj[te]))
+
+
+def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+  names = evaluate.canonical_names()
+  return np.array([classes.index(names[i]) if i >= 0 and names[i] in classes else -1
+                   for i in expr], np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# The whole run.
+# ------------------------------------------------------------------------------------------
+
+
+def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) -> dict:
+  """Every number of the tables: {row: {fold: {metric: value}}}."""
+  tok = tok_lib.get("embedded", context_length=au_config(s, data_dir, 1).model.context_length)
+  cells: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in rows}
+  fitters: dict[tuple, HeadFitter] = {}
+  for fold in s["folds"]:
+    config = au_config(s, data_dir, fold)
+    data = data_lib.setup(config)
+    aus = data.aus
+    rconfig = au_config(s, data_dir, fold)
+    rconfig.data.config = "raf"
+    rdata = data_lib.setup(rconfig)
+    classes = list(rdata.classes)
+    for row in rows:
+      pre = {}
+      if PRETRAIN_ROWS[row] is not None:
+        pre = pretrain(s, root, data_dir, row, fold, commands)
+      e = embed_row(s, root, data_dir, row, fold)
+      params = row_params(s, root, row, fold, config)
+      out: dict[str, Any] = {"activity_zeroshot": pre.get("activity/activity_accuracy")}
+      ytr, yte = e["au_train/au"], e["au_test/au"]
+      n = len(ytr)
+      scarce = np.sort(np.random.default_rng(s["seed"]).choice(
+          n, max(1, int(round(n * SCARCE_FRACTION))), replace=False))
+      ftr = fer_labels(e["raf_train/expression"], classes)
+      fte = fer_labels(e["raf_test/expression"], classes)
+      for head, fields in HEADS.items():
+        for part, idx in (("", np.arange(n)), ("scarce_", scarce)):
+          key = ("au", head)
+          if key not in fitters:
+            c = au_config(s, data_dir, fold)
+            common.set_fields(c, {f"finetune.{k}": v for k, v in fields.items()})
+            fitters[key] = HeadFitter(s, c, tok, aus)
+          fitter = fitters[key]
+          fitted = fitter.fit(params, e["au_train/z"][idx], {"au": ytr[idx]}, s["seed"] + fold,
+                              pos_weight=losses.au_pos_weight(ytr[idx]))
+          pred = (fitter.predict(fitted, e["au_test/z"]) >= 0).astype(np.int8)
+          out[f"{part}au_f1/{head}"], per_au = mean_f1(pred, yte, aus)
+          if head == "I+N+D" and not part:
+            out["au_f1_per_au"] = per_au
+            # AU -> FER: the AU-fine-tuned text tower names the expressions of RAF-like faces.
+            zc = evaluate.classify_by_text(fitter.obj, fitted, tok, classes, "names",
+                                           sharding.make_mesh(fitter.config.mesh))
+            keep = fte >= 0
+            out["zeroshot/au_to_fer"] = float(np.mean(
+                (e["raf_test/z"][keep] @ zc.T).argmax(-1) == fte[keep]))
+        key = ("fer", head)
+        if key not in fitters:
+          c = au_config(s, data_dir, fold)
+          c.data.config = "raf"
+          common.set_fields(c, {"finetune.task": "fer",
+                                **{f"finetune.{k}": v for k, v in fields.items()}})
+          fitters[key] = HeadFitter(s, c, tok, classes)
+        fitter = fitters[key]
+        keep = ftr >= 0
+        fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ftr[keep]},
+                            s["seed"] + fold)
+        pred = fitter.predict(fitted, e["raf_test/z"]).argmax(-1)
+        out[f"fer_acc/{head}"] = float(np.mean(pred[fte >= 0] == fte[fte >= 0]))
+      out.update(unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters))
+      out["identity_acc"] = identity_probe(e, s)
+      out["identity_chance"] = 1.0 / len(np.unique(e["au_train/subject_id"]))
+      cells[row][fold] = out
+      print(f"[cells] {row} fold {fold}: " + ", ".join(
+          f"{k}={v:.3f}" for k, v in out.items() if isinstance(v, float)), flush=True)
+  return cells
+
+
+def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> dict[str, float]:
+  """FER I+N+D head fitted on the seen classes; accuracy on unseen-class test images."""
+  seen, unseen = list(s["zeroshot_seen"]), list(s["zeroshot_unseen"])
+  key = ("fer_seen",)
+  if key not in fitters:
+    c = au_config(s, data_dir, fold)
+    c.data.config = "raf"
+    common.set_fields(c, {"finetune.task": "fer", "finetune.classes": tuple(seen),
+                          **{f"finetune.{k}": v for k, v in HEADS["I+N+D"].items()}})
+    fitters[key] = HeadFitter(s, c, tok, seen)
+  fitter = fitters[key]
+  ytr = fer_labels(e["raf_train/expression"], seen)
+  keep = ytr >= 0
+  fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ytr[keep]}, s["seed"] + fold)
+  zc = evaluate.classify_by_text(fitter.obj, fitted, tok, classes, "names",
+                                 sharding.make_mesh(fitter.config.mesh))
+  names = evaluate.canonical_names()
+  y = np.array([names[i] if i >= 0 else "" for i in e["raf_test/expression"]])
+  test = np.isin(y, unseen)
+  z, y = e["raf_test/z"][test], y[test]
+  pred_all = np.asarray(classes)[(z @ zc.T).argmax(-1)]
+  uidx = [classes.index(c) for c in unseen]
+  pred_unseen = np.asarray(classes)[np.asarray(uidx)[(z @ zc[uidx].T).argmax(-1)]]
+  return {"zeroshot/unseen_all_classes": float(np.mean(pred_all == y)),
+          "zeroshot/unseen_only": float(np.mean(pred_unseen == y))}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  v = np.asarray([x for x in values if x is not None], np.float64)
+  if not len(v):
+    return float("nan"), float("nan")
+  return float(v.mean()), float(v.std())
+
+
+def fmt(values: Sequence[float], pct: bool = True) -> str:
+  m, sd = mean_std(values)
+  if not np.isfinite(m):
+    return "–"
+  k = 100.0 if pct else 1.0
+  return f"{m * k:.1f} ± {sd * k:.1f}"
+
+
+def tables(cells: dict, s) -> str:
+  """The markdown tables of docs/results.md."""
+  folds = s["folds"]
+  rows = list(cells)
+  col = lambda r, k: [cells[r][f].get(k) for f in folds if f in cells[r]]  # noqa: E731
+  lines = [f"### Ablation (BP4D-like mean AU F1, {len(folds)} subject-exclusive folds; RAF-like "
+           "FER accuracy; %, mean ± std over folds)", "",
+           "| pretraining | " + " | ".join(f"AU F1 {h}" for h in HEADS) + " | "
+           + " | ".join(f"FER acc {h}" for h in HEADS) + " |",
+           "|---|" + "---:|" * (2 * len(HEADS))]
+  for r in rows:
+    lines.append(f"| {ROW_TITLES[r]} | " + " | ".join(fmt(col(r, f"au_f1/{h}")) for h in HEADS)
+                 + " | " + " | ".join(fmt(col(r, f"fer_acc/{h}")) for h in HEADS) + " |")
+  lines += ["", f"### Label-scarce: AU F1 with {SCARCE_FRACTION:.0%} of the labelled training "
+            "frames (same frames for every cell)", "",
+            "| pretraining | " + " | ".join(f"AU F1 {h} (10 %)" for h in HEADS) + " |",
+            "|---|" + "---:|" * len(HEADS)]
+  for r in rows:
+    lines.append(f"| {ROW_TITLES[r]} | "
+                 + " | ".join(fmt(col(r, f"scarce_au_f1/{h}")) for h in HEADS) + " |")
+  chance = mean_std(col(rows[0], "identity_chance"))[0]
+  lines += ["", "### Identity leakage and zero-shot (%, mean ± std over folds)", "",
+            f"Identity: linear probe for the subject on frozen embeddings, trained on the odd "
+            f"tasks (T1, T3, T5, T7) of the training subjects, tested on their even tasks "
+            f"(chance {chance * 100:.1f} %). Lower is better for CLEF's claim. Activity: "
+            "zero-shot activity classification from the activity texts straight after "
+            "pretraining (chance 12.5 %). Unseen expressions: seen = "
+            f"{', '.join(s['zeroshot_seen'])}; unseen = {', '.join(s['zeroshot_unseen'])}; "
+            "accuracy on unseen-class RAF-like test images predicting over all 7 classes and "
+            "over the 3 unseen ones (chance 33.3 %). AU → FER: the AU I+N+D model classifies "
+            "RAF-like test images over the 7 expression names (chance 14.3 %).", "",
+            "| pretraining | identity acc | activity zero-shot | unseen (all classes) | "
+            "unseen (unseen only) | AU → FER |", "|---|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {ROW_TITLES[r]} | {fmt(col(r, 'identity_acc'))} | "
+                 f"{fmt(col(r, 'activity_zeroshot'))} | "
+                 f"{fmt(col(r, 'zeroshot/unseen_all_classes'))} | "
+                 f"{fmt(col(r, 'zeroshot/unseen_only'))} | {fmt(col(r, 'zeroshot/au_to_fer'))} |")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 5: a real fine-tune, figures.
+# ------------------------------------------------------------------------------------------
+
+
+def full_finetunes(s, root: str, data_dir: str, commands: list) -> dict[str, dict]:
+  """configs/finetune_au.py (image tower trained) from the fold-1 instance and CLEF models."""
+  out = {}
+  fold = s["folds"][0]
+  for row in ("instance", "clef_pa_pi"):
+    wd = os.path.join(root, "finetune_au", row, f"fold{fold}")
+    over = {**base_overrides(s, data_dir, fold), "total_steps": s["finetune_steps"],
+            "checkpoint_every_steps": s["finetune_steps"],
+            "init": f"clef:{pretrain_workdir(root, row, fold)}"}
+    commands.append(cli("configs/finetune_au.py", s, wd, over))
+    done = os.path.join(wd, "results.json")
+    if os.path.isfile(done):
+      with open(done, encoding="utf-8") as f:
+        out[row] = json.load(f)
+      continue
+    config = finetune_au.get_config(s["config_arg"])
+    common.set_fields(config, over)
+    out[row] = train.run(config, wd)
+  return out
+
+
+def figures(s, root: str, fig_dir: str, commands: list) -> dict[str, Any]:
+  from clef_jax import visualize  # pylint: disable=g-import-not-at-top
+  fold = s["folds"][0]
+  os.makedirs(fig_dir, exist_ok=True)
+  stats = {}
+  for row in ("instance", "clef_pa_pi"):
+    wd = pretrain_workdir(root, row, fold)
+    out = os.path.join(fig_dir, f"embeddings_{row}.png")
+    commands.append(f"python -m clef_jax.visualize embeddings --workdir={wd} --out={out}")
+    stats[row] = visualize.embeddings_main([wd], out, max_examples=600 if s["quick"] else 2000,
+                                           perplexity=10.0 if s["quick"] else 30.0)[0]
+  wd = os.path.join(root, "finetune_au", "clef_pa_pi", f"fold{fold}")
+  out = os.path.join(fig_dir, "relevance")
+  commands.append(f"python -m clef_jax.visualize relevance --workdir={wd} --images=6 --out={out}")
+  if os.path.isdir(out):
+    shutil.rmtree(out)
+  rel = visualize.relevance_main(wd, "4" if s["quick"] else "6", out,
+                                 steps=4 if s["quick"] else 16)
+  stats["relevance_figures"] = [os.path.relpath(p, fig_dir) for p in rel["paths"]]
+  return stats
+
+
+def git_commit() -> str:
+  """The checked-out commit (with '+changes' when the tree differs), for the record."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + ("+changes" if dirty else "")
+
+
+READING_START = "<!-- reading: kept between runs -->"
+READING_END = "<!-- end reading -->"
+
+
+def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, fig_dir: str):
+  reading = ("## Reading\n\n(Written by a person after looking at the numbers: what holds, what "
+             "does not, and why.)\n")
+  if os.path.isfile(path):
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    if READING_START in text and READING_END in text:
+      reading = text.split(READING_START, 1)[1].split(READING_END, 1)[0].strip() + "\n"
+  rel = os.path.relpath(fig_dir, os.path.dirname(os.path.abspath(path)))
+  pc = pretrain_config.get_config(s["config_arg"])
+  mc, sf = pc.model, pc.data.synthface
+  commit = git_commit()
+  ft = "\n".join(
+      f"| {ROW_TITLES[r]} | {res.get('test/au_f1/mean', float('nan')) * 100:.1f} |"
+      for r, res in finetunes.items())
+  emb = "\n".join(
+      f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
+      f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
+      for r, st in figs.items() if r in PRETRAIN_ROWS)
+  rel_figs = "\n".join(f"![relevance]({rel}/{p})" for p in figs.get("relevance_figures", []))
+  cmd = "python benchmarks/reproduce.py" + (" --quick" if s["quick"] else "")
+  text = f"""# Results on SynthFace
+
+Everything on this page was produced by one run of `{cmd}` (the tables, the figures and this
+file, except the Reading section); rerun it to check. Machine: {platform.processor() or
+platform.machine()}, {os.cpu_count()} CPU cores, no accelerator; wall time {wall / 60:.0f} min.
+Data: SynthFace ({sf.subjects} BP4D-like subjects × 8 tasks × {sf.frames_per_task} frames at
+{sf.size} px; {sf.raf_train} + {sf.raf_test} RAF-like images; generator seed {sf.seed}; code at
+commit `{commit}`). Model: {mc.vision_layers}-layer ViT (width {mc.vision_width}, patch
+{mc.patch_size}) at {mc.image_size} px and a {mc.text_layers}-layer text tower, from scratch (no
+CLIP/FaRL weights exist on this machine). Pretraining {s['pretrain_steps']} steps of batch
+{pc.batch_size} (two views each) per row and fold; stage-2 heads {s['head_steps']} steps of batch
+{s['head_batch']} at lr {s['head_lr']} on frozen image embeddings; seed {s['seed']}.
+
+{READING_START}
+{reading}{READING_END}
+
+## Tables
+
+{tables(cells, s)}
+
+### End-to-end fine-tuning (image tower trained, fold {s['folds'][0]}, `configs/finetune_au.py`, I+N+D, {s['finetune_steps']} steps)
+
+| init | AU F1 (%) |
+|---|---:|
+{ft}
+
+## Embedding maps (fold {s['folds'][0]} test subjects, t-SNE; kNN purity of the embeddings, chance in brackets)
+
+| pretraining | expression purity | subject purity |
+|---|---:|---:|
+{emb}
+
+![instance]({rel}/embeddings_instance.png)
+![clef]({rel}/embeddings_clef_pa_pi.png)
+
+## Relevance heatmaps (CLEF PA+PI, fine-tuned end to end)
+
+Integrated gradients of cos(f(x), g(prompt)) with respect to the pixels (mean-colour baseline),
+positive part, smoothed; one map per AU prompt (name and description). The share of relevance
+inside each AU's rendered region is measured by `benchmarks/relevance_check.py` and
+`tests/test_relevance_synthface.py`.
+
+{rel_figs}
+
+## Commands
+
+```sh
+{chr(10).join(commands)}
+```
+"""
+  pathlib.Path(path).write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", default="workdirs/reproduce")
+  p.add_argument("--data_dir", default="", help="SynthFace data folder (default: WORKDIR/data)")
+  p.add_argument("--results", default="docs/results.md")
+  p.add_argument("--figures", default="docs/results", help="folder for the figures")
+  p.add_argument("--quick", action="store_true", help="tiny models and data: minutes")
+  p.add_argument("--folds", default="")
+  p.add_argument("--rows", default=",".join(PRETRAIN_ROWS))
+  p.add_argument("--pretrain_steps", type=int, default=0)
+  p.add_argument("--head_steps", type=int, default=0)
+  p.add_argument("--finetune_steps", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
+                 help="JAX persistent compilation cache ('' = off)")
+  args = p.parse_args(argv)
+  if args.cache_dir and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  logging.basicConfig(level=logging.WARNING)
+  s = settings(args)
+  rows = [r for r in args.rows.split(",") if r]
+  bad = [r for r in rows if r not in PRETRAIN_ROWS]
+  if bad:
+    raise SystemExit(f"--rows: unknown {bad}; known {list(PRETRAIN_ROWS)}")
+  root = os.path.abspath(args.workdir)
+  data_dir = os.path.abspath(args.data_dir or os.path.join(root, "data"))
+  t0 = time.time()
+  commands: list[str] = []
+  cells = run_cells(s, root, data_dir, rows, commands)
+  finetunes = full_finetunes(s, root, data_dir, commands)
+  figs = figures(s, root, args.figures, commands)
+  wall = time.time() - t0
+  result = {"settings": s, "cells": {r: {str(k): v for k, v in c.items()}
+                                     for r, c in cells.items()},
+            "finetune": {r: {k: v for k, v in res.items() if not isinstance(v, list)}
+                         for r, res in finetunes.items()},
+            "figures": figs, "commands": commands, "wall_s": wall}
+  with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2, default=str)
+  write_markdown(args.results, s, cells, finetunes, figs, list(dict.fromkeys(commands)), wall,
+                 args.figures)
+  print(f"wrote {args.results} and {os.path.join(root, 'results.json')} in {wall / 60:.1f} min")
+  return result
+
+
+if __name__ == "__main__":
+  main()
