@@ -160,6 +160,20 @@ def test_each_au_changes_its_region(au):
     assert 0.2 * inside < mid < inside, (au, k, mid, inside)
 
 
+@pytest.mark.parametrize("au", [14, 24])
+def test_layered_au_change_grows_with_intensity(au):
+  # AU14 (dimpler) and AU24 (lip pressor) are drawn as layers whose parts never cancel: the mean
+  # change in the AU's box grows strictly with the intensity, from trace to maximum.
+  size = 64
+  mask = _region_mask(synthface.AU_REGIONS[au], size)
+  for k in range(4):
+    ident = render.sample_identity(population.rng_for(11, k), "FM"[k % 2])
+    off = render.render_face(ident, {}, size).astype(np.float64)
+    change = [np.abs(render.render_face(ident, {au: x}, size) - off).mean(-1)[mask].mean()
+              for x in (0.5, 1.0, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)]
+    assert np.all(np.diff(change) > 0), (au, k, np.round(change, 3))
+
+
 def test_aus_visible_at_32px():
   ident = render.sample_identity(population.rng_for(5, 0), "F")
   off = render.render_face(ident, {}, 32).astype(np.float64)

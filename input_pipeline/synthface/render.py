@@ -288,10 +288,10 @@ def visibility(x: float) -> float:
 
   Continuous and increasing: linear in ``x`` plus a steep (but smooth) step around 1.5, the
   boundary between FACS trace (A) and slight (B) evidence, i.e. where occurrence starts
-  (intensity code ≥ 2). Trace AUs are faint (≤ 0.15 below 1.3), an AU coded as occurring is
-  clearly there (≥ 0.6 from 1.7 on), B–E differ by degree.
+  (intensity code ≥ 2). Trace AUs are faint (≤ 0.12 below 1.3), an AU coded as occurring is
+  clearly there (≥ 0.74 from 1.7 on), B–E differ by degree.
   """
-  return 0.5 * x / 5.0 + 0.5 / (1.0 + math.exp(-(x - 1.5) / 0.06))
+  return 0.35 * x / 5.0 + 0.65 / (1.0 + math.exp(-(x - 1.5) / 0.06))
 
 
 def _au(a: np.ndarray, au: int) -> float:
@@ -525,16 +525,17 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   lifted off the teeth.
   """
   cx, my = 0.5, f.mouth_y
-  cw = f.mouth_w * (1 + 0.22 * A[12] + 0.32 * A[20] - 0.2 * A[14] - 0.3 * A[23]
-                    + 0.06 * A[24])
-  corner_y = (my - 0.04 * A[12] + 0.04 * A[15] + 0.006 * A[20] - 0.006 * A[14] + drop * 0.25
+  # AU14 and AU24 leave the lip outline alone: they are drawn as layers over it, each on its own
+  # pixels with an opacity proportional to the AU, so their pixel change grows with intensity.
+  cw = f.mouth_w * (1 + 0.22 * A[12] + 0.32 * A[20] - 0.3 * A[23])
+  corner_y = (my - 0.04 * A[12] + 0.04 * A[15] + 0.006 * A[20] + drop * 0.25
               + 0.008 * A[17])
   center_y = my + 0.004 * A[12] - 0.026 * A[17] - 0.003 * A[10]
   s25 = min(1.0, 3 * A[25])
   gap = (0.02 * A[25] + 0.05 * A[26] * s25) * (1 - A[24]) * (1 - 0.6 * A[23]) * (1 - 0.5 * A[17])
   lo_extra = 0.016 * A[16]
   up_raise = 0.03 * A[10] + 0.004 * A[9]
-  thin = max(0.12, 1 - 0.45 * A[23] - 0.85 * A[24] - 0.3 * A[20])
+  thin = max(0.12, 1 - 0.45 * A[23] - 0.3 * A[20])
   ut, lt = f.lip_up * thin, f.lip_lo * thin * (1 + 0.6 * A[17])
   x = np.linspace(-1, 1, 15)
   prof = 1 - x ** 2
@@ -571,14 +572,15 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
                   (fx(cx + s * (f.nose_w + 0.035)), (f.nose_y + corner_y) / 2 + 0.005),
                   (fx(cx + s * (f.mouth_w + 0.018)), corner_y + 0.025)),
            _rgba(line_col, 35 + 200 * fold), 0.005 + 0.003 * fold)
-  # AU24: bright skin bulges above and below the pressed lips, each with a shadow beyond it.
+  # AU24: bright skin bulges above and below the pressed lips, each with a shadow beyond it (on
+  # skin, clear of the lips and of each other).
   if A[24] > 0:
     hi = _rgba(_mix(skin, (255, 255, 255), 0.5), 230 * A[24])
     sh = _rgba(line_col, 255 * A[24])
     p.line(P(uo - 0.016)[1:-1], hi, 0.022)
     p.line(P(lo + 0.016)[1:-1], hi, 0.022)
-    p.line(P(uo - 0.034)[2:-2], sh, 0.014)
-    p.line(P(lo + 0.034)[2:-2], sh, 0.014)
+    p.line(P(uo - 0.037)[2:-2], sh, 0.012)
+    p.line(P(lo + 0.037)[2:-2], sh, 0.012)
   # Mouth interior and teeth.
   if gap + lo_extra + 0.012 * A[10] > 1e-4:
     p.poly(np.concatenate([P(ui), P(li)[::-1]]), (70, 28, 32))
@@ -587,12 +589,19 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
     if A[16] > 0 or A[26] > 0.4:
       ltooth = np.maximum(li - 0.006 - 0.006 * A[16], tooth)
       p.poly(np.concatenate([P(ltooth)[3:-3], P(li)[3:-3][::-1]]), (226, 222, 212))
-  # AU23 darkens the (thin) red of the lips; AU24 presses it towards the skin colour.
-  lip = _mix(_mix(f.lip_color, (60, 10, 20), 0.45 * A[23]), skin, 0.8 * A[24])
+  # AU23 darkens the (thin) red of the lips.
+  lip = _mix(f.lip_color, (60, 10, 20), 0.45 * A[23])
   p.poly(np.concatenate([P(uo), P(ui)[::-1]]), _mix(lip, (0, 0, 0), 0.08))
   p.poly(np.concatenate([P(li), P(lo)[::-1]]), lip)
-  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6 + 0.3 * A[24]), 200 + 55 * A[24]),
-         0.004 + 0.012 * A[24])
+  p.line(P(ui), _rgba(_mix(lip, (20, 5, 5), 0.6), 200), 0.004)
+  # AU24 presses the lips together: the outer two thirds of their red turn to skin, the inner
+  # third (with the mouth line) to a dark pressed band.
+  if A[24] > 0:
+    us, ls = ui + 0.35 * (uo - ui), li + 0.35 * (lo - li)
+    fade = _rgba(skin, 240 * A[24])
+    p.poly(np.concatenate([P(uo), P(us)[::-1]]), fade)
+    p.poly(np.concatenate([P(ls), P(lo)[::-1]]), fade)
+    p.poly(np.concatenate([P(us), P(ls)[::-1]]), _rgba(_mix(lip, (20, 5, 5), 0.85), 255 * A[24]))
   # AU23: crisp dark lip borders and vertical purse lines above and below the lips.
   if A[23] > 0:
     border = _rgba(_mix(lip, (20, 5, 5), 0.65), 255 * A[23])
@@ -606,11 +615,13 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   for s, i in ((-1, 0), (1, -1)):
     c = (xs[i], line_y[i])
     if A[14] > 0:
-      p.ellipse(c[0] + s * 0.026, c[1] - 0.002, 0.02, 0.026,
-                fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 220 * A[14]))
-      p.line(_curve((c[0] + s * 0.014, c[1] - 0.03), (c[0] + s * 0.036, c[1]),
-                    (c[0] + s * 0.014, c[1] + 0.03)), _rgba(line_col, 255 * A[14]), 0.014)
-      p.ellipse(c[0] + s * 0.01, c[1], 0.014, 0.014, fill=_rgba(line_col, 250 * A[14]))
+      # A dark pit tucking the corner in, a crease arcing round it and a bright bulge beyond the
+      # crease (dark and bright parts do not overlap, so they never cancel).
+      p.ellipse(c[0] + s * 0.006, c[1], 0.013, 0.014, fill=_rgba(line_col, 250 * A[14]))
+      p.line(_curve((c[0] + s * 0.014, c[1] - 0.03), (c[0] + s * 0.04, c[1]),
+                    (c[0] + s * 0.014, c[1] + 0.03)), _rgba(line_col, 255 * A[14]), 0.012)
+      p.ellipse(c[0] + s * 0.052, c[1], 0.012, 0.024,
+                fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 230 * A[14]))
     if A[15] > 0:
       p.line([(c[0] + s * 0.002, c[1] + 0.002), (c[0] + s * 0.012, c[1] + 0.05)],
              _rgba(line_col, 250 * A[15]), 0.009)
