@@ -95,9 +95,9 @@ SCARCE_FRACTION = 0.1
 def settings(args) -> dict[str, Any]:
   """Everything that defines the run; written into results.json and docs/results.md."""
   if args.quick:
-    s = dict(config_arg="tiny", pretrain_steps=args.pretrain_steps or 8,
-             head_steps=args.head_steps or 40, head_batch=32, folds=args.folds or "1,2",
-             finetune_steps=args.finetune_steps or 6)
+    s = dict(config_arg="tiny", pretrain_steps=args.pretrain_steps or 4,
+             head_steps=args.head_steps or 20, head_batch=32, folds=args.folds or "1,2",
+             finetune_steps=args.finetune_steps or 3)
   else:
     s = dict(config_arg="", pretrain_steps=args.pretrain_steps or 150,
              head_steps=args.head_steps or 300, head_batch=256, folds=args.folds or "1,2,3",
@@ -317,8 +317,10 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) 
       pre = {}
       if PRETRAIN_ROWS[row] is not None:
         pre = pretrain(s, root, data_dir, row, fold, commands)
+      t0 = time.time()
       e = embed_row(s, root, data_dir, row, fold)
       params = row_params(s, root, row, fold, config)
+      t_embed = time.time() - t0
       out: dict[str, Any] = {"activity_zeroshot": pre.get("activity/activity_accuracy")}
       ytr, yte = e["au_train/au"], e["au_test/au"]
       n = len(ytr)
@@ -363,7 +365,8 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) 
       out["identity_acc"] = identity_probe(e, s)
       out["identity_chance"] = 1.0 / len(np.unique(e["au_train/subject_id"]))
       cells[row][fold] = out
-      print(f"[cells] {row} fold {fold}: " + ", ".join(
+      print(f"[cells] {row} fold {fold} (embeddings {t_embed:.0f} s, heads "
+            f"{time.time() - t0 - t_embed:.0f} s): " + ", ".join(
           f"{k}={v:.3f}" for k, v in out.items() if isinstance(v, float)), flush=True)
   return cells
 
@@ -486,15 +489,15 @@ def figures(s, root: str, fig_dir: str, commands: list) -> dict[str, Any]:
     wd = pretrain_workdir(root, row, fold)
     out = os.path.join(fig_dir, f"embeddings_{row}.png")
     commands.append(f"python -m clef_jax.visualize embeddings --workdir={wd} --out={out}")
-    stats[row] = visualize.embeddings_main([wd], out, max_examples=600 if s["quick"] else 2000,
+    stats[row] = visualize.embeddings_main([wd], out, max_examples=200 if s["quick"] else 2000,
                                            perplexity=10.0 if s["quick"] else 30.0)[0]
   wd = os.path.join(root, "finetune_au", "clef_pa_pi", f"fold{fold}")
   out = os.path.join(fig_dir, "relevance")
   commands.append(f"python -m clef_jax.visualize relevance --workdir={wd} --images=6 --out={out}")
   if os.path.isdir(out):
     shutil.rmtree(out)
-  rel = visualize.relevance_main(wd, "4" if s["quick"] else "6", out,
-                                 steps=4 if s["quick"] else 16)
+  rel = visualize.relevance_main(wd, "2" if s["quick"] else "6", out,
+                                 steps=2 if s["quick"] else 16)
   stats["relevance_figures"] = [os.path.relpath(p, fig_dir) for p in rel["paths"]]
   return stats
 
@@ -516,7 +519,8 @@ READING_START = "<!-- reading: kept between runs -->"
 READING_END = "<!-- end reading -->"
 
 
-def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, fig_dir: str):
+def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, fig_dir: str,
+                   argv: str, commit: str):
   reading = ("## Reading\n\n(Written by a person after looking at the numbers: what holds, what "
              "does not, and why.)\n")
   if os.path.isfile(path):
@@ -526,7 +530,6 @@ def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, 
   rel = os.path.relpath(fig_dir, os.path.dirname(os.path.abspath(path)))
   pc = pretrain_config.get_config(s["config_arg"])
   mc, sf = pc.model, pc.data.synthface
-  commit = git_commit()
   ft = "\n".join(
       f"| {ROW_TITLES[r]} | {res.get('test/au_f1/mean', float('nan')) * 100:.1f} |"
       for r, res in finetunes.items())
@@ -535,7 +538,7 @@ def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, 
       f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
       for r, st in figs.items() if r in PRETRAIN_ROWS)
   rel_figs = "\n".join(f"![relevance]({rel}/{p})" for p in figs.get("relevance_figures", []))
-  cmd = "python benchmarks/reproduce.py" + (" --quick" if s["quick"] else "")
+  cmd = argv or "python benchmarks/reproduce.py"
   text = f"""# Results on SynthFace
 
 Everything on this page was produced by one run of `{cmd}` (the tables, the figures and this
@@ -602,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--head_steps", type=int, default=0)
   p.add_argument("--finetune_steps", type=int, default=0)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--markdown_only", action="store_true",
+                 help="rewrite --results from WORKDIR/results.json of a finished run")
   p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
                  help="JAX persistent compilation cache ('' = off)")
   args = p.parse_args(argv)
@@ -615,6 +620,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if bad:
     raise SystemExit(f"--rows: unknown {bad}; known {list(PRETRAIN_ROWS)}")
   root = os.path.abspath(args.workdir)
+  if args.markdown_only:
+    path = os.path.join(root, "results.json")
+    if not os.path.isfile(path):
+      raise SystemExit(f"--markdown_only: {path} does not exist (run without it first)")
+    with open(path, encoding="utf-8") as f:
+      result = json.load(f)
+    cells = {r: {int(k): v for k, v in c.items()} for r, c in result["cells"].items()}
+    write_markdown(args.results, result["settings"], cells, result["finetune"],
+                   result["figures"], result["commands"], result["wall_s"], args.figures,
+                   result.get("argv", ""), result.get("commit", "unknown"))
+    print(f"wrote {args.results} from {path}")
+    return result
   data_dir = os.path.abspath(args.data_dir or os.path.join(root, "data"))
   t0 = time.time()
   commands: list[str] = []
@@ -626,11 +643,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                      for r, c in cells.items()},
             "finetune": {r: {k: v for k, v in res.items() if not isinstance(v, list)}
                          for r, res in finetunes.items()},
-            "figures": figs, "commands": commands, "wall_s": wall}
+            "figures": figs, "commands": list(dict.fromkeys(commands)), "wall_s": wall,
+            "argv": " ".join(["python benchmarks/reproduce.py", *(argv if argv is not None
+                                                                  else sys.argv[1:])]),
+            "commit": git_commit()}
   with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2, default=str)
-  write_markdown(args.results, s, cells, finetunes, figs, list(dict.fromkeys(commands)), wall,
-                 args.figures)
+  write_markdown(args.results, s, cells, finetunes, figs, result["commands"], wall,
+                 args.figures, result["argv"], result["commit"])
   print(f"wrote {args.results} and {os.path.join(root, 'results.json')} in {wall / 60:.1f} min")
   return result
 

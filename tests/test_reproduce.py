@@ -1,0 +1,141 @@
+"""benchmarks/reproduce.py: its probes against sklearn/numpy, its head fitter, and a --quick run."""
+
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+from clef_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _settings(**kw):
+  args = dict(quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0)
+  args.update(kw)
+  return reproduce.settings(type("Args", (), args)())
+
+
+def test_mean_std_and_format():
+  assert reproduce.fmt([0.5, 0.7]) == "60.0 ± 10.0"          # population std, in %
+  assert reproduce.fmt([0.25, None]) == "25.0 ± 0.0"          # missing folds are skipped
+  assert reproduce.fmt([]) == "–"
+  m, s = reproduce.mean_std([0.1, 0.2, 0.6])
+  assert m == pytest.approx(0.3) and s == pytest.approx(np.std([0.1, 0.2, 0.6]))
+
+
+def _embeddings(identity_strength: float, seed: int = 0):
+  """5 subjects × 8 tasks × 6 frames; z = strength · onehot(subject) + noise."""
+  rng = np.random.default_rng(seed)
+  subj, act = np.meshgrid(np.arange(5), np.arange(8), indexing="ij")
+  subj = np.repeat(subj.ravel(), 6)
+  act = np.repeat(act.ravel(), 6)
+  z = rng.normal(size=(len(subj), 16)).astype(np.float32)
+  z[:, :5] += identity_strength * np.eye(5, dtype=np.float32)[subj]
+  return {"au_train/z": z, "au_train/subject_id": subj, "au_train/activity_id": act}
+
+
+def test_identity_probe_trains_on_odd_tasks_and_tests_on_even_ones():
+  s = _settings()
+  e = _embeddings(4.0)
+  acc = reproduce.identity_probe(e, s)
+  # Independent reference: sklearn on the same split (tasks T1,T3,.. = ids 0,2,.. train).
+  tr = e["au_train/activity_id"] % 2 == 0
+  clf = LogisticRegression(max_iter=2000, random_state=0).fit(
+      e["au_train/z"][tr], e["au_train/subject_id"][tr])
+  want = np.mean(clf.predict(e["au_train/z"][~tr]) == e["au_train/subject_id"][~tr])
+  assert acc == pytest.approx(want) and acc > 0.95
+  # Without identity in the embedding the probe is near chance (0.2).
+  assert reproduce.identity_probe(_embeddings(0.0), s) < 0.4
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+  config = reproduce.au_config(_settings(), "/nonexistent", 1)
+  mc = config.model
+  model = models.build(mc)
+  params = model.init(jax.random.key(0), jnp.zeros((1, mc.image_size, mc.image_size, 3)),
+                      jnp.zeros((1, mc.context_length), jnp.int32))["params"]
+  tok = tok_lib.get("embedded", context_length=mc.context_length)
+  return config, jax.tree.map(np.asarray, params), tok
+
+
+@pytest.mark.parametrize("head", ["I", "I+N"])
+def test_head_fitter_learns_a_linear_au_rule(tiny_clip, head):
+  """AU j occurs when <z, w_j> > 0: a frozen-feature head must recover it (vs sklearn)."""
+  config, params, tok = tiny_clip
+  s = {**_settings(), "head_steps": 300, "head_batch": 64, "head_lr": 1e-2}
+  for k, v in reproduce.HEADS[head].items():
+    config.finetune[k] = v
+  rng = np.random.default_rng(1)
+  d = config.model.embed_dim
+  z = rng.normal(size=(600, d)).astype(np.float32)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  w = rng.normal(size=(d, 3)).astype(np.float32)
+  y = (z @ w > 0).astype(np.int32)
+  y[::7, 0] = -1                    # unknown labels are masked, not negatives
+  fitter = reproduce.HeadFitter(s, config, tok, [1, 2, 4])
+  fitted = fitter.fit(params, z[:400], {"au": y[:400]}, seed=0,
+                      pos_weight=np.ones(3, np.float32))
+  pred = (fitter.predict(fitted, z[400:]) >= 0).astype(np.int32)
+  for j in range(3):
+    known = y[400:, j] >= 0
+    ref = LogisticRegression(max_iter=2000).fit(z[:400][y[:400, j] >= 0],
+                                                y[:400, j][y[:400, j] >= 0])
+    f1_ref = f1_score(y[400:, j][known], ref.predict(z[400:][known]))
+    f1 = f1_score(y[400:, j][known], pred[known, j])
+    assert f1 > 0.8 and f1 > f1_ref - 0.1, (head, j, f1, f1_ref)  # chance ≈ 0.5
+
+
+def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
+  w, md, fig = tmp_path / "w", tmp_path / "results.md", tmp_path / "fig"
+  argv = ["--quick", f"--workdir={w}", f"--data_dir={tiny_data_dir}", f"--results={md}",
+          f"--figures={fig}", "--cache_dir="]
+  result = reproduce.main(argv)
+  s = result["settings"]
+  assert s["folds"] == [1, 2]
+  keys = ["identity_acc", "zeroshot/au_to_fer", "zeroshot/unseen_all_classes",
+          "zeroshot/unseen_only"] + [f"{p}{m}/{h}" for h in reproduce.HEADS
+                                     for p, m in (("", "au_f1"), ("scarce_", "au_f1"),
+                                                  ("", "fer_acc"))]
+  for row in reproduce.PRETRAIN_ROWS:
+    for fold in ("1", "2"):
+      cell = result["cells"][row][fold]
+      for k in keys:
+        assert 0.0 <= cell[k] <= 1.0, (row, fold, k, cell[k])
+      if row != "random":   # activity zero-shot comes from the pretraining run
+        assert 0.0 <= cell["activity_zeroshot"] <= 1.0
+      # The identity number, recomputed from the saved embeddings with sklearn directly.
+      with np.load(w / "embeddings" / row / f"fold{fold}.npz") as f:
+        z, subj, act = f["au_train/z"], f["au_train/subject_id"], f["au_train/activity_id"]
+      tr = act % 2 == 0
+      clf = LogisticRegression(max_iter=2000, random_state=0).fit(z[tr], subj[tr])
+      assert cell["identity_acc"] == pytest.approx(np.mean(clf.predict(z[~tr]) == subj[~tr]))
+  # Pretraining honoured the leakage guard: fold k's run never saw fold k's test subjects.
+  for fold in (1, 2):
+    cfg = json.loads((w / "pretrain" / "clef_pa_pi" / f"fold{fold}" / "config.json").read_text())
+    assert cfg["fold"] == fold and cfg["data"]["leakage_guard"]
+  text = md.read_text(encoding="utf-8")
+  for title in reproduce.ROW_TITLES.values():
+    assert text.count(f"| {title} |") == 3      # ablation, label-scarce, identity/zero-shot
+  assert "AU F1 I+N+D" in text and "python main.py --config=configs/pretrain.py:tiny" in text
+  for name in ("embeddings_instance.png", "embeddings_clef_pa_pi.png"):
+    assert (fig / name).stat().st_size > 1000
+  assert result["figures"]["relevance_figures"]
+  # The Reading section is kept when the page is rewritten from results.json.
+  mine = "## Reading\n\nA person wrote this.\n"
+  md.write_text(text.replace(text.split(reproduce.READING_START)[1].split(
+      reproduce.READING_END)[0], "\n" + mine), encoding="utf-8")
+  reproduce.main(argv + ["--markdown_only"])
+  again = md.read_text(encoding="utf-8")
+  assert "A person wrote this." in again
+  assert again.split("## Tables")[1] == text.split("## Tables")[1]
