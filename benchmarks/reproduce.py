@@ -99,10 +99,10 @@ def settings(args) -> dict[str, Any]:
              head_steps=args.head_steps or 20, head_batch=32, folds=args.folds or "1,2",
              finetune_steps=args.finetune_steps or 3)
   else:
-    s = dict(config_arg="", pretrain_steps=args.pretrain_steps or 150,
-             head_steps=args.head_steps or 300, head_batch=256, folds=args.folds or "1,2,3",
-             finetune_steps=args.finetune_steps or 150)
-  s.update(seed=args.seed, head_lr=1e-3, quick=args.quick,
+    s = dict(config_arg="", pretrain_steps=args.pretrain_steps or 100,
+             head_steps=args.head_steps or 50, head_batch=256, folds=args.folds or "1,2,3",
+             finetune_steps=args.finetune_steps or 100)
+  s.update(seed=args.seed, head_lr=args.head_lr, quick=args.quick,
            zeroshot_seen=("happiness", "sadness", "surprise", "neutral"),
            zeroshot_unseen=("fear", "disgust", "anger"))
   s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
@@ -604,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--pretrain_steps", type=int, default=0)
   p.add_argument("--head_steps", type=int, default=0)
   p.add_argument("--finetune_steps", type=int, default=0)
+  p.add_argument("--head_lr", type=float, default=3e-3, help="peak lr of the stage-2 heads")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--markdown_only", action="store_true",
                  help="rewrite --results from WORKDIR/results.json of a finished run")

@@ -20,7 +20,8 @@ from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
 
 def _settings(**kw):
-  args = dict(quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0)
+  args = dict(quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0,
+              head_lr=3e-3)
   args.update(kw)
   return reproduce.settings(type("Args", (), args)())
 
