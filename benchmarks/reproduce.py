@@ -300,12 +300,16 @@ def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) -> dict:
-  """Every number of the tables: {row: {fold: {metric: value}}}."""
+def run_cells(s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[int],
+              commands: list) -> dict:
+  """Every number of the tables: {row: {fold: {metric: value}}}.
+
+  Each finished (row, fold) is kept in WORKDIR/cells/ROW/foldK.json and not recomputed.
+  """
   tok = tok_lib.get("embedded", context_length=au_config(s, data_dir, 1).model.context_length)
   cells: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in rows}
   fitters: dict[tuple, HeadFitter] = {}
-  for fold in s["folds"]:
+  for fold in folds:
     config = au_config(s, data_dir, fold)
     data = data_lib.setup(config)
     aus = data.aus
@@ -317,6 +321,11 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) 
       pre = {}
       if PRETRAIN_ROWS[row] is not None:
         pre = pretrain(s, root, data_dir, row, fold, commands)
+      cell_path = os.path.join(root, "cells", row, f"fold{fold}.json")
+      if os.path.isfile(cell_path):
+        with open(cell_path, encoding="utf-8") as f:
+          cells[row][fold] = json.load(f)
+        continue
       t0 = time.time()
       e = embed_row(s, root, data_dir, row, fold)
       params = row_params(s, root, row, fold, config)
@@ -365,6 +374,10 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], commands: list) 
       out["identity_acc"] = identity_probe(e, s)
       out["identity_chance"] = 1.0 / len(np.unique(e["au_train/subject_id"]))
       cells[row][fold] = out
+      os.makedirs(os.path.dirname(cell_path), exist_ok=True)
+      with open(cell_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+      os.replace(cell_path + ".tmp", cell_path)
       print(f"[cells] {row} fold {fold} (embeddings {t_embed:.0f} s, heads "
             f"{time.time() - t0 - t_embed:.0f} s): " + ", ".join(
           f"{k}={v:.3f}" for k, v in out.items() if isinstance(v, float)), flush=True)
@@ -459,11 +472,12 @@ def tables(cells: dict, s) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def full_finetunes(s, root: str, data_dir: str, commands: list) -> dict[str, dict]:
+def full_finetunes(s, root: str, data_dir: str, rows: Sequence[str], commands: list
+                   ) -> dict[str, dict]:
   """configs/finetune_au.py (image tower trained) from the fold-1 instance and CLEF models."""
   out = {}
   fold = s["folds"][0]
-  for row in ("instance", "clef_pa_pi"):
+  for row in [r for r in ("instance", "clef_pa_pi") if r in rows]:
     wd = os.path.join(root, "finetune_au", row, f"fold{fold}")
     over = {**base_overrides(s, data_dir, fold), "total_steps": s["finetune_steps"],
             "checkpoint_every_steps": s["finetune_steps"],
@@ -480,11 +494,14 @@ def full_finetunes(s, root: str, data_dir: str, commands: list) -> dict[str, dic
   return out
 
 
-def figures(s, root: str, fig_dir: str, commands: list) -> dict[str, Any]:
+def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> dict[str, Any]:
+  """Embedding maps of the fold-1 instance and CLEF pretrainings, relevance of the CLEF model."""
   from clef_jax import visualize  # pylint: disable=g-import-not-at-top
   fold = s["folds"][0]
   os.makedirs(fig_dir, exist_ok=True)
   stats = {}
+  if "clef_pa_pi" not in rows or "instance" not in rows:
+    return stats
   for row in ("instance", "clef_pa_pi"):
     wd = pretrain_workdir(root, row, fold)
     out = os.path.join(fig_dir, f"embeddings_{row}.png")
@@ -636,9 +653,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   data_dir = os.path.abspath(args.data_dir or os.path.join(root, "data"))
   t0 = time.time()
   commands: list[str] = []
-  cells = run_cells(s, root, data_dir, rows, commands)
-  finetunes = full_finetunes(s, root, data_dir, commands)
-  figs = figures(s, root, args.figures, commands)
+  # Fold 1 first, then its end-to-end fine-tunes and figures, then the other folds: a run cut
+  # short still leaves one complete fold (and a rerun resumes from what is on disk).
+  run_cells(s, root, data_dir, rows, s["folds"][:1], commands)
+  finetunes = full_finetunes(s, root, data_dir, rows, commands)
+  figs = figures(s, root, args.figures, rows, commands)
+  cells = run_cells(s, root, data_dir, rows, s["folds"], commands)
   wall = time.time() - t0
   result = {"settings": s, "cells": {r: {str(k): v for k, v in c.items()}
                                      for r, c in cells.items()},
