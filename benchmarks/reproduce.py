@@ -554,7 +554,10 @@ def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, 
       f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
       f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
       for r, st in figs.items() if r in PRETRAIN_ROWS)
-  rel_figs = "\n".join(f"![relevance]({rel}/{p})" for p in figs.get("relevance_figures", []))
+  # The poster's two examples are shown (and committed); the others stay in the folder.
+  shown = [p for p in figs.get("relevance_figures", [])
+           if os.path.basename(p) in ("AU12.png", "AU4.png")]
+  rel_figs = "\n".join(f"![relevance]({rel}/{p})" for p in shown)
   cmd = argv or "python benchmarks/reproduce.py"
   text = f"""# Results on SynthFace
 
@@ -596,7 +599,8 @@ CLIP/FaRL weights exist on this machine). Pretraining {s['pretrain_steps']} step
 Integrated gradients of cos(f(x), g(prompt)) with respect to the pixels (mean-colour baseline),
 positive part, smoothed; one map per AU prompt (name and description). The share of relevance
 inside each AU's rendered region is measured by `benchmarks/relevance_check.py` and
-`tests/test_relevance_synthface.py`.
+`tests/test_relevance_synthface.py`. Shown: AU12 (lip corner puller) and AU4 (brow lowerer), the
+poster's examples; a run writes every AU's figure to the same folder.
 
 {rel_figs}
 
