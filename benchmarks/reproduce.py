@@ -411,6 +411,26 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
           "zeroshot/unseen_only": float(np.mean(pred_unseen == y))}
 
 
+def trivial_baselines(root: str, rows: Sequence[str], folds: Sequence[int]) -> dict[str, list]:
+  """Per fold: mean AU F1 of predicting every AU present, and FER accuracy of the majority class.
+
+  Read from the labels saved with the embeddings (the same for every row).
+  """
+  out: dict[str, list] = {"au_all_positive": [], "fer_majority": []}
+  for fold in folds:
+    path = next((os.path.join(root, "embeddings", r, f"fold{fold}.npz") for r in rows
+                 if os.path.isfile(os.path.join(root, "embeddings", r, f"fold{fold}.npz"))), None)
+    if path is None:
+      continue
+    with np.load(path) as f:
+      y, expr = f["au_test/au"], f["raf_test/expression"]
+    f1, _ = mean_f1(np.ones_like(y, np.int8), y, list(range(y.shape[1])))
+    out["au_all_positive"].append(f1)
+    _, counts = np.unique(expr[expr >= 0], return_counts=True)
+    out["fer_majority"].append(float(counts.max() / counts.sum()))
+  return out
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   v = np.asarray([x for x in values if x is not None], np.float64)
   if not len(v):
@@ -426,7 +446,7 @@ def fmt(values: Sequence[float], pct: bool = True) -> str:
   return f"{m * k:.1f} ± {sd * k:.1f}"
 
 
-def tables(cells: dict, s) -> str:
+def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
   """The markdown tables of docs/results.md."""
   folds = s["folds"]
   rows = list(cells)
@@ -439,6 +459,10 @@ def tables(cells: dict, s) -> str:
   for r in rows:
     lines.append(f"| {ROW_TITLES[r]} | " + " | ".join(fmt(col(r, f"au_f1/{h}")) for h in HEADS)
                  + " | " + " | ".join(fmt(col(r, f"fer_acc/{h}")) for h in HEADS) + " |")
+  if baselines and baselines.get("au_all_positive"):
+    lines += ["", "Trivial references (same test sets): predicting every AU present gives mean AU "
+              f"F1 {fmt(baselines['au_all_positive'])}; always predicting the most frequent "
+              f"expression gives FER accuracy {fmt(baselines['fer_majority'])}."]
   lines += ["", f"### Label-scarce: AU F1 with {SCARCE_FRACTION:.0%} of the labelled training "
             "frames (same frames for every cell)", "",
             "| pretraining | " + " | ".join(f"AU F1 {h} (10 %)" for h in HEADS) + " |",
@@ -537,7 +561,7 @@ READING_END = "<!-- end reading -->"
 
 
 def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, fig_dir: str,
-                   argv: str, commit: str):
+                   argv: str, commit: str, root: str):
   reading = ("## Reading\n\n(Written by a person after looking at the numbers: what holds, what "
              "does not, and why.)\n")
   if os.path.isfile(path):
@@ -577,7 +601,7 @@ CLIP/FaRL weights exist on this machine). Pretraining {s['pretrain_steps']} step
 
 ## Tables
 
-{tables(cells, s)}
+{tables(cells, s, trivial_baselines(root, list(cells), s["folds"]))}
 
 ### End-to-end fine-tuning (image tower trained, fold {s['folds'][0]}, `configs/finetune_au.py`, I+N+D, {s['finetune_steps']} steps)
 
@@ -651,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cells = {r: {int(k): v for k, v in c.items()} for r, c in result["cells"].items()}
     write_markdown(args.results, result["settings"], cells, result["finetune"],
                    result["figures"], result["commands"], result["wall_s"], args.figures,
-                   result.get("argv", ""), result.get("commit", "unknown"))
+                   result.get("argv", ""), result.get("commit", "unknown"), root)
     print(f"wrote {args.results} from {path}")
     return result
   data_dir = os.path.abspath(args.data_dir or os.path.join(root, "data"))
@@ -675,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2, default=str)
   write_markdown(args.results, s, cells, finetunes, figs, result["commands"], wall,
-                 args.figures, result["argv"], result["commit"])
+                 args.figures, result["argv"], result["commit"], root)
   print(f"wrote {args.results} and {os.path.join(root, 'results.json')} in {wall / 60:.1f} min")
   return result
 

@@ -145,3 +145,18 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
   again = md.read_text(encoding="utf-8")
   assert "A person wrote this." in again
   assert again.split("## Tables")[1] == text.split("## Tables")[1]
+
+
+def test_trivial_baselines_match_sklearn(tmp_path):
+  rng = np.random.default_rng(0)
+  y = rng.choice([-1, 0, 1], size=(50, 3), p=[0.1, 0.6, 0.3]).astype(np.int8)
+  expr = rng.choice([-1, 0, 1, 2], size=40, p=[0.1, 0.5, 0.3, 0.1])
+  d = tmp_path / "embeddings" / "instance"
+  d.mkdir(parents=True)
+  np.savez(d / "fold2.npz", **{"au_test/au": y, "raf_test/expression": expr})
+  got = reproduce.trivial_baselines(str(tmp_path), ["random", "instance"], [1, 2])
+  want_f1 = np.mean([f1_score(y[y[:, j] >= 0, j], np.ones(int((y[:, j] >= 0).sum())))
+                     for j in range(3)])
+  assert got["au_all_positive"] == [pytest.approx(want_f1)]       # fold 1 has no embeddings
+  known = expr[expr >= 0]
+  assert got["fer_majority"] == [pytest.approx(np.mean(known == 0))]
