@@ -19,8 +19,9 @@ from ml_collections import config_flags
 MODES = ("pretrain", "finetune", "linear_probe", "zeroshot")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/<mode>.py[:args]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/<mode>.py[:args]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
@@ -39,22 +40,26 @@ def _is_multiprocess_env() -> bool:
 
 def _maybe_initialize_distributed() -> None:
   import jax  # pylint: disable=g-import-not-at-top
+
   # Cross-process collectives for the CPU backend (no effect on GPU/TPU backends).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
   elif _is_multiprocess_env():
     jax.distributed.initialize()
 
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of orbax, TFDS and grain (their warnings and errors still show)."""
+
   _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/")
 
   def filter(self, record):
     return record.levelno >= std_logging.WARNING or not any(
-        p in record.pathname for p in self._NOISY)
+      p in record.pathname for p in self._NOISY
+    )
 
 
 def main(argv):
@@ -67,8 +72,14 @@ def main(argv):
   _maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from clef_jax import train  # pylint: disable=g-import-not-at-top
-  logging.info("JAX %s: process %d of %d, devices %s", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.devices())
+
+  logging.info(
+    "JAX %s: process %d of %d, devices %s",
+    jax.__version__,
+    jax.process_index(),
+    jax.process_count(),
+    jax.devices(),
+  )
   train.run(config, FLAGS.workdir)
 
 

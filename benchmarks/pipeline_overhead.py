@@ -39,17 +39,27 @@ from absl import flags
 from absl import logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", os.path.join(tempfile.gettempdir(), "clefbench_data"),
-                    "where the small SynthFace is prepared (reused if present)")
-flags.DEFINE_string("config_arg", "image_size=112", "argument of configs/pretrain.py "
-                    "get_config, e.g. 'variant=S/16,image_size=112' ('' = the default job)")
+flags.DEFINE_string(
+  "data_dir",
+  os.path.join(tempfile.gettempdir(), "clefbench_data"),
+  "where the small SynthFace is prepared (reused if present)",
+)
+flags.DEFINE_string(
+  "config_arg",
+  "image_size=112",
+  "argument of configs/pretrain.py "
+  "get_config, e.g. 'variant=S/16,image_size=112' ('' = the default job)",
+)
 flags.DEFINE_list("workers", ["0", "2"], "grain mp_prefetch worker counts to time")
 flags.DEFINE_integer("steps", 2, "timed steps per mode and round")
 flags.DEFINE_integer("warmup", 1, "untimed steps per mode and round (fresh iterator)")
 flags.DEFINE_integer("repeats", 2, "rounds (medians reported)")
 flags.DEFINE_bool("quick", False, "workers 0 only, 1 step per round")
-flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
-                    "JAX persistent compilation cache ('' for none)")
+flags.DEFINE_string(
+  "cache_dir",
+  os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
+  "JAX persistent compilation cache ('' for none)",
+)
 
 # SynthFace sizes: 12 subjects (8 in fold 1's training split) x 8 tasks x 16 frames.
 SYNTHFACE = dict(seed=0, subjects=12, frames_per_task=16, raf_train=64, raf_test=32, size=112)
@@ -57,6 +67,7 @@ SYNTHFACE = dict(seed=0, subjects=12, frames_per_task=16, raf_train=64, raf_test
 
 def make_config(data_dir: str, config_arg: str, worker_count: int):
   from configs import pretrain  # pylint: disable=g-import-not-at-top
+
   config = pretrain.get_config(config_arg or None)
   config.data.data_dir = data_dir
   config.data.worker_count = worker_count
@@ -76,6 +87,7 @@ class Loop:
     from clef_jax import sharding  # pylint: disable=g-import-not-at-top
     from clef_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     from clef_jax import train  # pylint: disable=g-import-not-at-top
+
     self.jax, self.sharding, self.data_lib = jax, sharding, data_lib
     tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
     objective, self.keys, _ = train.build_objective(config, models.build(config.model), tok, data)
@@ -99,6 +111,7 @@ def main(argv):
   del argv
   import train_throughput as tt  # pylint: disable=g-import-not-at-top
   from clef_jax import datasets as data_lib  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
   tt.use_compilation_cache(FLAGS.cache_dir)
   workers = [0] if FLAGS.quick else [int(w) for w in FLAGS.workers]
@@ -111,20 +124,25 @@ def main(argv):
   t0 = time.perf_counter()
   config = make_config(FLAGS.data_dir, FLAGS.config_arg, 0)
   data = data_lib.setup(config)
-  print(f"data: {data.name}/{data.builder_config} {data.train_split} ({len(data.train)} "
-        f"examples) in {data.data_dir}; ready in {time.perf_counter() - t0:.0f} s")
+  print(
+    f"data: {data.name}/{data.builder_config} {data.train_split} ({len(data.train)} "
+    f"examples) in {data.data_dir}; ready in {time.perf_counter() - t0:.0f} s"
+  )
   t0 = time.perf_counter()
   loop = Loop(config, data)
   mc = config.model
   images = config.batch_size * (2 if config.data.two_views else 1)
-  print(f"step: {config.pretrain.objective} objective, {mc.variant} (vision {mc.vision_width}x"
-        f"{mc.vision_layers}, text {mc.text_width}x{mc.text_layers}) at {mc.image_size} px, "
-        f"batch {config.batch_size} x {2 if config.data.two_views else 1} views = {images} "
-        f"images, sampler {'on' if config.data.sampler.enabled else 'off'}")
+  print(
+    f"step: {config.pretrain.objective} objective, {mc.variant} (vision {mc.vision_width}x"
+    f"{mc.vision_layers}, text {mc.text_width}x{mc.text_layers}) at {mc.image_size} px, "
+    f"batch {config.batch_size} x {2 if config.data.two_views else 1} views = {images} "
+    f"images, sampler {'on' if config.data.sampler.enabled else 'off'}"
+  )
 
   def fresh_iterator(w: int):
-    return data_lib.train_iterator(make_config(FLAGS.data_dir, FLAGS.config_arg, w), data,
-                                   loop.keys)
+    return data_lib.train_iterator(
+      make_config(FLAGS.data_dir, FLAGS.config_arg, w), data, loop.keys
+    )
 
   it = fresh_iterator(0)
   staged = loop.to_device(next(it))
@@ -154,32 +172,43 @@ def main(argv):
       loop.run(lambda: loop.to_device(next(it)), FLAGS.warmup)
       return loop.run(lambda: loop.to_device(next(it)), steps) / steps
     finally:
-      del it  # stops its read threads / worker processes
+      it = None  # stops its read threads / worker processes
       gc.collect()
 
   modes = ["staged"] + [f"workers={w}" for w in workers]
   secs = {m: [] for m in modes}
   for r in range(FLAGS.repeats):
-    for m in (modes if r % 2 == 0 else modes[::-1]):
+    for m in modes if r % 2 == 0 else modes[::-1]:
       secs[m].append(timed(m))
-    print(f"  round {r + 1}: " + "  ".join(f"{m} {secs[m][-1]:.2f} s/step" for m in modes)
-          + f"  load {os.getloadavg()[0]:.2f}")
+    print(
+      f"  round {r + 1}: "
+      + "  ".join(f"{m} {secs[m][-1]:.2f} s/step" for m in modes)
+      + f"  load {os.getloadavg()[0]:.2f}"
+    )
   base = statistics.median(secs["staged"])
-  print(f"\npipeline alone (workers=0, no step running): {alone:.2f} s per batch of "
-        f"{config.batch_size} ({images} augmented images)")
+  print(
+    f"\npipeline alone (workers=0, no step running): {alone:.2f} s per batch of "
+    f"{config.batch_size} ({images} augmented images)"
+  )
   cores = os.cpu_count() or 1
-  print(f"  = {100 * alone / base:.1f}% of the median staged step: what it adds run serially with "
-        f"the step; its CPU time (threads on {cores} cores) is at most {cores}x that, "
-        f"{100 * cores * alone / min(secs['staged']):.1f}% of the fastest staged step (bounds "
-        "that hold up under machine load, unlike the side-by-side ratios below)")
+  print(
+    f"  = {100 * alone / base:.1f}% of the median staged step: what it adds run serially with "
+    f"the step; its CPU time (threads on {cores} cores) is at most {cores}x that, "
+    f"{100 * cores * alone / min(secs['staged']):.1f}% of the fastest staged step (bounds "
+    "that hold up under machine load, unlike the side-by-side ratios below)"
+  )
   spread = max(secs["staged"]) / min(secs["staged"]) - 1
-  print(f"median s/step: staged {base:.2f} (round-to-round spread {100 * spread:.0f}%: side-by-side "
-        "differences smaller than that are noise)")
+  print(
+    f"median s/step: staged {base:.2f} (round-to-round spread {100 * spread:.0f}%: side-by-side "
+    "differences smaller than that are noise)"
+  )
   for m in modes[1:]:
     t = statistics.median(secs[m])
     added = t / base - 1
-    print(f"  {m}: {t:.2f} s/step -> pipeline adds {100 * added:+.1f}% "
-          f"(target <= 10%: {'met' if added <= 0.10 else 'MISSED'})")
+    print(
+      f"  {m}: {t:.2f} s/step -> pipeline adds {100 * added:+.1f}% "
+      f"(target <= 10%: {'met' if added <= 0.10 else 'MISSED'})"
+    )
   print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from clef_jax import models  # pylint: disable=g-import-not-at-top
 from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 from clef_jax import visualize  # pylint: disable=g-import-not-at-top
 from input_pipeline import augment  # pylint: disable=g-import-not-at-top
@@ -55,31 +54,45 @@ def main() -> None:
   config, model, params = visualize.load_run(args.workdir)
   size = config.model.image_size
   if args.random:
-    params = model.init(jax.random.key(args.seed), jnp.zeros((1, size, size, 3)),
-                        jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    params = model.init(
+      jax.random.key(args.seed),
+      jnp.zeros((1, size, size, 3)),
+      jnp.zeros((1, config.model.context_length), jnp.int32),
+    )["params"]
   tok = tok_lib.get(config.tokenizer, context_length=config.model.context_length)
   aus = [int(a) for a in args.aus.split(",") if a]
   unknown = [a for a in aus if a not in render.AU_REGIONS]
   if unknown:
-    raise SystemExit(f"--aus: no rendered region for AU {unknown}; known: {sorted(render.AU_REGIONS)}")
+    raise SystemExit(
+      f"--aus: no rendered region for AU {unknown}; known: {sorted(render.AU_REGIONS)}"
+    )
   sigma = visualize.default_sigma(size)
-  print(f"run {args.workdir} ({'random init' if args.random else 'trained'}), {size}px, "
-        f"{args.faces} faces per AU; "
-        f"{visualize.RELEVANCE_METHOD.format(steps=args.steps, sigma=sigma)}")
+  print(
+    f"run {args.workdir} ({'random init' if args.random else 'trained'}), {size}px, "
+    f"{args.faces} faces per AU; "
+    f"{visualize.RELEVANCE_METHOD.format(steps=args.steps, sigma=sigma)}"
+  )
   print(f"{'AU':>5} {'prompt':>12} {'inside':>7} {'area':>6} {'ratio':>6}")
   t0 = time.time()
   rows = []
   for au in aus:
     mask = visualize.region_mask(render.AU_REGIONS[au], size, size)
     plist = visualize.label_prompts("au", [au], visualize.TEXT_KINDS)
-    maps = visualize.relevance_maps(model, params, faces(au, args.faces, size, args.seed),
-                                    visualize.prompt_tokens(tok, plist), steps=args.steps,
-                                    sigma=sigma)
-    share = visualize.region_share(maps, mask).mean(0)     # [T]
+    maps = visualize.relevance_maps(
+      model,
+      params,
+      faces(au, args.faces, size, args.seed),
+      visualize.prompt_tokens(tok, plist),
+      steps=args.steps,
+      sigma=sigma,
+    )
+    share = visualize.region_share(maps, mask).mean(0)  # [T]
     for (_, kind, _, _), s in zip(plist, share):
       rows.append((au, kind, s, mask.mean()))
-      print(f"{'AU' + str(au):>5} {kind:>12} {s:7.3f} {mask.mean():6.3f} {s / mask.mean():6.2f}",
-            flush=True)
+      print(
+        f"{'AU' + str(au):>5} {kind:>12} {s:7.3f} {mask.mean():6.3f} {s / mask.mean():6.2f}",
+        flush=True,
+      )
   mean_ratio = np.mean([s / a for _, _, s, a in rows])
   print(f"mean inside/area ratio {mean_ratio:.2f} ({time.time() - t0:.0f}s)")
 

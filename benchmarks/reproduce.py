@@ -64,25 +64,25 @@ from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-
 
 # Rows of the ablation table: pretraining overrides (None: no pretraining).
 PRETRAIN_ROWS = {
-    "random": None,
-    "instance": {"pretrain.pairing": "instance", "pretrain.lambda_pa": 0.0},
-    "clef_pi": {"pretrain.pairing": "activity", "pretrain.lambda_pa": 0.0},
-    "clef_pa": {"pretrain.lambda_pi": 0.0},
-    "clef_pa_pi": {"pretrain.pairing": "activity"},
+  "random": None,
+  "instance": {"pretrain.pairing": "instance", "pretrain.lambda_pa": 0.0},
+  "clef_pi": {"pretrain.pairing": "activity", "pretrain.lambda_pa": 0.0},
+  "clef_pa": {"pretrain.lambda_pi": 0.0},
+  "clef_pa_pi": {"pretrain.pairing": "activity"},
 }
 ROW_TITLES = {
-    "random": "random init (no pretraining)",
-    "instance": "instance pairing (SimCLR, the problem)",
-    "clef_pi": "CLEF PI (L_II', activity pairing)",
-    "clef_pa": "CLEF PA (L_IA, activity texts)",
-    "clef_pa_pi": "CLEF PA+PI",
+  "random": "random init (no pretraining)",
+  "instance": "instance pairing (SimCLR, the problem)",
+  "clef_pi": "CLEF PI (L_II', activity pairing)",
+  "clef_pa": "CLEF PA (L_IA, activity texts)",
+  "clef_pa_pi": "CLEF PA+PI",
 }
 # Columns: stage-2 head variants (config.finetune fields).
 HEADS = {
-    "I": {"head": "linear", "use_names": False, "use_descriptions": False},
-    "I+N": {"head": "text", "use_names": True, "use_descriptions": False},
-    "I+D": {"head": "text", "use_names": False, "use_descriptions": True},
-    "I+N+D": {"head": "text", "use_names": True, "use_descriptions": True},
+  "I": {"head": "linear", "use_names": False, "use_descriptions": False},
+  "I+N": {"head": "text", "use_names": True, "use_descriptions": False},
+  "I+D": {"head": "text", "use_names": False, "use_descriptions": True},
+  "I+N+D": {"head": "text", "use_names": True, "use_descriptions": True},
 }
 SCARCE_FRACTION = 0.1
 
@@ -95,16 +95,30 @@ SCARCE_FRACTION = 0.1
 def settings(args) -> dict[str, Any]:
   """Everything that defines the run; written into results.json and docs/results.md."""
   if args.quick:
-    s = dict(config_arg="tiny", pretrain_steps=args.pretrain_steps or 4,
-             head_steps=args.head_steps or 20, head_batch=32, folds=args.folds or "1,2",
-             finetune_steps=args.finetune_steps or 3)
+    s = dict(
+      config_arg="tiny",
+      pretrain_steps=args.pretrain_steps or 4,
+      head_steps=args.head_steps or 20,
+      head_batch=32,
+      folds=args.folds or "1,2",
+      finetune_steps=args.finetune_steps or 3,
+    )
   else:
-    s = dict(config_arg="", pretrain_steps=args.pretrain_steps or 100,
-             head_steps=args.head_steps or 50, head_batch=256, folds=args.folds or "1,2,3",
-             finetune_steps=args.finetune_steps or 100)
-  s.update(seed=args.seed, head_lr=args.head_lr, quick=args.quick,
-           zeroshot_seen=("happiness", "sadness", "surprise", "neutral"),
-           zeroshot_unseen=("fear", "disgust", "anger"))
+    s = dict(
+      config_arg="",
+      pretrain_steps=args.pretrain_steps or 100,
+      head_steps=args.head_steps or 50,
+      head_batch=256,
+      folds=args.folds or "1,2,3",
+      finetune_steps=args.finetune_steps or 100,
+    )
+  s.update(
+    seed=args.seed,
+    head_lr=args.head_lr,
+    quick=args.quick,
+    zeroshot_seen=("happiness", "sadness", "surprise", "neutral"),
+    zeroshot_unseen=("fear", "disgust", "anger"),
+  )
   s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
   return s
 
@@ -136,8 +150,12 @@ def pretrain_workdir(root: str, row: str, fold: int) -> str:
 def pretrain(s, root: str, data_dir: str, row: str, fold: int, log: list) -> dict[str, Any]:
   """Runs (or resumes, or skips when finished) one pretraining; returns its results.json."""
   wd = pretrain_workdir(root, row, fold)
-  over = {**base_overrides(s, data_dir, fold), "total_steps": s["pretrain_steps"],
-          "checkpoint_every_steps": s["pretrain_steps"], **PRETRAIN_ROWS[row]}
+  over = {
+    **base_overrides(s, data_dir, fold),
+    "total_steps": s["pretrain_steps"],
+    "checkpoint_every_steps": s["pretrain_steps"],
+    **PRETRAIN_ROWS[row],
+  }
   log.append(cli("configs/pretrain.py", s, wd, over))
   done = os.path.join(wd, "results.json")
   if os.path.isfile(done):
@@ -145,12 +163,14 @@ def pretrain(s, root: str, data_dir: str, row: str, fold: int, log: list) -> dic
       return json.load(f)
   config = pretrain_config.get_config(s["config_arg"])
   common.set_fields(config, over)
-  del config.evals["au_probe"]   # stage 3 probes every row the same way
+  del config.evals["au_probe"]  # stage 3 probes every row the same way
   t0 = time.time()
   res = train.run(config, wd)
-  print(f"[pretrain] {row} fold {fold}: {time.time() - t0:.0f} s  "
-        f"activity zero-shot {res.get('activity/activity_accuracy', float('nan')):.3f}",
-        flush=True)
+  print(
+    f"[pretrain] {row} fold {fold}: {time.time() - t0:.0f} s  "
+    f"activity zero-shot {res.get('activity/activity_accuracy', float('nan')):.3f}",
+    flush=True,
+  )
   return res
 
 
@@ -169,8 +189,11 @@ def row_params(s, root: str, row: str, fold: int, config) -> dict[str, Any]:
   if PRETRAIN_ROWS[row] is None:
     model = models.build(config.model)
     size = config.model.image_size
-    p = jax.jit(model.init)(jax.random.key(1000 + fold), jnp.zeros((1, size, size, 3)),
-                            jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    p = jax.jit(model.init)(
+      jax.random.key(1000 + fold),
+      jnp.zeros((1, size, size, 3)),
+      jnp.zeros((1, config.model.context_length), jnp.int32),
+    )["params"]
     return jax.tree.map(np.asarray, p)
   _, p = ckpt_lib.load_params(pretrain_workdir(root, row, fold))
   return {k: p[k] for k in objectives.MODEL_KEYS}
@@ -191,8 +214,9 @@ def embed_row(s, root: str, data_dir: str, row: str, fold: int) -> dict[str, np.
   out = {}
   data = data_lib.setup(config)
   for split, src in (("au_train", data.train), ("au_test", data.test)):
-    e = evaluate.embed_source(obj, params, config, data, src, mesh,
-                              ("au", "subject_id", "activity_id", "expression"))
+    e = evaluate.embed_source(
+      obj, params, config, data, src, mesh, ("au", "subject_id", "activity_id", "expression")
+    )
     out.update({f"{split}/{k}": v for k, v in e.items()})
   rconfig = au_config(s, data_dir, fold)
   rconfig.data.config = "raf"
@@ -222,28 +246,43 @@ class HeadFitter:
     self.s, self.config, self.tok, self.labels = s, config, tok, list(labels)
     self.model = models.build(config.model)
     self.obj = objectives.finetune_objective(config, self.model, tok, labels)
-    self.ocfg = {**config.optim.to_dict(), "lr": s["head_lr"], "total_steps": s["head_steps"],
-                 "warmup_steps": s["head_steps"] // 10, "freeze": ()}
+    self.ocfg = {
+      **config.optim.to_dict(),
+      "lr": s["head_lr"],
+      "total_steps": s["head_steps"],
+      "warmup_steps": s["head_steps"] // 10,
+      "freeze": (),
+    }
     self._tx = None
     self._step = None
     self._predict = jax.jit(
-        lambda p, z: self.obj.predict(p, z, self.obj.embed_texts(p, jax.random.key(0))))
+      lambda p, z: self.obj.predict(p, z, self.obj.embed_texts(p, jax.random.key(0)))
+    )
 
   def _make_step(self, tx):
     def step(trainable, opt_state, visual, z, batch, rng, pos_weight):
-      obj = objectives.finetune_objective(self.config, self.model, self.tok, self.labels,
-                                          pos_weight=pos_weight)
+      obj = objectives.finetune_objective(
+        self.config, self.model, self.tok, self.labels, pos_weight=pos_weight
+      )
 
       def loss(t):
         p = {**t, "visual": visual}
         return obj.loss(p, z, obj.embed_texts(p, rng), batch, rng)
+
       (l, _), g = jax.value_and_grad(loss, has_aux=True)(trainable)
       updates, opt_state = tx.update(g, opt_state, trainable)
       return optax.apply_updates(trainable, updates), opt_state, l
+
     return jax.jit(step)
 
-  def fit(self, params: dict[str, Any], z: np.ndarray, labels: dict[str, np.ndarray],
-          seed: int, pos_weight: np.ndarray | None = None) -> dict[str, Any]:
+  def fit(
+    self,
+    params: dict[str, Any],
+    z: np.ndarray,
+    labels: dict[str, np.ndarray],
+    seed: int,
+    pos_weight: np.ndarray | None = None,
+  ) -> dict[str, Any]:
     """params: CLIP towers; z [N, D]; labels {'au': [N, J]} or {'label': [N]}; -> fitted params."""
     rng = jax.random.key(seed)
     r_heads, rng = jax.random.split(rng)
@@ -262,8 +301,9 @@ class HeadFitter:
       idx = order.choice(len(z), bs, replace=False)
       batch = {k: jnp.asarray(v[idx]) for k, v in labels.items()}
       batch["mask"] = jnp.ones((bs,), bool)
-      trainable, opt_state, loss = self._step(trainable, opt_state, visual, jnp.asarray(z[idx]),
-                                              batch, jax.random.fold_in(rng, i), pw)
+      trainable, opt_state, loss = self._step(
+        trainable, opt_state, visual, jnp.asarray(z[idx]), batch, jax.random.fold_in(rng, i), pw
+      )
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"stage-2 head fit diverged (loss {float(loss)})")
     return {**trainable, "visual": visual}
@@ -291,8 +331,9 @@ def identity_probe(e: dict[str, np.ndarray], s) -> float:
 
 def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
   names = evaluate.canonical_names()
-  return np.array([classes.index(names[i]) if i >= 0 and names[i] in classes else -1
-                   for i in expr], np.int64)
+  return np.array(
+    [classes.index(names[i]) if i >= 0 and names[i] in classes else -1 for i in expr], np.int64
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -300,8 +341,9 @@ def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def run_cells(s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[int],
-              commands: list) -> dict:
+def run_cells(
+  s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[int], commands: list
+) -> dict:
   """Every number of the tables: {row: {fold: {metric: value}}}.
 
   Each finished (row, fold) is kept in WORKDIR/cells/ROW/foldK.json and not recomputed.
@@ -333,8 +375,11 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[
       out: dict[str, Any] = {"activity_zeroshot": pre.get("activity/activity_accuracy")}
       ytr, yte = e["au_train/au"], e["au_test/au"]
       n = len(ytr)
-      scarce = np.sort(np.random.default_rng(s["seed"]).choice(
-          n, max(1, int(round(n * SCARCE_FRACTION))), replace=False))
+      scarce = np.sort(
+        np.random.default_rng(s["seed"]).choice(
+          n, max(1, int(round(n * SCARCE_FRACTION))), replace=False
+        )
+      )
       ftr = fer_labels(e["raf_train/expression"], classes)
       fte = fer_labels(e["raf_test/expression"], classes)
       for head, fields in HEADS.items():
@@ -345,29 +390,36 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[
             common.set_fields(c, {f"finetune.{k}": v for k, v in fields.items()})
             fitters[key] = HeadFitter(s, c, tok, aus)
           fitter = fitters[key]
-          fitted = fitter.fit(params, e["au_train/z"][idx], {"au": ytr[idx]}, s["seed"] + fold,
-                              pos_weight=losses.au_pos_weight(ytr[idx]))
+          fitted = fitter.fit(
+            params,
+            e["au_train/z"][idx],
+            {"au": ytr[idx]},
+            s["seed"] + fold,
+            pos_weight=losses.au_pos_weight(ytr[idx]),
+          )
           pred = (fitter.predict(fitted, e["au_test/z"]) >= 0).astype(np.int8)
           out[f"{part}au_f1/{head}"], per_au = mean_f1(pred, yte, aus)
           if head == "I+N+D" and not part:
             out["au_f1_per_au"] = per_au
             # AU -> FER: the AU-fine-tuned text tower names the expressions of RAF-like faces.
-            zc = evaluate.classify_by_text(fitter.obj, fitted, tok, classes, "names",
-                                           sharding.make_mesh(fitter.config.mesh))
+            zc = evaluate.classify_by_text(
+              fitter.obj, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
+            )
             keep = fte >= 0
-            out["zeroshot/au_to_fer"] = float(np.mean(
-                (e["raf_test/z"][keep] @ zc.T).argmax(-1) == fte[keep]))
+            out["zeroshot/au_to_fer"] = float(
+              np.mean((e["raf_test/z"][keep] @ zc.T).argmax(-1) == fte[keep])
+            )
         key = ("fer", head)
         if key not in fitters:
           c = au_config(s, data_dir, fold)
           c.data.config = "raf"
-          common.set_fields(c, {"finetune.task": "fer",
-                                **{f"finetune.{k}": v for k, v in fields.items()}})
+          common.set_fields(
+            c, {"finetune.task": "fer", **{f"finetune.{k}": v for k, v in fields.items()}}
+          )
           fitters[key] = HeadFitter(s, c, tok, classes)
         fitter = fitters[key]
         keep = ftr >= 0
-        fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ftr[keep]},
-                            s["seed"] + fold)
+        fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ftr[keep]}, s["seed"] + fold)
         pred = fitter.predict(fitted, e["raf_test/z"]).argmax(-1)
         out[f"fer_acc/{head}"] = float(np.mean(pred[fte >= 0] == fte[fte >= 0]))
       out.update(unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters))
@@ -378,9 +430,12 @@ def run_cells(s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[
       with open(cell_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
       os.replace(cell_path + ".tmp", cell_path)
-      print(f"[cells] {row} fold {fold} (embeddings {t_embed:.0f} s, heads "
-            f"{time.time() - t0 - t_embed:.0f} s): " + ", ".join(
-          f"{k}={v:.3f}" for k, v in out.items() if isinstance(v, float)), flush=True)
+      print(
+        f"[cells] {row} fold {fold} (embeddings {t_embed:.0f} s, heads "
+        f"{time.time() - t0 - t_embed:.0f} s): "
+        + ", ".join(f"{k}={v:.3f}" for k, v in out.items() if isinstance(v, float)),
+        flush=True,
+      )
   return cells
 
 
@@ -391,15 +446,22 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
   if key not in fitters:
     c = au_config(s, data_dir, fold)
     c.data.config = "raf"
-    common.set_fields(c, {"finetune.task": "fer", "finetune.classes": tuple(seen),
-                          **{f"finetune.{k}": v for k, v in HEADS["I+N+D"].items()}})
+    common.set_fields(
+      c,
+      {
+        "finetune.task": "fer",
+        "finetune.classes": tuple(seen),
+        **{f"finetune.{k}": v for k, v in HEADS["I+N+D"].items()},
+      },
+    )
     fitters[key] = HeadFitter(s, c, tok, seen)
   fitter = fitters[key]
   ytr = fer_labels(e["raf_train/expression"], seen)
   keep = ytr >= 0
   fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ytr[keep]}, s["seed"] + fold)
-  zc = evaluate.classify_by_text(fitter.obj, fitted, tok, classes, "names",
-                                 sharding.make_mesh(fitter.config.mesh))
+  zc = evaluate.classify_by_text(
+    fitter.obj, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
+  )
   names = evaluate.canonical_names()
   y = np.array([names[i] if i >= 0 else "" for i in e["raf_test/expression"]])
   test = np.isin(y, unseen)
@@ -407,8 +469,10 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
   pred_all = np.asarray(classes)[(z @ zc.T).argmax(-1)]
   uidx = [classes.index(c) for c in unseen]
   pred_unseen = np.asarray(classes)[np.asarray(uidx)[(z @ zc[uidx].T).argmax(-1)]]
-  return {"zeroshot/unseen_all_classes": float(np.mean(pred_all == y)),
-          "zeroshot/unseen_only": float(np.mean(pred_unseen == y))}
+  return {
+    "zeroshot/unseen_all_classes": float(np.mean(pred_all == y)),
+    "zeroshot/unseen_only": float(np.mean(pred_unseen == y)),
+  }
 
 
 def trivial_baselines(root: str, rows: Sequence[str], folds: Sequence[int]) -> dict[str, list]:
@@ -418,8 +482,14 @@ def trivial_baselines(root: str, rows: Sequence[str], folds: Sequence[int]) -> d
   """
   out: dict[str, list] = {"au_all_positive": [], "fer_majority": []}
   for fold in folds:
-    path = next((os.path.join(root, "embeddings", r, f"fold{fold}.npz") for r in rows
-                 if os.path.isfile(os.path.join(root, "embeddings", r, f"fold{fold}.npz"))), None)
+    path = next(
+      (
+        os.path.join(root, "embeddings", r, f"fold{fold}.npz")
+        for r in rows
+        if os.path.isfile(os.path.join(root, "embeddings", r, f"fold{fold}.npz"))
+      ),
+      None,
+    )
     if path is None:
       continue
     with np.load(path) as f:
@@ -451,43 +521,70 @@ def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
   folds = s["folds"]
   rows = list(cells)
   col = lambda r, k: [cells[r][f].get(k) for f in folds if f in cells[r]]  # noqa: E731
-  lines = [f"### Ablation (BP4D-like mean AU F1, {len(folds)} subject-exclusive folds; RAF-like "
-           "FER accuracy; %, mean ± std over folds)", "",
-           "| pretraining | " + " | ".join(f"AU F1 {h}" for h in HEADS) + " | "
-           + " | ".join(f"FER acc {h}" for h in HEADS) + " |",
-           "|---|" + "---:|" * (2 * len(HEADS))]
+  lines = [
+    f"### Ablation (BP4D-like mean AU F1, {len(folds)} subject-exclusive folds; RAF-like "
+    "FER accuracy; %, mean ± std over folds)",
+    "",
+    "| pretraining | "
+    + " | ".join(f"AU F1 {h}" for h in HEADS)
+    + " | "
+    + " | ".join(f"FER acc {h}" for h in HEADS)
+    + " |",
+    "|---|" + "---:|" * (2 * len(HEADS)),
+  ]
   for r in rows:
-    lines.append(f"| {ROW_TITLES[r]} | " + " | ".join(fmt(col(r, f"au_f1/{h}")) for h in HEADS)
-                 + " | " + " | ".join(fmt(col(r, f"fer_acc/{h}")) for h in HEADS) + " |")
+    lines.append(
+      f"| {ROW_TITLES[r]} | "
+      + " | ".join(fmt(col(r, f"au_f1/{h}")) for h in HEADS)
+      + " | "
+      + " | ".join(fmt(col(r, f"fer_acc/{h}")) for h in HEADS)
+      + " |"
+    )
   if baselines and baselines.get("au_all_positive"):
-    lines += ["", "Trivial references (same test sets): predicting every AU present gives mean AU "
-              f"F1 {fmt(baselines['au_all_positive'])}; always predicting the most frequent "
-              f"expression gives FER accuracy {fmt(baselines['fer_majority'])}."]
-  lines += ["", f"### Label-scarce: AU F1 with {SCARCE_FRACTION:.0%} of the labelled training "
-            "frames (same frames for every cell)", "",
-            "| pretraining | " + " | ".join(f"AU F1 {h} (10 %)" for h in HEADS) + " |",
-            "|---|" + "---:|" * len(HEADS)]
+    lines += [
+      "",
+      "Trivial references (same test sets): predicting every AU present gives mean AU "
+      f"F1 {fmt(baselines['au_all_positive'])}; always predicting the most frequent "
+      f"expression gives FER accuracy {fmt(baselines['fer_majority'])}.",
+    ]
+  lines += [
+    "",
+    f"### Label-scarce: AU F1 with {SCARCE_FRACTION:.0%} of the labelled training "
+    "frames (same frames for every cell)",
+    "",
+    "| pretraining | " + " | ".join(f"AU F1 {h} (10 %)" for h in HEADS) + " |",
+    "|---|" + "---:|" * len(HEADS),
+  ]
   for r in rows:
-    lines.append(f"| {ROW_TITLES[r]} | "
-                 + " | ".join(fmt(col(r, f"scarce_au_f1/{h}")) for h in HEADS) + " |")
+    lines.append(
+      f"| {ROW_TITLES[r]} | " + " | ".join(fmt(col(r, f"scarce_au_f1/{h}")) for h in HEADS) + " |"
+    )
   chance = mean_std(col(rows[0], "identity_chance"))[0]
-  lines += ["", "### Identity leakage and zero-shot (%, mean ± std over folds)", "",
-            f"Identity: linear probe for the subject on frozen embeddings, trained on the odd "
-            f"tasks (T1, T3, T5, T7) of the training subjects, tested on their even tasks "
-            f"(chance {chance * 100:.1f} %). Lower is better for CLEF's claim. Activity: "
-            "zero-shot activity classification from the activity texts straight after "
-            "pretraining (chance 12.5 %). Unseen expressions: seen = "
-            f"{', '.join(s['zeroshot_seen'])}; unseen = {', '.join(s['zeroshot_unseen'])}; "
-            "accuracy on unseen-class RAF-like test images predicting over all 7 classes and "
-            "over the 3 unseen ones (chance 33.3 %). AU → FER: the AU I+N+D model classifies "
-            "RAF-like test images over the 7 expression names (chance 14.3 %).", "",
-            "| pretraining | identity acc | activity zero-shot | unseen (all classes) | "
-            "unseen (unseen only) | AU → FER |", "|---|---:|---:|---:|---:|---:|"]
+  lines += [
+    "",
+    "### Identity leakage and zero-shot (%, mean ± std over folds)",
+    "",
+    f"Identity: linear probe for the subject on frozen embeddings, trained on the odd "
+    f"tasks (T1, T3, T5, T7) of the training subjects, tested on their even tasks "
+    f"(chance {chance * 100:.1f} %). Lower is better for CLEF's claim. Activity: "
+    "zero-shot activity classification from the activity texts straight after "
+    "pretraining (chance 12.5 %). Unseen expressions: seen = "
+    f"{', '.join(s['zeroshot_seen'])}; unseen = {', '.join(s['zeroshot_unseen'])}; "
+    "accuracy on unseen-class RAF-like test images predicting over all 7 classes and "
+    "over the 3 unseen ones (chance 33.3 %). AU → FER: the AU I+N+D model classifies "
+    "RAF-like test images over the 7 expression names (chance 14.3 %).",
+    "",
+    "| pretraining | identity acc | activity zero-shot | unseen (all classes) | "
+    "unseen (unseen only) | AU → FER |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
   for r in rows:
-    lines.append(f"| {ROW_TITLES[r]} | {fmt(col(r, 'identity_acc'))} | "
-                 f"{fmt(col(r, 'activity_zeroshot'))} | "
-                 f"{fmt(col(r, 'zeroshot/unseen_all_classes'))} | "
-                 f"{fmt(col(r, 'zeroshot/unseen_only'))} | {fmt(col(r, 'zeroshot/au_to_fer'))} |")
+    lines.append(
+      f"| {ROW_TITLES[r]} | {fmt(col(r, 'identity_acc'))} | "
+      f"{fmt(col(r, 'activity_zeroshot'))} | "
+      f"{fmt(col(r, 'zeroshot/unseen_all_classes'))} | "
+      f"{fmt(col(r, 'zeroshot/unseen_only'))} | {fmt(col(r, 'zeroshot/au_to_fer'))} |"
+    )
   return "\n".join(lines)
 
 
@@ -496,16 +593,20 @@ def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def full_finetunes(s, root: str, data_dir: str, rows: Sequence[str], commands: list
-                   ) -> dict[str, dict]:
+def full_finetunes(
+  s, root: str, data_dir: str, rows: Sequence[str], commands: list
+) -> dict[str, dict]:
   """configs/finetune_au.py (image tower trained) from the fold-1 instance and CLEF models."""
   out = {}
   fold = s["folds"][0]
   for row in [r for r in ("instance", "clef_pa_pi") if r in rows]:
     wd = os.path.join(root, "finetune_au", row, f"fold{fold}")
-    over = {**base_overrides(s, data_dir, fold), "total_steps": s["finetune_steps"],
-            "checkpoint_every_steps": s["finetune_steps"],
-            "init": f"clef:{pretrain_workdir(root, row, fold)}"}
+    over = {
+      **base_overrides(s, data_dir, fold),
+      "total_steps": s["finetune_steps"],
+      "checkpoint_every_steps": s["finetune_steps"],
+      "init": f"clef:{pretrain_workdir(root, row, fold)}",
+    }
     commands.append(cli("configs/finetune_au.py", s, wd, over))
     done = os.path.join(wd, "results.json")
     if os.path.isfile(done):
@@ -521,6 +622,7 @@ def full_finetunes(s, root: str, data_dir: str, rows: Sequence[str], commands: l
 def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> dict[str, Any]:
   """Embedding maps of the fold-1 instance and CLEF pretrainings, relevance of the CLEF model."""
   from clef_jax import visualize  # pylint: disable=g-import-not-at-top
+
   fold = s["folds"][0]
   os.makedirs(fig_dir, exist_ok=True)
   stats = {}
@@ -530,15 +632,15 @@ def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> 
     wd = pretrain_workdir(root, row, fold)
     out = os.path.join(fig_dir, f"embeddings_{row}.png")
     commands.append(f"python -m clef_jax.visualize embeddings --workdir={wd} --out={out}")
-    stats[row] = visualize.embeddings_main([wd], out, max_examples=200 if s["quick"] else 2000,
-                                           perplexity=10.0 if s["quick"] else 30.0)[0]
+    stats[row] = visualize.embeddings_main(
+      [wd], out, max_examples=200 if s["quick"] else 2000, perplexity=10.0 if s["quick"] else 30.0
+    )[0]
   wd = os.path.join(root, "finetune_au", "clef_pa_pi", f"fold{fold}")
   out = os.path.join(fig_dir, "relevance")
   commands.append(f"python -m clef_jax.visualize relevance --workdir={wd} --images=6 --out={out}")
   if os.path.isdir(out):
     shutil.rmtree(out)
-  rel = visualize.relevance_main(wd, "2" if s["quick"] else "6", out,
-                                 steps=2 if s["quick"] else 16)
+  rel = visualize.relevance_main(wd, "2" if s["quick"] else "6", out, steps=2 if s["quick"] else 16)
   stats["relevance_figures"] = [os.path.relpath(p, fig_dir) for p in rel["paths"]]
   return stats
 
@@ -546,11 +648,18 @@ def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> 
 def git_commit() -> str:
   """The checked-out commit (with '+changes' when the tree differs), for the record."""
   import subprocess  # pylint: disable=g-import-not-at-top
+
   try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           check=True, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return head + ("+changes" if dirty else "")
@@ -560,10 +669,23 @@ READING_START = "<!-- reading: kept between runs -->"
 READING_END = "<!-- end reading -->"
 
 
-def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, fig_dir: str,
-                   argv: str, commit: str, root: str):
-  reading = ("## Reading\n\n(Written by a person after looking at the numbers: what holds, what "
-             "does not, and why.)\n")
+def write_markdown(
+  path: str,
+  s,
+  cells,
+  finetunes,
+  figs,
+  commands,
+  wall: float,
+  fig_dir: str,
+  argv: str,
+  commit: str,
+  root: str,
+):
+  reading = (
+    "## Reading\n\n(Written by a person after looking at the numbers: what holds, what "
+    "does not, and why.)\n"
+  )
   if os.path.isfile(path):
     text = pathlib.Path(path).read_text(encoding="utf-8")
     if READING_START in text and READING_END in text:
@@ -572,29 +694,34 @@ def write_markdown(path: str, s, cells, finetunes, figs, commands, wall: float, 
   pc = pretrain_config.get_config(s["config_arg"])
   mc, sf = pc.model, pc.data.synthface
   ft = "\n".join(
-      f"| {ROW_TITLES[r]} | {res.get('test/au_f1/mean', float('nan')) * 100:.1f} |"
-      for r, res in finetunes.items())
+    f"| {ROW_TITLES[r]} | {res.get('test/au_f1/mean', float('nan')) * 100:.1f} |"
+    for r, res in finetunes.items()
+  )
   emb = "\n".join(
-      f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
-      f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
-      for r, st in figs.items() if r in PRETRAIN_ROWS)
+    f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
+    f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
+    for r, st in figs.items()
+    if r in PRETRAIN_ROWS
+  )
   # The poster's two examples are shown (and committed); the others stay in the folder.
-  shown = [p for p in figs.get("relevance_figures", [])
-           if os.path.basename(p) in ("AU12.png", "AU4.png")]
+  shown = [
+    p for p in figs.get("relevance_figures", []) if os.path.basename(p) in ("AU12.png", "AU4.png")
+  ]
   rel_figs = "\n".join(f"![relevance]({rel}/{p})" for p in shown)
   cmd = argv or "python benchmarks/reproduce.py"
   text = f"""# Results on SynthFace
 
 Everything on this page was produced by one run of `{cmd}` (the tables, the figures and this
-file, except the Reading section); rerun it to check. Machine: {platform.processor() or
-platform.machine()}, {os.cpu_count()} CPU cores, no accelerator; wall time {wall / 60:.0f} min.
+file, except the Reading section); rerun it to check. Machine: {
+    platform.processor() or platform.machine()
+  }, {os.cpu_count()} CPU cores, no accelerator; wall time {wall / 60:.0f} min.
 Data: SynthFace ({sf.subjects} BP4D-like subjects × 8 tasks × {sf.frames_per_task} frames at
 {sf.size} px; {sf.raf_train} + {sf.raf_test} RAF-like images; generator seed {sf.seed}; code at
 commit `{commit}`). Model: {mc.vision_layers}-layer ViT (width {mc.vision_width}, patch
 {mc.patch_size}) at {mc.image_size} px and a {mc.text_layers}-layer text tower, from scratch (no
-CLIP/FaRL weights exist on this machine). Pretraining {s['pretrain_steps']} steps of batch
-{pc.batch_size} (two views each) per row and fold; stage-2 heads {s['head_steps']} steps of batch
-{s['head_batch']} at lr {s['head_lr']} on frozen image embeddings; seed {s['seed']}.
+CLIP/FaRL weights exist on this machine). Pretraining {s["pretrain_steps"]} steps of batch
+{pc.batch_size} (two views each) per row and fold; stage-2 heads {s["head_steps"]} steps of batch
+{s["head_batch"]} at lr {s["head_lr"]} on frozen image embeddings; seed {s["seed"]}.
 
 {READING_START}
 {reading}{READING_END}
@@ -603,13 +730,17 @@ CLIP/FaRL weights exist on this machine). Pretraining {s['pretrain_steps']} step
 
 {tables(cells, s, trivial_baselines(root, list(cells), s["folds"]))}
 
-### End-to-end fine-tuning (image tower trained, fold {s['folds'][0]}, `configs/finetune_au.py`, I+N+D, {s['finetune_steps']} steps)
+### End-to-end fine-tuning (image tower trained, fold {
+    s["folds"][0]
+  }, `configs/finetune_au.py`, I+N+D, {s["finetune_steps"]} steps)
 
 | init | AU F1 (%) |
 |---|---:|
 {ft}
 
-## Embedding maps (fold {s['folds'][0]} test subjects, t-SNE; kNN purity of the embeddings, chance in brackets)
+## Embedding maps (fold {
+    s["folds"][0]
+  } test subjects, t-SNE; kNN purity of the embeddings, chance in brackets)
 
 | pretraining | expression purity | subject purity |
 |---|---:|---:|
@@ -651,10 +782,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--finetune_steps", type=int, default=0)
   p.add_argument("--head_lr", type=float, default=3e-3, help="peak lr of the stage-2 heads")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--markdown_only", action="store_true",
-                 help="rewrite --results from WORKDIR/results.json of a finished run")
-  p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
-                 help="JAX persistent compilation cache ('' = off)")
+  p.add_argument(
+    "--markdown_only",
+    action="store_true",
+    help="rewrite --results from WORKDIR/results.json of a finished run",
+  )
+  p.add_argument(
+    "--cache_dir",
+    default=os.path.join(tempfile.gettempdir(), "clef_jax_bench_cache"),
+    help="JAX persistent compilation cache ('' = off)",
+  )
   args = p.parse_args(argv)
   if args.cache_dir and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
@@ -673,9 +810,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       result = json.load(f)
     cells = {r: {int(k): v for k, v in c.items()} for r, c in result["cells"].items()}
-    write_markdown(args.results, result["settings"], cells, result["finetune"],
-                   result["figures"], result["commands"], result["wall_s"], args.figures,
-                   result.get("argv", ""), result.get("commit", "unknown"), root)
+    write_markdown(
+      args.results,
+      result["settings"],
+      cells,
+      result["finetune"],
+      result["figures"],
+      result["commands"],
+      result["wall_s"],
+      args.figures,
+      result.get("argv", ""),
+      result.get("commit", "unknown"),
+      root,
+    )
     print(f"wrote {args.results} from {path}")
     return result
   data_dir = os.path.abspath(args.data_dir or os.path.join(root, "data"))
@@ -688,18 +835,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   figs = figures(s, root, args.figures, rows, commands)
   cells = run_cells(s, root, data_dir, rows, s["folds"], commands)
   wall = time.time() - t0
-  result = {"settings": s, "cells": {r: {str(k): v for k, v in c.items()}
-                                     for r, c in cells.items()},
-            "finetune": {r: {k: v for k, v in res.items() if not isinstance(v, list)}
-                         for r, res in finetunes.items()},
-            "figures": figs, "commands": list(dict.fromkeys(commands)), "wall_s": wall,
-            "argv": " ".join(["python benchmarks/reproduce.py", *(argv if argv is not None
-                                                                  else sys.argv[1:])]),
-            "commit": git_commit()}
+  result = {
+    "settings": s,
+    "cells": {r: {str(k): v for k, v in c.items()} for r, c in cells.items()},
+    "finetune": {
+      r: {k: v for k, v in res.items() if not isinstance(v, list)} for r, res in finetunes.items()
+    },
+    "figures": figs,
+    "commands": list(dict.fromkeys(commands)),
+    "wall_s": wall,
+    "argv": " ".join(
+      ["python benchmarks/reproduce.py", *(argv if argv is not None else sys.argv[1:])]
+    ),
+    "commit": git_commit(),
+  }
   with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2, default=str)
-  write_markdown(args.results, s, cells, finetunes, figs, result["commands"], wall,
-                 args.figures, result["argv"], result["commit"], root)
+  write_markdown(
+    args.results,
+    s,
+    cells,
+    finetunes,
+    figs,
+    result["commands"],
+    wall,
+    args.figures,
+    result["argv"],
+    result["commit"],
+    root,
+  )
   print(f"wrote {args.results} and {os.path.join(root, 'results.json')} in {wall / 60:.1f} min")
   return result
 

@@ -40,9 +40,9 @@ from input_pipeline import synthface  # pylint: disable=g-import-not-at-top
 EVAL_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 # BP4D 3-fold subject-exclusive split (DATASETS.md).
 PARTS = (
-    "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008".split(),
-    "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005".split(),
-    "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014".split(),
+  "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008".split(),
+  "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005".split(),
+  "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014".split(),
 )
 # The CNN sees the face, not the background: this crop (normalised x0, y0, x1, y1; it holds
 # brows to chin with a jaw drop for every sampled identity) at CNN_SIZE px, as AU models on real
@@ -61,10 +61,11 @@ def hog(gray: np.ndarray, cell: int = 8, bins: int = 9) -> np.ndarray:
   ch, cw = h // cell, w // cell
   hist = np.zeros((n, ch, cw, bins), np.float32)
   for k in range(bins):
-    m = (mag * (b == k))[:, :ch * cell, :cw * cell]
+    m = (mag * (b == k))[:, : ch * cell, : cw * cell]
     hist[..., k] = m.reshape(n, ch, cell, cw, cell).sum((2, 4))
-  blocks = np.concatenate([hist[:, :-1, :-1], hist[:, 1:, :-1], hist[:, :-1, 1:], hist[:, 1:, 1:]],
-                          -1)
+  blocks = np.concatenate(
+    [hist[:, :-1, :-1], hist[:, 1:, :-1], hist[:, :-1, 1:], hist[:, 1:, 1:]], -1
+  )
   blocks /= np.linalg.norm(blocks, axis=-1, keepdims=True) + 1e-6
   blocks = np.minimum(blocks, 0.2)
   blocks /= np.linalg.norm(blocks, axis=-1, keepdims=True) + 1e-6
@@ -88,21 +89,29 @@ def load_bp4d(root: pathlib.Path):
     for r in rows[1:]:
       fr = int(r[0])
       im = Image.open(bp / s / t / f"{fr}.jpg").convert("RGB")
-      gray64.append(np.asarray(im.convert("L").resize((64, 64), Image.Resampling.BILINEAR),
-                               np.float32) / 255)
+      gray64.append(
+        np.asarray(im.convert("L").resize((64, 64), Image.Resampling.BILINEAR), np.float32) / 255
+      )
       w, h = im.size
       box = (FACE_BOX[0] * w, FACE_BOX[1] * h, FACE_BOX[2] * w, FACE_BOX[3] * h)
-      face.append(np.asarray(im.resize((CNN_SIZE, CNN_SIZE), Image.Resampling.BOX, box),
-                             np.float32) / 255)
-      rgb24.append(np.asarray(im.resize((24, 24), Image.Resampling.BOX), np.float32).ravel()
-                   / 255)
+      face.append(
+        np.asarray(im.resize((CNN_SIZE, CNN_SIZE), Image.Resampling.BOX, box), np.float32) / 255
+      )
+      rgb24.append(np.asarray(im.resize((24, 24), Image.Resampling.BOX), np.float32).ravel() / 255)
       lab = np.array([int(r[c]) for c in cols])
       labels.append(np.where(lab == 9, -1, lab))
       subj.append(s)
       task.append(t)
       exprs.append(expr[(s, t, fr)])
-  return (np.array(subj), np.array(task), np.stack(labels), np.array(exprs), np.stack(gray64),
-          np.stack(rgb24), np.stack(face))
+  return (
+    np.array(subj),
+    np.array(task),
+    np.stack(labels),
+    np.array(exprs),
+    np.stack(gray64),
+    np.stack(rgb24),
+    np.stack(face),
+  )
 
 
 def au_f1(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -199,6 +208,7 @@ def cnn_check(subj, labels, face, steps: int, seed: int, fold: int = 1):
       y = (yb == 1).astype(jnp.float32)
       l = -(pos_w * y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z))
       return (l * m).sum() / m.sum()
+
     loss, g = jax.value_and_grad(loss_fn)(params)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
@@ -213,10 +223,13 @@ def cnn_check(subj, labels, face, steps: int, seed: int, fold: int = 1):
     xb = np.roll(xb, tuple(sh), axis=(1, 2))
     params, opt, loss = step(params, opt, xb, ytr[idx])
     if (i + 1) % max(1, steps // 5) == 0:
-      print(f"  cnn step {i + 1}/{steps} loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)",
-            flush=True)
-  pred = np.concatenate([np.asarray(predict(params, xte[i:i + 256]))
-                         for i in range(0, len(xte), 256)]).astype(np.int64)
+      print(
+        f"  cnn step {i + 1}/{steps} loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+      )
+  pred = np.concatenate(
+    [np.asarray(predict(params, xte[i : i + 256])) for i in range(0, len(xte), 256)]
+  ).astype(np.int64)
   f1 = au_f1(pred, yte)
   return float(f1.mean()), f1, time.perf_counter() - t0
 
@@ -245,42 +258,58 @@ def main(argv=None) -> int:
     cpu0 = _cpu_seconds()
     s = synthface.generate(root, seed=a.seed, workers=a.workers, progress=False)
     dt, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-    print(f"[speed] default SynthFace ({s['images']} images at {s['size']} px, "
-          f"{a.workers} workers, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}): "
-          f"wall {dt:.1f} s = {s['images'] / dt:.0f} images/s; CPU {cpu:.1f} s = "
-          f"{s['images'] / cpu:.0f} images per CPU-second (=> {cpu / a.workers:.0f} s wall on "
-          f"{a.workers} idle cores)", flush=True)
+    print(
+      f"[speed] default SynthFace ({s['images']} images at {s['size']} px, "
+      f"{a.workers} workers, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}): "
+      f"wall {dt:.1f} s = {s['images'] / dt:.0f} images/s; CPU {cpu:.1f} s = "
+      f"{s['images'] / cpu:.0f} images per CPU-second (=> {cpu / a.workers:.0f} s wall on "
+      f"{a.workers} idle cores)",
+      flush=True,
+    )
   subj, task, labels, exprs, gray, rgb, face = load_bp4d(root)
-  print(f"[data] {len(subj)} BP4D-like frames, {len(np.unique(subj))} subjects; AU base rates: "
-        + " ".join(f"AU{au}={labels[labels[:, j] >= 0, j].mean():.2f}"
-                   for j, au in enumerate(EVAL_AUS)), flush=True)
+  print(
+    f"[data] {len(subj)} BP4D-like frames, {len(np.unique(subj))} subjects; AU base rates: "
+    + " ".join(
+      f"AU{au}={labels[labels[:, j] >= 0, j].mean():.2f}" for j, au in enumerate(EVAL_AUS)
+    ),
+    flush=True,
+  )
 
   print("[activity] majority-expression share per task:")
   for t in synthface.TASKS:
     c = collections.Counter(exprs[task == t])
     e, n = c.most_common(1)[0]
-    print(f"  {t}: {e} {n / c.total():.2f}  (" + ", ".join(
-        f"{k} {v / c.total():.2f}" for k, v in c.most_common()[1:4]) + ")")
+    print(
+      f"  {t}: {e} {n / c.total():.2f}  ("
+      + ", ".join(f"{k} {v / c.total():.2f}" for k, v in c.most_common()[1:4])
+      + ")"
+    )
 
   t0 = time.perf_counter()
   if not a.skip_hog:
     feats = subject_normalise(subj, hog(gray))
     mean_f1, per_au = au_check(subj, labels, feats)
-    print(f"[AU] subject-normalised HOG + ridge, 3-fold held-out subjects: mean F1 {mean_f1:.3f} "
-          f"({time.perf_counter() - t0:.0f} s); per AU: "
-          + " ".join(f"AU{au}={f:.2f}" for au, f in zip(EVAL_AUS, per_au)))
+    print(
+      f"[AU] subject-normalised HOG + ridge, 3-fold held-out subjects: mean F1 {mean_f1:.3f} "
+      f"({time.perf_counter() - t0:.0f} s); per AU: "
+      + " ".join(f"AU{au}={f:.2f}" for au, f in zip(EVAL_AUS, per_au))
+    )
 
   mean_f1, per_au, dt = cnn_check(subj, labels, face, a.cnn_steps, a.seed)
-  print(f"[AU] small CNN ({a.cnn_steps} steps of 32, {dt:.0f} s), fold1 (train part1+2, test "
-        f"held-out part3): mean F1 {mean_f1:.3f}; per AU: "
-        + " ".join(f"AU{au}={f:.2f}" for au, f in zip(EVAL_AUS, per_au)))
+  print(
+    f"[AU] small CNN ({a.cnn_steps} steps of 32, {dt:.0f} s), fold1 (train part1+2, test "
+    f"held-out part3): mean F1 {mean_f1:.3f}; per AU: "
+    + " ".join(f"AU{au}={f:.2f}" for au, f in zip(EVAL_AUS, per_au))
+  )
   print(f"  -> {'PASS' if mean_f1 >= 0.85 else 'FAIL'} (need >= 0.85)", flush=True)
 
   ida, exa, maj = shortcut_check(subj, task, exprs, rgb, a.seed)
   n_subj = len(np.unique(subj))
-  print(f"[shortcut] linear classifier on raw 24x24 RGB pixels, 4 tasks/subject held out: "
-        f"subject accuracy {ida:.3f} (chance {1 / n_subj:.3f}) vs expression accuracy {exa:.3f} "
-        f"(majority class {maj:.3f})")
+  print(
+    f"[shortcut] linear classifier on raw 24x24 RGB pixels, 4 tasks/subject held out: "
+    f"subject accuracy {ida:.3f} (chance {1 / n_subj:.3f}) vs expression accuracy {exa:.3f} "
+    f"(majority class {maj:.3f})"
+  )
   if tmp is not None:
     tmp.cleanup()
   return 0

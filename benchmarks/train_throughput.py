@@ -74,9 +74,11 @@ def machine_line() -> str:
           break
   except OSError:
     pass
-  return (f"{model}; {os.cpu_count()} cores; load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; jax {jax.__version__} "
-          f"{jax.devices()[0].platform} x{jax.device_count()}")
+  return (
+    f"{model}; {os.cpu_count()} cores; load average "
+    f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; jax {jax.__version__} "
+    f"{jax.devices()[0].platform} x{jax.device_count()}"
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,8 +86,9 @@ def machine_line() -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def bench_config(variant: str, image_size: int, batch_size: int,
-                 objective: str = "clip") -> ml_collections.ConfigDict:
+def bench_config(
+  variant: str, image_size: int, batch_size: int, objective: str = "clip"
+) -> ml_collections.ConfigDict:
   """configs/pretrain.py for `variant` at `image_size`, one view per image, no sampler."""
   config = pretrain_config.get_config(f"variant={variant},image_size={image_size}")
   config.batch_size = batch_size
@@ -96,8 +99,9 @@ def bench_config(variant: str, image_size: int, batch_size: int,
   return config
 
 
-def build_state_and_step(config: ml_collections.ConfigDict, objective: objectives.Objective
-                         ) -> tuple[Any, Callable, jax.sharding.Mesh]:
+def build_state_and_step(
+  config: ml_collections.ConfigDict, objective: objectives.Objective
+) -> tuple[Any, Callable, jax.sharding.Mesh]:
   """(state, jitted step, mesh) exactly as `clef_jax.train.train_and_evaluate` makes them."""
   mesh = sharding.make_mesh(config.mesh)
   model = objective.model
@@ -105,8 +109,11 @@ def build_state_and_step(config: ml_collections.ConfigDict, objective: objective
 
   def init_params(rng):
     r_model, r_heads = jax.random.split(rng)
-    params = model.init(r_model, jnp.zeros((1, size, size, 3), jnp.float32),
-                        jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    params = model.init(
+      r_model,
+      jnp.zeros((1, size, size, 3), jnp.float32),
+      jnp.zeros((1, config.model.context_length), jnp.int32),
+    )["params"]
     return {**params, "heads": objective.init_heads(r_heads)}
 
   rng = jax.random.key(config.seed)
@@ -120,22 +127,26 @@ def build_state_and_step(config: ml_collections.ConfigDict, objective: objective
   with jax.set_mesh(mesh):
     params = jax.jit(init_params, out_shardings=state_sh["params"])(rng)
     state = jax.jit(init_state, out_shardings=state_sh)(params)
-  step = jax.jit(train.make_train_step(config, objective, tx, schedule, None),
-                 donate_argnums=(0,), out_shardings=(state_sh, sharding.replicated(mesh)))
+  step = jax.jit(
+    train.make_train_step(config, objective, tx, schedule, None),
+    donate_argnums=(0,),
+    out_shardings=(state_sh, sharding.replicated(mesh)),
+  )
   return state, step, mesh
 
 
-def random_batch(batch_size: int, image_size: int, num_activities: int, seed: int = 0,
-                 views: int = 1) -> dict[str, np.ndarray]:
+def random_batch(
+  batch_size: int, image_size: int, num_activities: int, seed: int = 0, views: int = 1
+) -> dict[str, np.ndarray]:
   """A host batch with the pretraining keys: image uint8 [B, S, S, 3] (or [B, 2, S, S, 3])."""
   rng = np.random.default_rng(seed)
   shape = (batch_size,) + ((views,) if views > 1 else ()) + (image_size, image_size, 3)
   return {
-      "image": rng.integers(0, 256, shape, dtype=np.uint8),
-      "activity_id": rng.integers(0, num_activities, (batch_size,)).astype(np.int32),
-      "subject_id": rng.integers(0, 4, (batch_size,)).astype(np.int32),
-      "index": np.arange(batch_size, dtype=np.int64),
-      "mask": np.ones((batch_size,), bool),
+    "image": rng.integers(0, 256, shape, dtype=np.uint8),
+    "activity_id": rng.integers(0, num_activities, (batch_size,)).astype(np.int32),
+    "subject_id": rng.integers(0, 4, (batch_size,)).astype(np.int32),
+    "index": np.arange(batch_size, dtype=np.int64),
+    "mask": np.ones((batch_size,), bool),
   }
 
 
@@ -152,8 +163,12 @@ def xla_flops(compiled) -> float:
 class OurStep:
   """Our compiled train step on a fixed device batch; `run(n)` does n steps and blocks."""
 
-  def __init__(self, config: ml_collections.ConfigDict, activity_texts: list[str],
-               host_batch: dict[str, np.ndarray]):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    activity_texts: list[str],
+    host_batch: dict[str, np.ndarray],
+  ):
     tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
     model = models.build(config.model)
     objective = objectives.pretrain_objective(config, model, tok, activity_texts)
@@ -179,16 +194,28 @@ class OurStep:
 
 def analytic_matmul_flops(mc: ml_collections.ConfigDict, images: int, texts: int) -> float:
   """3 x the forward matmul FLOPs (fwd + 2 x bwd) of both towers; a cross-check of XLA's count."""
+
   def tower(n, t, w, layers, extra):
     mlp = models.variants.mlp_dim(mc, w)
     per_layer = 2 * n * t * w * (3 * w + w + 2 * mlp) + 4 * n * t * t * w  # dense + attention
     return layers * per_layer + extra
+
   grid = (mc.image_size // mc.patch_size) ** 2
-  vis = tower(images, grid + 1, mc.vision_width, mc.vision_layers,
-              2 * images * grid * mc.patch_size ** 2 * 3 * mc.vision_width
-              + 2 * images * mc.vision_width * mc.embed_dim)
-  txt = tower(texts, mc.context_length, mc.text_width, mc.text_layers,
-              2 * texts * mc.text_width * mc.embed_dim)
+  vis = tower(
+    images,
+    grid + 1,
+    mc.vision_width,
+    mc.vision_layers,
+    2 * images * grid * mc.patch_size**2 * 3 * mc.vision_width
+    + 2 * images * mc.vision_width * mc.embed_dim,
+  )
+  txt = tower(
+    texts,
+    mc.context_length,
+    mc.text_width,
+    mc.text_layers,
+    2 * texts * mc.text_width * mc.embed_dim,
+  )
   return 3.0 * (vis + txt)
 
 
@@ -200,40 +227,60 @@ def analytic_matmul_flops(mc: ml_collections.ConfigDict, images: int, texts: int
 def hf_clip_config(mc: ml_collections.ConfigDict):
   """A transformers CLIPConfig with our model config's architecture (argmax text pooling)."""
   import transformers  # pylint: disable=g-import-not-at-top
+
   if mc.text_pooling != "argmax":
     raise ValueError(f"model text_pooling={mc.text_pooling!r}: this benchmark maps 'argmax' only")
-  text = dict(vocab_size=mc.vocab_size, hidden_size=mc.text_width,
-              intermediate_size=models.variants.mlp_dim(mc, mc.text_width),
-              num_hidden_layers=mc.text_layers, num_attention_heads=mc.text_heads,
-              max_position_embeddings=mc.context_length, hidden_act=mc.act,
-              eos_token_id=2, bos_token_id=0, pad_token_id=1)  # 2: legacy argmax pooling
-  vision = dict(hidden_size=mc.vision_width,
-                intermediate_size=models.variants.mlp_dim(mc, mc.vision_width),
-                num_hidden_layers=mc.vision_layers, num_attention_heads=mc.vision_heads,
-                image_size=mc.image_size, patch_size=mc.patch_size, hidden_act=mc.act)
-  return transformers.CLIPConfig(text_config=text, vision_config=vision,
-                                 projection_dim=mc.embed_dim,
-                                 logit_scale_init_value=mc.logit_scale_init)
+  text = dict(
+    vocab_size=mc.vocab_size,
+    hidden_size=mc.text_width,
+    intermediate_size=models.variants.mlp_dim(mc, mc.text_width),
+    num_hidden_layers=mc.text_layers,
+    num_attention_heads=mc.text_heads,
+    max_position_embeddings=mc.context_length,
+    hidden_act=mc.act,
+    eos_token_id=2,
+    bos_token_id=0,
+    pad_token_id=1,
+  )  # 2: legacy argmax pooling
+  vision = dict(
+    hidden_size=mc.vision_width,
+    intermediate_size=models.variants.mlp_dim(mc, mc.vision_width),
+    num_hidden_layers=mc.vision_layers,
+    num_attention_heads=mc.vision_heads,
+    image_size=mc.image_size,
+    patch_size=mc.patch_size,
+    hidden_act=mc.act,
+  )
+  return transformers.CLIPConfig(
+    text_config=text,
+    vision_config=vision,
+    projection_dim=mc.embed_dim,
+    logit_scale_init_value=mc.logit_scale_init,
+  )
 
 
 class TorchStep:
   """transformers.CLIPModel forward + CLIP loss + backward + clip + AdamW on a fixed batch."""
 
-  def __init__(self, config: ml_collections.ConfigDict, tokens: np.ndarray,
-               host_batch: dict[str, np.ndarray]):
+  def __init__(
+    self, config: ml_collections.ConfigDict, tokens: np.ndarray, host_batch: dict[str, np.ndarray]
+  ):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
+
     self.torch = torch
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     self.model = transformers.CLIPModel(hf_clip_config(config.model)).train()
     oc = config.optim
-    decay = [p for n, p in self.model.named_parameters()
-             if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in self.model.named_parameters()
-                if not (p.ndim >= 2 and "embedding" not in n)]
-    groups = [{"params": decay, "weight_decay": oc.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [
+      p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    groups = [
+      {"params": decay, "weight_decay": oc.weight_decay},
+      {"params": no_decay, "weight_decay": 0.0},
+    ]
     kwargs = dict(lr=oc.lr, betas=(oc.b1, oc.b2), eps=oc.eps)
     try:
       self.opt = torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -295,7 +342,7 @@ class Matmul:
     self.a = jax.random.normal(k1, (n, n), jnp.float32)
     self.b = jax.random.normal(k2, (n, n), jnp.float32)
     self.compiled = jax.jit(jnp.dot).lower(self.a, self.b).compile()
-    self.flops = 2.0 * n ** 3
+    self.flops = 2.0 * n**3
     self.xla_flops = xla_flops(self.compiled)
     self.run(1)
 
@@ -324,12 +371,16 @@ def bench_variant(variant: str, args: argparse.Namespace, matmul: Matmul) -> dic
   theirs = TorchStep(config, ours.tokens, host)
   warm_ours, warm_theirs = ours.run(args.warmup), theirs.run(args.warmup)
   mc = config.model
-  print(f"\n== {variant} at {mc.image_size} px, batch {args.batch_size} "
-        f"(vision {mc.vision_width}x{mc.vision_layers}/{mc.vision_heads}h patch {mc.patch_size}, "
-        f"text {mc.text_width}x{mc.text_layers}/{mc.text_heads}h ctx {mc.context_length}, "
-        f"vocab {mc.vocab_size}, {mc.act}); {len(texts)} activity texts; torch {theirs.optimizer}")
-  print(f"   compile {t_compile:.1f} s; warm-up ({args.warmup} steps) ours {warm_ours:.2f} s, "
-        f"torch {warm_theirs:.2f} s")
+  print(
+    f"\n== {variant} at {mc.image_size} px, batch {args.batch_size} "
+    f"(vision {mc.vision_width}x{mc.vision_layers}/{mc.vision_heads}h patch {mc.patch_size}, "
+    f"text {mc.text_width}x{mc.text_layers}/{mc.text_heads}h ctx {mc.context_length}, "
+    f"vocab {mc.vocab_size}, {mc.act}); {len(texts)} activity texts; torch {theirs.optimizer}"
+  )
+  print(
+    f"   compile {t_compile:.1f} s; warm-up ({args.warmup} steps) ours {warm_ours:.2f} s, "
+    f"torch {warm_theirs:.2f} s"
+  )
   ours_ips, torch_ips, mm_fps = [], [], []
   for r in range(args.repeats):
     runs = [("ours", ours), ("torch", theirs), ("matmul", matmul)]
@@ -341,21 +392,28 @@ def bench_variant(variant: str, args: argparse.Namespace, matmul: Matmul) -> dic
     ours_ips.append(args.batch_size * args.steps / times["ours"])
     torch_ips.append(args.batch_size * args.steps / times["torch"])
     mm_fps.append(matmul.flops * args.matmul_reps / times["matmul"])
-    print(f"   round {r + 1}: ours {ours_ips[-1]:8.2f} img/s   torch {torch_ips[-1]:8.2f} img/s   "
-          f"ratio {ours_ips[-1] / torch_ips[-1]:5.2f}   matmul {mm_fps[-1] / 1e9:6.1f} GFLOP/s   "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+      f"   round {r + 1}: ours {ours_ips[-1]:8.2f} img/s   torch {torch_ips[-1]:8.2f} img/s   "
+      f"ratio {ours_ips[-1] / torch_ips[-1]:5.2f}   matmul {mm_fps[-1] / 1e9:6.1f} GFLOP/s   "
+      f"load {os.getloadavg()[0]:.2f}"
+    )
   o, t, m = (statistics.median(x) for x in (ours_ips, torch_ips, mm_fps))
   step_flops = ours.flops
   achieved = step_flops * o / args.batch_size
   analytic = analytic_matmul_flops(mc, args.batch_size, len(texts))
-  print(f"   median: ours {o:.2f} img/s, torch {t:.2f} img/s -> ours/torch = {o / t:.2f}x "
-        f"(target >= 1.5x: {'met' if o / t >= 1.5 else 'MISSED'})")
-  print(f"   step FLOPs (XLA cost_analysis) {step_flops / 1e9:.1f} G (analytic 3x fwd matmuls "
-        f"{analytic / 1e9:.1f} G); achieved {achieved / 1e9:.1f} GFLOP/s = "
-        f"{100 * achieved / m:.0f}% of the {matmul.a.shape[0]}^2 fp32 matmul's "
-        f"{m / 1e9:.1f} GFLOP/s")
-  return dict(variant=variant, ours=o, torch=t, ratio=o / t, flops=step_flops,
-              share=achieved / m, matmul=m)
+  print(
+    f"   median: ours {o:.2f} img/s, torch {t:.2f} img/s -> ours/torch = {o / t:.2f}x "
+    f"(target >= 1.5x: {'met' if o / t >= 1.5 else 'MISSED'})"
+  )
+  print(
+    f"   step FLOPs (XLA cost_analysis) {step_flops / 1e9:.1f} G (analytic 3x fwd matmuls "
+    f"{analytic / 1e9:.1f} G); achieved {achieved / 1e9:.1f} GFLOP/s = "
+    f"{100 * achieved / m:.0f}% of the {matmul.a.shape[0]}^2 fp32 matmul's "
+    f"{m / 1e9:.1f} GFLOP/s"
+  )
+  return dict(
+    variant=variant, ours=o, torch=t, ratio=o / t, flops=step_flops, share=achieved / m, matmul=m
+  )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -369,8 +427,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--matmul_reps", type=int, default=5)
   p.add_argument("--quick", action="store_true", help="1 step per round, 2 rounds")
-  p.add_argument("--cache_dir", default=default_cache_dir(),
-                 help="JAX persistent compilation cache ('' for none): reruns skip compiling")
+  p.add_argument(
+    "--cache_dir",
+    default=default_cache_dir(),
+    help="JAX persistent compilation cache ('' for none): reruns skip compiling",
+  )
   args = p.parse_args(argv)
   if args.quick:
     args.repeats = min(args.repeats, 2)
@@ -395,8 +456,10 @@ def main(argv=None) -> None:
   print(f"machine: {machine_line()}")
   print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
   matmul = Matmul(args.matmul_size)
-  print(f"matmul {args.matmul_size}^2 fp32: XLA counts {matmul.xla_flops / 1e9:.2f} GFLOP "
-        f"(2n^3 = {matmul.flops / 1e9:.2f})")
+  print(
+    f"matmul {args.matmul_size}^2 fp32: XLA counts {matmul.xla_flops / 1e9:.2f} GFLOP "
+    f"(2n^3 = {matmul.flops / 1e9:.2f})"
+  )
   results = []
   explicit_steps = args.steps
   for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
@@ -405,8 +468,10 @@ def main(argv=None) -> None:
     results.append(bench_variant(variant, args, matmul))
   print("\nsummary (median images/s; ours/torch; our step's FLOP/s as a share of the matmul's):")
   for r in results:
-    print(f"  {r['variant']:>6}: ours {r['ours']:8.2f}  torch {r['torch']:8.2f}  "
-          f"ratio {r['ratio']:5.2f}x  FLOP share {100 * r['share']:4.0f}%")
+    print(
+      f"  {r['variant']:>6}: ours {r['ours']:8.2f}  torch {r['torch']:8.2f}  "
+      f"ratio {r['ratio']:5.2f}x  FLOP share {100 * r['share']:4.0f}%"
+    )
   print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -28,17 +28,16 @@ _policies = ocp.checkpoint_managers
 class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` for our two items."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int = 2,
-               async_save: bool = True):
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     save_policies = [_policies.PreemptionCheckpointingPolicy()]
     if every_steps > 0:
       save_policies.insert(0, _policies.FixedIntervalPolicy(every_steps))
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=_policies.AnySavePolicy(save_policies),
-        preservation_policy=_policies.LatestN(max(1, keep)),
-        enable_async_checkpointing=async_save,
-        create=True,
+      save_decision_policy=_policies.AnySavePolicy(save_policies),
+      preservation_policy=_policies.LatestN(max(1, keep)),
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -53,15 +52,18 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self._manager.should_save(step)
 
-  def save(self, step: int, state: Any, data_iterator: Any | None = None, *,
-           force: bool = False) -> bool:
+  def save(
+    self, step: int, state: Any, data_iterator: Any | None = None, *, force: bool = False
+  ) -> bool:
     """Saves (if the policies say so, or `force`); call on every process."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, int] | None:
+  def restore(
+    self, abstract_state: Any, data_iterator: Any | None = None
+  ) -> tuple[Any, int] | None:
     """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings.
 
     `abstract_state` is a tree of `jax.ShapeDtypeStruct` with `.sharding`. If the newest
@@ -73,8 +75,13 @@ class Checkpointer:
       try:
         return self._restore_step(step, abstract_state, data_iterator), step
       except Exception as e:  # pylint: disable=broad-except
-        logging.error("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
-                      self.directory, step, type(e).__name__, e)
+        logging.error(
+          "Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+          self.directory,
+          step,
+          type(e).__name__,
+          e,
+        )
     if steps:
       raise RuntimeError(f"no readable checkpoint in {self.directory} (steps {steps})")
     return None
@@ -103,8 +110,9 @@ class Checkpointer:
 def has_checkpoint(directory: str) -> bool:
   """Whether `directory` holds at least one finished checkpoint (orbax step folder)."""
   return os.path.isdir(directory) and any(
-      name.isdigit() and os.path.isdir(os.path.join(directory, name))
-      for name in os.listdir(directory))
+    name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    for name in os.listdir(directory)
+  )
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,7 +140,6 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], 
   host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   with ocp.StandardCheckpointer() as ckptr:
     metadata = ckptr.metadata(path).item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
-                          metadata)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), metadata)
     state = ckptr.restore(path, target)
   return config, jax.tree.map(np.asarray, jax.device_get(state["params"]))

@@ -19,13 +19,23 @@ from input_pipeline import sampler as sampler_lib
 from input_pipeline import sources
 
 LABEL_KEYS = ("subject", "task", "activity_text", "frame", "fold", "expression", "au")
-NUMERIC_BATCH_KEYS = ("image", "au", "expression", "expression/votes", "subject_id",
-                      "activity_id", "index", "mask", "label")
+NUMERIC_BATCH_KEYS = (
+  "image",
+  "au",
+  "expression",
+  "expression/votes",
+  "subject_id",
+  "activity_id",
+  "index",
+  "mask",
+  "label",
+)
 
 
 def data_dir(config) -> str:
-  return os.path.abspath(os.path.expanduser(
-      config.data.data_dir or os.environ.get("CLEF_DATA_DIR", "") or "./data"))
+  return os.path.abspath(
+    os.path.expanduser(config.data.data_dir or os.environ.get("CLEF_DATA_DIR", "") or "./data")
+  )
 
 
 class Subset:
@@ -48,20 +58,21 @@ class Subset:
 @dataclasses.dataclass
 class Data:
   """What the trainer and evaluators need to know about the configured dataset."""
+
   name: str
   builder_config: str
   data_dir: str
   info: dict[str, Any]
   train_split: str
   test_split: str
-  train: Any                       # random-access source (possibly a Subset)
+  train: Any  # random-access source (possibly a Subset)
   test: Any
   train_table: dict[str, np.ndarray]
   subjects: list[str]
   tasks: list[str]
-  activity_texts: list[str]        # index = activity id
+  activity_texts: list[str]  # index = activity id
   aus: list[int]
-  classes: list[str]               # canonical expression names present in the dataset
+  classes: list[str]  # canonical expression names present in the dataset
 
 
 def _splits(config, info) -> tuple[str, str]:
@@ -102,13 +113,34 @@ def setup(config) -> Data:
       texts.setdefault(str(t), str(a))
   activity_texts = [texts.get(t, "") for t in tasks] if texts else []
   used = sorted(set(str(s) for s in table["subject"]))
-  logging.info("data: %s/%s from %s; train=%s (%d examples, %d subjects: %s), test=%s (%d)",
-               name, bconf, ddir, train_split, len(train), len(used), " ".join(used),
-               test_split, len(test))
-  return Data(name=name, builder_config=bconf or "", data_dir=ddir, info=info,
-              train_split=train_split, test_split=test_split, train=train, test=test,
-              train_table=table, subjects=subjects, tasks=tasks, activity_texts=activity_texts,
-              aus=list(info.get("aus") or []), classes=list(info.get("classes") or []))
+  logging.info(
+    "data: %s/%s from %s; train=%s (%d examples, %d subjects: %s), test=%s (%d)",
+    name,
+    bconf,
+    ddir,
+    train_split,
+    len(train),
+    len(used),
+    " ".join(used),
+    test_split,
+    len(test),
+  )
+  return Data(
+    name=name,
+    builder_config=bconf or "",
+    data_dir=ddir,
+    info=info,
+    train_split=train_split,
+    test_split=test_split,
+    train=train,
+    test=test,
+    train_table=table,
+    subjects=subjects,
+    tasks=tasks,
+    activity_texts=activity_texts,
+    aus=list(info.get("aus") or []),
+    classes=list(info.get("classes") or []),
+  )
 
 
 def restrict(data: Data, indices: np.ndarray) -> Data:
@@ -121,25 +153,43 @@ def make_sampler(config, data: Data) -> sampler_lib.ActivityBatchSampler:
   sc = config.data.sampler
   t = data.train_table
   return sampler_lib.ActivityBatchSampler(
-      pipeline.to_ids(t["subject"], data.subjects), pipeline.to_ids(t["task"], data.tasks),
-      t["frame"], activities_per_batch=sc.activities_per_batch,
-      subjects_per_activity=sc.subjects_per_activity, frames_per_group=sc.frames_per_group,
-      min_frame_gap=sc.min_frame_gap, seed=config.seed)
+    pipeline.to_ids(t["subject"], data.subjects),
+    pipeline.to_ids(t["task"], data.tasks),
+    t["frame"],
+    activities_per_batch=sc.activities_per_batch,
+    subjects_per_activity=sc.subjects_per_activity,
+    frames_per_group=sc.frames_per_group,
+    min_frame_gap=sc.min_frame_gap,
+    seed=config.seed,
+  )
 
 
 def train_iterator(config, data: Data, keys: Sequence[str], source: Any | None = None):
   """The checkpointable grain iterator of per-process training batches."""
   sampler = make_sampler(config, data) if config.data.sampler.enabled else None
   return pipeline.make_train_iterator(
-      data.train if source is None else source, global_batch_size=config.batch_size,
-      seed=config.seed, image_size=config.model.image_size,
-      augment=config.data.augment.to_dict(), two_views=config.data.two_views,
-      subjects=data.subjects, tasks=data.tasks, keys=tuple(keys),
-      worker_count=config.data.worker_count, sampler=sampler)
+    data.train if source is None else source,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    image_size=config.model.image_size,
+    augment=config.data.augment.to_dict(),
+    two_views=config.data.two_views,
+    subjects=data.subjects,
+    tasks=data.tasks,
+    keys=tuple(keys),
+    worker_count=config.data.worker_count,
+    sampler=sampler,
+  )
 
 
-def eval_batches(config, data: Data, source: Any, keys: Sequence[str], batch_size: int | None = None):
+def eval_batches(
+  config, data: Data, source: Any, keys: Sequence[str], batch_size: int | None = None
+):
   return pipeline.make_eval_batches(
-      source, global_batch_size=batch_size or config.batch_size,
-      image_size=config.model.image_size, keys=tuple(keys), subjects=data.subjects,
-      tasks=data.tasks)
+    source,
+    global_batch_size=batch_size or config.batch_size,
+    image_size=config.model.image_size,
+    keys=tuple(keys),
+    subjects=data.subjects,
+    tasks=data.tasks,
+  )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,9 @@ def _gather(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def embed_source(objective, params, config, data, source, mesh, keys: Sequence[str],
-                 batch_size: int | None = None) -> dict[str, np.ndarray]:
+def embed_source(
+  objective, params, config, data, source, mesh, keys: Sequence[str], batch_size: int | None = None
+) -> dict[str, np.ndarray]:
   """Image embeddings `z` [N, D] of a source plus its label `keys`, padding removed."""
   keys = tuple(dict.fromkeys(("image", "mask", *keys)))
   embed = jax.jit(objective.embed_images)
@@ -48,7 +49,8 @@ def embed_source(objective, params, config, data, source, mesh, keys: Sequence[s
   with jax.set_mesh(mesh):
     for batch in data_lib.eval_batches(config, data, source, keys, batch_size):
       batch = sharding.global_batch(
-          {k: v for k, v in batch.items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh)
+        {k: v for k, v in batch.items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh
+      )
       out.setdefault("z", []).append(_gather(embed(params, batch["image"])))
       for k in keys:
         if k != "image":
@@ -76,8 +78,10 @@ def encode_texts(objective, params, tok, texts: Sequence[Sequence[str]], mesh) -
 def class_texts(classes: Sequence[str], kind: str) -> list[list[list[str]]]:
   """Per kind ('names' | 'descriptions' | 'both'): the list of [T][C] template tables."""
   names = [[t.format(c) for c in classes] for t in prompts.templates("name")]
-  descs = [[t.format(prompts.expression_description(c)) for c in classes]
-           for t in prompts.templates("description")]
+  descs = [
+    [t.format(prompts.expression_description(c)) for c in classes]
+    for t in prompts.templates("description")
+  ]
   if kind == "names":
     return [names]
   if kind == "descriptions":
@@ -103,23 +107,30 @@ def au_results(prefix: str, pred: np.ndarray, label: np.ndarray, aus: Sequence[i
 
 def fer_results(prefix: str, pred, label, classes: Sequence[str], workdir: str | None) -> dict:
   m = metrics_lib.fer_metrics(pred, label, len(classes))
-  out = {f"{prefix}fer/accuracy": m["accuracy"],
-         f"{prefix}fer/mean_class_accuracy": m["mean_class_accuracy"],
-         f"{prefix}fer/num_examples": int(m["num_examples"])}
+  out = {
+    f"{prefix}fer/accuracy": m["accuracy"],
+    f"{prefix}fer/mean_class_accuracy": m["mean_class_accuracy"],
+    f"{prefix}fer/num_examples": int(m["num_examples"]),
+  }
   for c, a in zip(classes, m["per_class_accuracy"]):
     if np.isfinite(a):
       out[f"{prefix}fer/accuracy/{c}"] = float(a)
   out[f"{prefix}fer/confusion_matrix"] = m["confusion_matrix"].tolist()
   if workdir and jax.process_index() == 0:
-    save_confusion_png(m["confusion_matrix"], classes,
-                       os.path.join(workdir, f"{prefix.replace('/', '_')}confusion.png"))
+    save_confusion_png(
+      m["confusion_matrix"],
+      classes,
+      os.path.join(workdir, f"{prefix.replace('/', '_')}confusion.png"),
+    )
   return out
 
 
 def save_confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
   norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
   ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -127,8 +138,15 @@ def save_confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str) ->
   ax.set_yticks(range(len(classes)), classes)
   for i in range(len(classes)):
     for j in range(len(classes)):
-      ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-              color="white" if norm[i, j] > 0.5 else "black")
+      ax.text(
+        j,
+        i,
+        str(int(matrix[i, j])),
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="white" if norm[i, j] > 0.5 else "black",
+      )
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   fig.tight_layout()
@@ -136,12 +154,15 @@ def save_confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str) ->
   plt.close(fig)
 
 
-def logistic_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, *, seed: int = 0,
-                   balanced: bool = True) -> np.ndarray:
+def logistic_probe(
+  xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, *, seed: int = 0, balanced: bool = True
+) -> np.ndarray:
   """sklearn logistic regression on frozen features; returns test predictions [N]."""
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed,
-                           class_weight="balanced" if balanced else None)
+
+  clf = LogisticRegression(
+    max_iter=2000, C=1.0, random_state=seed, class_weight="balanced" if balanced else None
+  )
   clf.fit(xtr, ytr)
   return clf.predict(xte)
 
@@ -174,8 +195,9 @@ class Evaluators:
     for name, ev in self.config.evals.items():
       fn = getattr(self, f"_{ev.type}")
       res = fn(params, ev, f"{name}/")
-      logging.info("eval %s: %s", name,
-                   {k: round(v, 4) for k, v in res.items() if isinstance(v, float)})
+      logging.info(
+        "eval %s: %s", name, {k: round(v, 4) for k, v in res.items() if isinstance(v, float)}
+      )
       out.update(res)
     return out
 
@@ -192,8 +214,7 @@ class Evaluators:
     classes = list(self.config.finetune.classes) or list(self.data.classes)
     e = self._embed(params, self.data.test, ("expression",))
     keep = np.isin(e["expression"], [canonical_index(c) for c in classes])
-    label = np.array([classes.index(canonical_names()[i]) for i in e["expression"][keep]],
-                     np.int64)
+    label = np.array([classes.index(canonical_names()[i]) for i in e["expression"][keep]], np.int64)
     zt = text_embeddings(self.objective, params, self.mesh)
     logits = np.asarray(jax.jit(self.objective.predict)(params, e["z"][keep], zt))
     return fer_results(prefix, logits.argmax(-1), label, classes, self.workdir)

@@ -60,8 +60,9 @@ def _safe_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _multi_positive_infonce(logits: jax.Array, positive: jax.Array,
-                            candidate: jax.Array, anchor: jax.Array) -> jax.Array:
+def _multi_positive_infonce(
+  logits: jax.Array, positive: jax.Array, candidate: jax.Array, anchor: jax.Array
+) -> jax.Array:
   """Mean over anchors of ``-1/|P(i)| Σ_{p∈P(i)} log softmax_{a∈A(i)}(logits_i)_p``.
 
   Args:
@@ -85,8 +86,9 @@ def _multi_positive_infonce(logits: jax.Array, positive: jax.Array,
 # --------------------------------------------------------------------------------------------
 
 
-def supcon_from_mask(z: ArrayLike, positive_mask: ArrayLike, temperature: float,
-                     mask: ArrayLike | None = None) -> jax.Array:
+def supcon_from_mask(
+  z: ArrayLike, positive_mask: ArrayLike, temperature: float, mask: ArrayLike | None = None
+) -> jax.Array:
   """Supervised contrastive loss (Khosla et al. 2020, "L_out") with explicit positives.
 
   For each anchor ``i`` with a non-empty positive set ``P(i)``::
@@ -118,8 +120,9 @@ def supcon_from_mask(z: ArrayLike, positive_mask: ArrayLike, temperature: float,
   return _multi_positive_infonce(logits, positive_mask & candidate, candidate, valid)
 
 
-def supcon(z: ArrayLike, labels: ArrayLike, temperature: float,
-           mask: ArrayLike | None = None) -> jax.Array:
+def supcon(
+  z: ArrayLike, labels: ArrayLike, temperature: float, mask: ArrayLike | None = None
+) -> jax.Array:
   """Supervised contrastive loss where positives share a label.
 
   Args:
@@ -138,8 +141,13 @@ def supcon(z: ArrayLike, labels: ArrayLike, temperature: float,
   return supcon_from_mask(z, labels[:, None] == labels[None, :], temperature, mask)
 
 
-def pairing_mask(pairing: str, *, instance_ids: ArrayLike, activity_ids: ArrayLike | None = None,
-                 subject_ids: ArrayLike | None = None) -> jax.Array:
+def pairing_mask(
+  pairing: str,
+  *,
+  instance_ids: ArrayLike,
+  activity_ids: ArrayLike | None = None,
+  subject_ids: ArrayLike | None = None,
+) -> jax.Array:
   """Positive matrix of a two-view batch for ``supcon_from_mask``.
 
   Rows are the ``2B`` views; the two views of one image share an ``instance_ids`` value.
@@ -179,8 +187,9 @@ def pairing_mask(pairing: str, *, instance_ids: ArrayLike, activity_ids: ArrayLi
   return pos & ~jnp.eye(n, dtype=bool)
 
 
-def nt_xent(z1: ArrayLike, z2: ArrayLike, temperature: float,
-            mask: ArrayLike | None = None) -> jax.Array:
+def nt_xent(
+  z1: ArrayLike, z2: ArrayLike, temperature: float, mask: ArrayLike | None = None
+) -> jax.Array:
   """SimCLR's NT-Xent over the ``2B`` views (Chen et al. 2020).
 
   ``ℓ_i = -log( exp(z_i·z_{t(i)}/τ) / Σ_{a≠i} exp(z_i·z_a/τ) )`` with ``t(i)`` the twin view,
@@ -201,8 +210,9 @@ def nt_xent(z1: ArrayLike, z2: ArrayLike, temperature: float,
   b = z1.shape[0]
   valid = _row_mask(mask, b)
   ids = jnp.tile(jnp.arange(b), 2)
-  return supcon_from_mask(jnp.concatenate([z1, z2]), ids[:, None] == ids[None, :], temperature,
-                          jnp.tile(valid, 2))
+  return supcon_from_mask(
+    jnp.concatenate([z1, z2]), ids[:, None] == ids[None, :], temperature, jnp.tile(valid, 2)
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +220,13 @@ def nt_xent(z1: ArrayLike, z2: ArrayLike, temperature: float,
 # --------------------------------------------------------------------------------------------
 
 
-def image_activity_loss(zimg: ArrayLike, ztext_act: ArrayLike, activity_ids: ArrayLike,
-                        scale: ArrayLike, mask: ArrayLike | None = None
-                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def image_activity_loss(
+  zimg: ArrayLike,
+  ztext_act: ArrayLike,
+  activity_ids: ArrayLike,
+  scale: ArrayLike,
+  mask: ArrayLike | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_IA: image ↔ activity-text contrastive loss with shared texts.
 
   With logits ``l_ik = s·<f(x_i), g(A_k)>`` over the ``K`` distinct activity texts:
@@ -245,20 +259,25 @@ def image_activity_loss(zimg: ArrayLike, ztext_act: ArrayLike, activity_ids: Arr
   if act.shape != (n,):
     raise ValueError(f"activity_ids has shape {act.shape}, expected ({n},)")
   valid = _row_mask(mask, n)
-  logits = _f32(scale) * (zimg @ ztext.T)                       # [N, K]
-  onehot = act[:, None] == jnp.arange(k)[None, :]               # [N, K]
+  logits = _f32(scale) * (zimg @ ztext.T)  # [N, K]
+  onehot = act[:, None] == jnp.arange(k)[None, :]  # [N, K]
   has_act = valid & (act >= 0)
   all_texts = jnp.ones((n, k), bool)
   i2t = _multi_positive_infonce(logits, onehot, all_texts, has_act)
-  t2i = _multi_positive_infonce(logits.T, (onehot & valid[:, None]).T,
-                                jnp.broadcast_to(valid[None, :], (k, n)), jnp.ones((k,), bool))
+  t2i = _multi_positive_infonce(
+    logits.T,
+    (onehot & valid[:, None]).T,
+    jnp.broadcast_to(valid[None, :], (k, n)),
+    jnp.ones((k,), bool),
+  )
   correct = jnp.argmax(logits, axis=1) == act
   aux = {"i2t_loss": i2t, "t2i_loss": t2i, "i2t_accuracy": _safe_mean(correct, has_act)}
   return 0.5 * (i2t + t2i), aux
 
 
-def _symmetric_infonce(za: jax.Array, zb: jax.Array, scale: ArrayLike,
-                       mask: ArrayLike | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _symmetric_infonce(
+  za: jax.Array, zb: jax.Array, scale: ArrayLike, mask: ArrayLike | None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Symmetric InfoNCE with row ``i`` of ``za`` paired with row ``i`` of ``zb``."""
   za, zb = _f32(za), _f32(zb)
   _check_2d("embeddings", za)
@@ -266,7 +285,7 @@ def _symmetric_infonce(za: jax.Array, zb: jax.Array, scale: ArrayLike,
     raise ValueError(f"paired embeddings differ in shape: {za.shape} vs {zb.shape}")
   n = za.shape[0]
   valid = _row_mask(mask, n)
-  logits = _f32(scale) * (za @ zb.T)                            # [N, N]
+  logits = _f32(scale) * (za @ zb.T)  # [N, N]
   eye = jnp.eye(n, dtype=bool)
   candidate = valid[:, None] & valid[None, :]
   a2b = _multi_positive_infonce(logits, eye & candidate, candidate, valid)
@@ -278,8 +297,9 @@ def _symmetric_infonce(za: jax.Array, zb: jax.Array, scale: ArrayLike,
   return 0.5 * (a2b + b2a), aux
 
 
-def clip_loss(zimg: ArrayLike, ztxt: ArrayLike, scale: ArrayLike,
-              mask: ArrayLike | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def clip_loss(
+  zimg: ArrayLike, ztxt: ArrayLike, scale: ArrayLike, mask: ArrayLike | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CLIP's symmetric InfoNCE with diagonal positives (Radford et al. 2021).
 
   ``L = ½ (CE_rows(s·Z_img Z_txtᵀ, diag) + CE_cols(s·Z_img Z_txtᵀ, diag))`` over valid rows.
@@ -301,8 +321,9 @@ def clip_loss(zimg: ArrayLike, ztxt: ArrayLike, scale: ArrayLike,
 # --------------------------------------------------------------------------------------------
 
 
-def softmax_ce(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None,
-               label_smoothing: float = 0.0) -> jax.Array:
+def softmax_ce(
+  logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, label_smoothing: float = 0.0
+) -> jax.Array:
   """Mean cross-entropy ``-Σ_c q_ic log softmax(logits_i)_c`` over valid rows.
 
   Args:
@@ -322,7 +343,7 @@ def softmax_ce(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = No
   valid = _row_mask(mask, n)
   labels = jnp.asarray(labels)
   if labels.shape == (n,):
-    targets = jax.nn.one_hot(labels, c, dtype=jnp.float32)      # negative ids -> all-zero row
+    targets = jax.nn.one_hot(labels, c, dtype=jnp.float32)  # negative ids -> all-zero row
     known = labels >= 0
   elif labels.shape == (n, c):
     targets = _f32(labels)
@@ -338,8 +359,14 @@ def softmax_ce(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = No
   return _safe_mean(per_row, valid & known)
 
 
-def fer_text_loss(zimg: ArrayLike, zclass: ArrayLike, labels: ArrayLike, scale: ArrayLike,
-                  mask: ArrayLike | None = None, label_smoothing: float = 0.0) -> jax.Array:
+def fer_text_loss(
+  zimg: ArrayLike,
+  zclass: ArrayLike,
+  labels: ArrayLike,
+  scale: ArrayLike,
+  mask: ArrayLike | None = None,
+  label_smoothing: float = 0.0,
+) -> jax.Array:
   """L_IN for FER: cross-entropy over text-similarity logits ``s·<f(x_i), t_c>``.
 
   Args:
@@ -359,8 +386,9 @@ def fer_text_loss(zimg: ArrayLike, zclass: ArrayLike, labels: ArrayLike, scale: 
   return softmax_ce(_f32(scale) * (zimg @ zclass.T), labels, mask, label_smoothing)
 
 
-def description_name_loss(zdesc: ArrayLike, zname: ArrayLike, scale: ArrayLike,
-                          mask: ArrayLike | None = None) -> jax.Array:
+def description_name_loss(
+  zdesc: ArrayLike, zname: ArrayLike, scale: ArrayLike, mask: ArrayLike | None = None
+) -> jax.Array:
   """L_DN: symmetric InfoNCE over the ``C×C`` description–name similarity matrix.
 
   Description ``D_c`` and name ``N_c`` of the same class are the positive pair; the other
@@ -393,8 +421,9 @@ def au_logits(zimg: ArrayLike, zau: ArrayLike, scale: ArrayLike, bias: ArrayLike
   return _f32(scale) * (_f32(zimg) @ _f32(zau).T) + _f32(bias)
 
 
-def au_prompt_pair_logits(zimg: ArrayLike, zpos: ArrayLike, zneg: ArrayLike,
-                          scale: ArrayLike) -> jax.Array:
+def au_prompt_pair_logits(
+  zimg: ArrayLike, zpos: ArrayLike, zneg: ArrayLike, scale: ArrayLike
+) -> jax.Array:
   """Per-AU log-odds of a two-way softmax between "with AU" and "without AU" prompts.
 
   ``softmax([s·cos_pos, s·cos_neg])_0 = sigmoid(s·(cos_pos − cos_neg))``, so the returned logit
@@ -411,8 +440,12 @@ def au_prompt_pair_logits(zimg: ArrayLike, zpos: ArrayLike, zneg: ArrayLike,
   return _f32(scale) * (zimg @ _f32(zpos).T - zimg @ _f32(zneg).T)
 
 
-def au_bce(logits: ArrayLike, labels: ArrayLike, pos_weight: ArrayLike | None = None,
-           mask: ArrayLike | None = None) -> jax.Array:
+def au_bce(
+  logits: ArrayLike,
+  labels: ArrayLike,
+  pos_weight: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+) -> jax.Array:
   """Class-balanced binary cross-entropy for AU detection.
 
   ``ℓ_ij = -( w_j · y_ij · log σ(z_ij) + (1 − y_ij) · log(1 − σ(z_ij)) )``, averaged over the known
@@ -443,8 +476,9 @@ def au_bce(logits: ArrayLike, labels: ArrayLike, pos_weight: ArrayLike | None = 
   return _safe_mean(per, known)
 
 
-def au_pos_weight(label_matrix: Any, min_weight: float = 0.1,
-                  max_weight: float = 100.0) -> np.ndarray:
+def au_pos_weight(
+  label_matrix: Any, min_weight: float = 0.1, max_weight: float = 100.0
+) -> np.ndarray:
   """Per-AU positive weights ``#neg / #pos`` from training labels (host side, numpy).
 
   Unknown entries (-1) are ignored. An AU with negatives but no positive gets ``max_weight``; an
@@ -464,8 +498,10 @@ def au_pos_weight(label_matrix: Any, min_weight: float = 0.1,
   bad = ~np.isin(labels, (-1, 0, 1))
   if bad.any():
     row, col = np.argwhere(bad)[0]
-    raise ValueError(f"AU label matrix has value {labels[row, col].item()!r} at row {row}, "
-                     f"column {col}; expected -1 (unknown), 0 or 1")
+    raise ValueError(
+      f"AU label matrix has value {labels[row, col].item()!r} at row {row}, "
+      f"column {col}; expected -1 (unknown), 0 or 1"
+    )
   if not 0 < min_weight <= max_weight:
     raise ValueError(f"need 0 < min_weight <= max_weight, got {min_weight}, {max_weight}")
   pos = (labels == 1).sum(0).astype(np.float64)

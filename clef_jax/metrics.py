@@ -27,8 +27,9 @@ def _check_values(name: str, x: np.ndarray, allowed: tuple[int, ...]) -> None:
   bad = ~np.isin(x, allowed)
   if bad.any():
     where = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{name} has value {x[where].item()!r} at index {where}; "
-                     f"expected one of {allowed}")
+    raise ValueError(
+      f"{name} has value {x[where].item()!r} at index {where}; expected one of {allowed}"
+    )
 
 
 def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -65,8 +66,9 @@ class AUCounts:
     """
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.ndim != 2 or pred.shape != label.shape or pred.shape[1] != self.num_aus:
-      raise ValueError(f"pred {pred.shape} and label {label.shape} must both be "
-                       f"[N, {self.num_aus}]")
+      raise ValueError(
+        f"pred {pred.shape} and label {label.shape} must both be [N, {self.num_aus}]"
+      )
     rows = _rows(mask, pred.shape[0])
     pred, label = pred[rows].astype(np.int64), label[rows]
     _check_values("AU prediction", pred, (0, 1))
@@ -161,11 +163,11 @@ class ConfusionCounts:
     per_class = np.full((self.num_classes,), np.nan)
     per_class[present] = correct[present] / support[present]
     return {
-        "accuracy": float(correct.sum() / total),
-        "mean_class_accuracy": float(per_class[present].mean()),
-        "per_class_accuracy": per_class,
-        "confusion_matrix": self.matrix.copy(),
-        "num_examples": total,
+      "accuracy": float(correct.sum() / total),
+      "mean_class_accuracy": float(per_class[present].mean()),
+      "per_class_accuracy": per_class,
+      "confusion_matrix": self.matrix.copy(),
+      "num_examples": total,
     }
 
 

@@ -49,6 +49,7 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 class ProjectionHead(nn.Module):
   """SimCLR-style MLP head used only by L_II' (pretrain.proj_head)."""
+
   hidden: int
   out: int
 
@@ -62,6 +63,7 @@ class ProjectionHead(nn.Module):
 @dataclasses.dataclass
 class Objective:
   """See the module docstring. `tokens` holds the step's constant token arrays."""
+
   model: Any
   model_config: Any
   tokens: dict[str, np.ndarray]
@@ -78,8 +80,9 @@ class Objective:
   def encode_tokens(self, params, tokens: jax.Array) -> jax.Array:
     """[..., L] int32 -> [..., D] normalised text embeddings."""
     shape = tokens.shape
-    z = self.model.apply({"params": model_params(params)}, tokens.reshape(-1, shape[-1]),
-                         method=self.model.encode_text)
+    z = self.model.apply(
+      {"params": model_params(params)}, tokens.reshape(-1, shape[-1]), method=self.model.encode_text
+    )
     return z.reshape(*shape[:-1], z.shape[-1])
 
   def embed_texts(self, params, rng) -> dict[str, jax.Array]:
@@ -120,10 +123,12 @@ def grad_fn(objective: Objective, params, batch, rng, accum_steps: int = 1):
   """
   images = objective.images(batch)
   if accum_steps <= 1:
+
     def full(p):
       zimg = objective.embed_images(p, images)
       ztxt = objective.embed_texts(p, rng)
       return objective.loss(p, zimg, ztxt, batch, rng)
+
     (loss, aux), grads = jax.value_and_grad(full, has_aux=True)(params)
     return (loss, aux), grads
 
@@ -135,8 +140,8 @@ def grad_fn(objective: Objective, params, batch, rng, accum_steps: int = 1):
   zimg = jax.lax.stop_gradient(zimg)
   ztxt, text_vjp = jax.vjp(lambda p: objective.embed_texts(p, rng), params)
   (loss, aux), (g_params, g_zimg, g_ztxt) = jax.value_and_grad(
-      lambda p, zi, zt: objective.loss(p, zi, zt, batch, rng), argnums=(0, 1, 2),
-      has_aux=True)(params, zimg, ztxt)
+    lambda p, zi, zt: objective.loss(p, zi, zt, batch, rng), argnums=(0, 1, 2), has_aux=True
+  )(params, zimg, ztxt)
   grads = jax.tree.map(jnp.add, g_params, text_vjp(g_ztxt)[0])
 
   def body(acc, xs):
@@ -208,8 +213,11 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
       if head is not None:
         z = _normalize(head.apply({"params": params["heads"]["pi_proj"]}, zimg))
       pos = losses.pairing_mask(
-          pc.pairing, instance_ids=_repeat_views(batch["index"], batch), activity_ids=act,
-          subject_ids=_repeat_views(batch["subject_id"], batch))
+        pc.pairing,
+        instance_ids=_repeat_views(batch["index"], batch),
+        activity_ids=act,
+        subject_ids=_repeat_views(batch["subject_id"], batch),
+      )
       l_pi = losses.supcon_from_mask(z, pos, pc.temperature, mask)
       loss += pc.lambda_pi * l_pi
       aux["loss_pi"] = l_pi
@@ -224,9 +232,16 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
     del obj
     return logit_scale(params, mc) * zimg @ ztxt["activities"].T
 
-  return Objective(model=model, model_config=mc, tokens=tokens, init_heads=init_heads,
-                   images=_two_view_images, text_fn=text_fn, loss_fn=loss_fn,
-                   predict_fn=predict_fn)
+  return Objective(
+    model=model,
+    model_config=mc,
+    tokens=tokens,
+    init_heads=init_heads,
+    images=_two_view_images,
+    text_fn=text_fn,
+    loss_fn=loss_fn,
+    predict_fn=predict_fn,
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,9 +263,9 @@ def label_texts(task: str, labels: Sequence) -> dict[str, list[list[str]]]:
   else:
     raise ValueError(f"config.finetune.task={task!r}: expected 'fer' or 'au'")
   return {
-      "names": [[t.format(x) for x in names] for t in prompts.templates("name")],
-      "descriptions": [[t.format(x) for x in descs] for t in prompts.templates("description")],
-      "negatives": [[t.format(x) for x in names] for t in prompts.templates("au_negative")],
+    "names": [[t.format(x) for x in names] for t in prompts.templates("name")],
+    "descriptions": [[t.format(x) for x in descs] for t in prompts.templates("description")],
+    "negatives": [[t.format(x) for x in names] for t in prompts.templates("au_negative")],
   }
 
 
@@ -259,8 +274,9 @@ def _template_mean(z: jax.Array) -> jax.Array:
   return _normalize(z.mean(axis=0))
 
 
-def finetune_objective(config, model, tokenizer, labels: Sequence, *,
-                       pos_weight: np.ndarray | None = None) -> Objective:
+def finetune_objective(
+  config, model, tokenizer, labels: Sequence, *, pos_weight: np.ndarray | None = None
+) -> Objective:
   """L = L_IN + λ_DN · L_DN for task 'fer' (labels = class names) or 'au' (labels = AU numbers).
 
   head='text': classify by label-text embeddings (CLEF); head='linear': a linear classifier on
@@ -329,15 +345,17 @@ def finetune_objective(config, model, tokenizer, labels: Sequence, *,
       labels_ = batch["label"]
       l_in = losses.softmax_ce(logits, labels_, mask, label_smoothing=fc.label_smoothing)
       acc = jnp.sum((jnp.argmax(logits, -1) == labels_) & mask & (labels_ >= 0)) / jnp.maximum(
-          jnp.sum(mask & (labels_ >= 0)), 1)
+        jnp.sum(mask & (labels_ >= 0)), 1
+      )
       aux = {"loss_in": l_in, "accuracy": acc}
     else:
       l_in = losses.au_bce(logits, batch["au"], pw, mask)
       aux = {"loss_in": l_in}
     loss = l_in
     if use_dn and "names" in ztxt:
-      l_dn = losses.description_name_loss(ztxt["descriptions"], ztxt["names"],
-                                          logit_scale(params, mc))
+      l_dn = losses.description_name_loss(
+        ztxt["descriptions"], ztxt["names"], logit_scale(params, mc)
+      )
       loss = loss + fc.lambda_dn * l_dn
       aux["loss_dn"] = l_dn
     aux["logit_scale"] = logit_scale(params, mc)
@@ -347,15 +365,30 @@ def finetune_objective(config, model, tokenizer, labels: Sequence, *,
     del obj
     return logits_fn(params, zimg, ztxt, train=False)
 
-  return Objective(model=model, model_config=mc, tokens=tokens, init_heads=init_heads,
-                   images=lambda b: b["image"], text_fn=text_fn, loss_fn=loss_fn,
-                   predict_fn=predict_fn)
+  return Objective(
+    model=model,
+    model_config=mc,
+    tokens=tokens,
+    init_heads=init_heads,
+    images=lambda b: b["image"],
+    text_fn=text_fn,
+    loss_fn=loss_fn,
+    predict_fn=predict_fn,
+  )
 
 
 def embedding_objective(config, model) -> Objective:
   """An objective that only embeds (for zero-shot evaluation): no label texts, no loss."""
+
   def no_loss(obj, params, zimg, ztxt, batch, rng):
     raise ValueError("the embedding objective has no loss; it is for evaluation only")
-  return Objective(model=model, model_config=config.model, tokens={},
-                   init_heads=lambda rng: {}, images=lambda b: b["image"],
-                   text_fn=lambda encode, toks, rng: {}, loss_fn=no_loss)
+
+  return Objective(
+    model=model,
+    model_config=config.model,
+    tokens={},
+    init_heads=lambda rng: {},
+    images=lambda b: b["image"],
+    text_fn=lambda encode, toks, rng: {},
+    loss_fn=no_loss,
+  )

@@ -40,73 +40,71 @@ PyTree = Any
 # scale, embeddings (class_embedding, positional_embedding, token_embedding
 # and everything under them) and the logit scale (and a logit bias).
 DEFAULT_NO_DECAY = (
-    r'(.*/)?ln_[^/]*(/.*)?',
-    r'(.*/)?bias',
-    r'(.*/)?scale',
-    r'(.*/)?[^/]*_embedding(/.*)?',
-    r'(.*/)?logit_(scale|bias)',
+  r"(.*/)?ln_[^/]*(/.*)?",
+  r"(.*/)?bias",
+  r"(.*/)?scale",
+  r"(.*/)?[^/]*_embedding(/.*)?",
+  r"(.*/)?logit_(scale|bias)",
 )
 
 DEFAULTS: dict[str, Any] = dict(
-    lr=1e-3,
-    warmup_steps=0,
-    total_steps=None,
-    end_lr_ratio=0.0,
-    weight_decay=0.0,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    grad_clip_norm=0.0,
-    lr_mults=(),
-    freeze=(),
-    no_decay=None,  # None: DEFAULT_NO_DECAY.
+  lr=1e-3,
+  warmup_steps=0,
+  total_steps=None,
+  end_lr_ratio=0.0,
+  weight_decay=0.0,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  grad_clip_norm=0.0,
+  lr_mults=(),
+  freeze=(),
+  no_decay=None,  # None: DEFAULT_NO_DECAY.
 )
 
-TRAINABLE, FROZEN = 'trainable', 'frozen'
+TRAINABLE, FROZEN = "trainable", "frozen"
 
 
 def _config_dict(optim_config: Any) -> dict[str, Any]:
   """Validated optimizer settings: defaults updated by `optim_config`."""
-  if hasattr(optim_config, 'to_dict'):
+  if hasattr(optim_config, "to_dict"):
     optim_config = optim_config.to_dict()
   if not isinstance(optim_config, Mapping):
-    raise ValueError(f'optim config: expected a dict/ConfigDict, got '
-                     f'{type(optim_config).__name__}')
+    raise ValueError(f"optim config: expected a dict/ConfigDict, got {type(optim_config).__name__}")
   unknown = sorted(set(optim_config) - set(DEFAULTS))
   if unknown:
-    raise ValueError(f'optim config: unknown keys {unknown}; known keys are '
-                     f'{sorted(DEFAULTS)}')
+    raise ValueError(f"optim config: unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
   cfg = {**DEFAULTS, **optim_config}
-  if cfg['total_steps'] is None:
-    raise ValueError('optim config: total_steps is required')
-  for key in ('warmup_steps', 'total_steps'):
+  if cfg["total_steps"] is None:
+    raise ValueError("optim config: total_steps is required")
+  for key in ("warmup_steps", "total_steps"):
     if int(cfg[key]) != cfg[key] or cfg[key] < 0:
-      raise ValueError(
-          f'optim.{key}: must be an integer >= 0, got {cfg[key]!r}')
-  if cfg['total_steps'] and cfg['warmup_steps'] >= cfg['total_steps']:
+      raise ValueError(f"optim.{key}: must be an integer >= 0, got {cfg[key]!r}")
+  if cfg["total_steps"] and cfg["warmup_steps"] >= cfg["total_steps"]:
     raise ValueError(
-        f"optim.warmup_steps={cfg['warmup_steps']} must be smaller than "
-        f"optim.total_steps={cfg['total_steps']}")
-  for key in ('lr', 'weight_decay', 'grad_clip_norm', 'end_lr_ratio'):
+      f"optim.warmup_steps={cfg['warmup_steps']} must be smaller than "
+      f"optim.total_steps={cfg['total_steps']}"
+    )
+  for key in ("lr", "weight_decay", "grad_clip_norm", "end_lr_ratio"):
     if cfg[key] < 0:
-      raise ValueError(f'optim.{key}: must be >= 0, got {cfg[key]!r}')
-  if not (0 <= cfg['b1'] < 1 and 0 <= cfg['b2'] < 1 and cfg['eps'] > 0):
-    raise ValueError(f"optim: need 0 <= b1, b2 < 1 and eps > 0, got "
-                     f"b1={cfg['b1']}, b2={cfg['b2']}, eps={cfg['eps']}")
-  cfg['freeze'] = _regexes(cfg['freeze'], 'optim.freeze')
-  no_decay = DEFAULT_NO_DECAY if cfg['no_decay'] is None else cfg['no_decay']
-  cfg['no_decay'] = _regexes(no_decay, 'optim.no_decay')
+      raise ValueError(f"optim.{key}: must be >= 0, got {cfg[key]!r}")
+  if not (0 <= cfg["b1"] < 1 and 0 <= cfg["b2"] < 1 and cfg["eps"] > 0):
+    raise ValueError(
+      f"optim: need 0 <= b1, b2 < 1 and eps > 0, got "
+      f"b1={cfg['b1']}, b2={cfg['b2']}, eps={cfg['eps']}"
+    )
+  cfg["freeze"] = _regexes(cfg["freeze"], "optim.freeze")
+  no_decay = DEFAULT_NO_DECAY if cfg["no_decay"] is None else cfg["no_decay"]
+  cfg["no_decay"] = _regexes(no_decay, "optim.no_decay")
   mults = []
-  for i, pair in enumerate(cfg['lr_mults'] or ()):
+  for i, pair in enumerate(cfg["lr_mults"] or ()):
     if isinstance(pair, str) or len(pair) != 2:
-      raise ValueError(f'optim.lr_mults[{i}] {pair!r}: expected a '
-                       '(regex, multiplier) pair')
-    (pattern,) = _regexes([pair[0]], f'optim.lr_mults[{i}]')
+      raise ValueError(f"optim.lr_mults[{i}] {pair!r}: expected a (regex, multiplier) pair")
+    (pattern,) = _regexes([pair[0]], f"optim.lr_mults[{i}]")
     if not isinstance(pair[1], (int, float)) or pair[1] < 0:
-      raise ValueError(f'optim.lr_mults[{i}] {pair!r}: the multiplier must '
-                       'be a number >= 0')
+      raise ValueError(f"optim.lr_mults[{i}] {pair!r}: the multiplier must be a number >= 0")
     mults.append((pattern, float(pair[1])))
-  cfg['lr_mults'] = mults
+  cfg["lr_mults"] = mults
   return cfg
 
 
@@ -118,7 +116,7 @@ def _regexes(regexes: Sequence[str] | str, where: str) -> list[re.Pattern]:
     try:
       compiled.append(re.compile(r))
     except (re.error, TypeError) as e:
-      raise ValueError(f'{where}[{i}] {r!r}: bad regex ({e})') from None
+      raise ValueError(f"{where}[{i}] {r!r}: bad regex ({e})") from None
   return compiled
 
 
@@ -133,26 +131,24 @@ def _map_names(fn: Callable[[str], Any], tree: PyTree) -> PyTree:
 
 def trainable_mask(params: PyTree, freeze: Sequence[str] | str) -> PyTree:
   """Tree of bools: False where a `freeze` regex full-matches the name."""
-  patterns = _regexes(freeze, 'freeze')
+  patterns = _regexes(freeze, "freeze")
   return _map_names(lambda n: not _matches(patterns, n), params)
 
 
 def param_labels(params: PyTree, freeze: Sequence[str] | str) -> PyTree:
   """Tree of 'trainable' / 'frozen' labels (for `optax.multi_transform`)."""
-  return jax.tree.map(lambda t: TRAINABLE if t else FROZEN,
-                      trainable_mask(params, freeze))
+  return jax.tree.map(lambda t: TRAINABLE if t else FROZEN, trainable_mask(params, freeze))
 
 
-def decay_mask(params: PyTree, no_decay: Sequence[str] | str | None = None
-               ) -> PyTree:
+def decay_mask(params: PyTree, no_decay: Sequence[str] | str | None = None) -> PyTree:
   """Tree of bools: True where weight decay applies (`DEFAULT_NO_DECAY`)."""
-  patterns = _regexes(DEFAULT_NO_DECAY if no_decay is None else no_decay,
-                      'no_decay')
+  patterns = _regexes(DEFAULT_NO_DECAY if no_decay is None else no_decay, "no_decay")
   return _map_names(lambda n: not _matches(patterns, n), params)
 
 
-def make_schedule(lr: float, warmup_steps: int, total_steps: int,
-                  end_lr_ratio: float = 0.0) -> optax.Schedule:
+def make_schedule(
+  lr: float, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0
+) -> optax.Schedule:
   """Linear warmup 0 → `lr`, then cosine to `lr * end_lr_ratio` at total.
 
   `total_steps == 0` (a run that never updates) gives a constant 0.
@@ -160,12 +156,15 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int,
   if total_steps == 0:
     return optax.constant_schedule(0.0)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=int(warmup_steps),
-      decay_steps=int(total_steps), end_value=lr * end_lr_ratio)
+    init_value=0.0,
+    peak_value=lr,
+    warmup_steps=int(warmup_steps),
+    decay_steps=int(total_steps),
+    end_value=lr * end_lr_ratio,
+  )
 
 
-def scale_by_path(mult_fn: Callable[[str], float]
-                  ) -> optax.GradientTransformation:
+def scale_by_path(mult_fn: Callable[[str], float]) -> optax.GradientTransformation:
   """Multiplies each leaf's update by `mult_fn(name)` (a static float)."""
 
   def init_fn(params):
@@ -184,8 +183,9 @@ def scale_by_path(mult_fn: Callable[[str], float]
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(optim_config: Any, params_or_abstract: PyTree
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  optim_config: Any, params_or_abstract: PyTree
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the AdamW transformation described in the module docstring.
 
   Args:
@@ -208,42 +208,40 @@ def make_optimizer(optim_config: Any, params_or_abstract: PyTree
   """
   cfg = _config_dict(optim_config)
   names = tree_paths(params_or_abstract)
-  for key, patterns in (('freeze', cfg['freeze']),
-                        ('lr_mults', [p for p, _ in cfg['lr_mults']])):
+  for key, patterns in (("freeze", cfg["freeze"]), ("lr_mults", [p for p, _ in cfg["lr_mults"]])):
     for p in patterns:
       if not any(p.fullmatch(n) for n in names):
         raise ValueError(
-            f'optim.{key}: regex {p.pattern!r} matches no parameter; names '
-            f'look like {names[:5]}')
+          f"optim.{key}: regex {p.pattern!r} matches no parameter; names look like {names[:5]}"
+        )
 
   def lr_mult(name: str) -> float:
-    return next((m for p, m in cfg['lr_mults'] if p.fullmatch(name)), 1.0)
+    return next((m for p, m in cfg["lr_mults"] if p.fullmatch(name)), 1.0)
 
   def decays(name: str) -> bool:
-    return not _matches(cfg['no_decay'], name)
+    return not _matches(cfg["no_decay"], name)
 
-  frozen = [n for n in names if _matches(cfg['freeze'], n)]
-  logging.info('optim: %d/%d parameter arrays frozen: %s', len(frozen),
-               len(names), frozen[:20])
-  logging.info('optim: no weight decay on %s',
-               [n for n in names if not decays(n)][:50])
-  for p, m in cfg['lr_mults']:
-    logging.info('optim: lr x%g for %r', m, p.pattern)
+  frozen = [n for n in names if _matches(cfg["freeze"], n)]
+  logging.info("optim: %d/%d parameter arrays frozen: %s", len(frozen), len(names), frozen[:20])
+  logging.info("optim: no weight decay on %s", [n for n in names if not decays(n)][:50])
+  for p, m in cfg["lr_mults"]:
+    logging.info("optim: lr x%g for %r", m, p.pattern)
 
-  schedule = make_schedule(cfg['lr'], cfg['warmup_steps'], cfg['total_steps'],
-                           cfg['end_lr_ratio'])
+  schedule = make_schedule(cfg["lr"], cfg["warmup_steps"], cfg["total_steps"], cfg["end_lr_ratio"])
   parts = []
-  if cfg['grad_clip_norm'] > 0:
-    parts.append(optax.clip_by_global_norm(cfg['grad_clip_norm']))
-  parts.append(optax.scale_by_adam(b1=cfg['b1'], b2=cfg['b2'], eps=cfg['eps']))
-  if cfg['weight_decay'] > 0:
-    parts.append(optax.add_decayed_weights(
-        cfg['weight_decay'], mask=lambda p: _map_names(decays, p)))
+  if cfg["grad_clip_norm"] > 0:
+    parts.append(optax.clip_by_global_norm(cfg["grad_clip_norm"]))
+  parts.append(optax.scale_by_adam(b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"]))
+  if cfg["weight_decay"] > 0:
+    parts.append(
+      optax.add_decayed_weights(cfg["weight_decay"], mask=lambda p: _map_names(decays, p))
+    )
   parts.append(optax.scale_by_learning_rate(schedule))
-  if cfg['lr_mults']:
+  if cfg["lr_mults"]:
     parts.append(scale_by_path(lr_mult))
-  freeze = [p.pattern for p in cfg['freeze']]
+  freeze = [p.pattern for p in cfg["freeze"]]
   tx = optax.multi_transform(
-      {TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()},
-      lambda params: param_labels(params, freeze))
+    {TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()},
+    lambda params: param_labels(params, freeze),
+  )
   return tx, schedule

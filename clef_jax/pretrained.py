@@ -42,17 +42,30 @@ _Transform = Callable[[np.ndarray], np.ndarray]
 
 # Buffers some exporters store next to the weights; never parameters.
 _HARMLESS = re.compile(
-    r'(.*\.)?(position_ids|attn_mask)$|input_resolution$|context_length$|vocab_size$')
-_ARCH_FIELDS = ('image_size', 'patch_size', 'vision_width', 'vision_layers',
-                'vision_heads', 'mlp_ratio', 'text_width', 'text_layers', 'text_heads',
-                'vocab_size', 'context_length', 'embed_dim')
+  r"(.*\.)?(position_ids|attn_mask)$|input_resolution$|context_length$|vocab_size$"
+)
+_ARCH_FIELDS = (
+  "image_size",
+  "patch_size",
+  "vision_width",
+  "vision_layers",
+  "vision_heads",
+  "mlp_ratio",
+  "text_width",
+  "text_layers",
+  "text_heads",
+  "vocab_size",
+  "context_length",
+  "embed_dim",
+)
 
 
 # --------------------------------------------------------------------------- #
 # Public entry points
 # --------------------------------------------------------------------------- #
-def load(spec: str, *, image_size: int | None = None, **overrides: Any
-         ) -> tuple[ml_collections.ConfigDict, Params]:
+def load(
+  spec: str, *, image_size: int | None = None, **overrides: Any
+) -> tuple[ml_collections.ConfigDict, Params]:
   """Loads pretrained weights named by `spec` ('hf:DIR', 'openai:FILE', ...).
 
   Args:
@@ -65,28 +78,31 @@ def load(spec: str, *, image_size: int | None = None, **overrides: Any
     (model_config, params): a `variants.model_config`-style ConfigDict and a nested
     dict of float32 numpy arrays whose tree and shapes match `models.build(config)`.
   """
-  if not isinstance(spec, str) or ':' not in spec:
+  if not isinstance(spec, str) or ":" not in spec:
     raise ValueError(
-        f'Pretrained spec {spec!r} must look like PREFIX:PATH with PREFIX one of '
-        f'{sorted(_LOADERS)}.')
-  prefix, path = spec.split(':', 1)
+      f"Pretrained spec {spec!r} must look like PREFIX:PATH with PREFIX one of {sorted(_LOADERS)}."
+    )
+  prefix, path = spec.split(":", 1)
   if prefix not in _LOADERS:
     raise ValueError(
-        f'Unknown pretrained spec prefix {prefix!r} in {spec!r}; known prefixes: '
-        f'{sorted(_LOADERS)}.')
+      f"Unknown pretrained spec prefix {prefix!r} in {spec!r}; known prefixes: {sorted(_LOADERS)}."
+    )
   if not path:
-    raise ValueError(f'Pretrained spec {spec!r} has an empty path.')
-  if 'image_size' in overrides:
-    raise ValueError('Pass image_size as load(..., image_size=N), which also '
-                     'resamples the positional embedding.')
+    raise ValueError(f"Pretrained spec {spec!r} has an empty path.")
+  if "image_size" in overrides:
+    raise ValueError(
+      "Pass image_size as load(..., image_size=N), which also resamples the positional embedding."
+    )
   config, params = _LOADERS[prefix](path, **overrides)
   if image_size is not None and image_size != config.image_size:
     if image_size % config.patch_size:
       raise ValueError(
-          f'image_size={image_size} is not a multiple of the checkpoint patch size '
-          f'{config.patch_size} ({spec}).')
-    params['visual']['positional_embedding'] = resample_posemb(
-        params['visual']['positional_embedding'], image_size // config.patch_size)
+        f"image_size={image_size} is not a multiple of the checkpoint patch size "
+        f"{config.patch_size} ({spec})."
+      )
+    params["visual"]["positional_embedding"] = resample_posemb(
+      params["visual"]["positional_embedding"], image_size // config.patch_size
+    )
     config.image_size = image_size
   _check_against_model(params, config, what=spec)
   return config, params
@@ -94,13 +110,12 @@ def load(spec: str, *, image_size: int | None = None, **overrides: Any
 
 def register_loader(prefix: str, fn: Loader) -> None:
   """Makes `load('PREFIX:PATH')` call `fn(PATH, **overrides)`."""
-  if not re.fullmatch(r'[A-Za-z][A-Za-z0-9_]*', prefix):
-    raise ValueError(f'Loader prefix {prefix!r} must be an identifier.')
+  if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
+    raise ValueError(f"Loader prefix {prefix!r} must be an identifier.")
   _LOADERS[prefix] = fn
 
 
-def resample_posemb(posemb: np.ndarray, new_grid: int, method: str = 'bicubic'
-                    ) -> np.ndarray:
+def resample_posemb(posemb: np.ndarray, new_grid: int, method: str = "bicubic") -> np.ndarray:
   """Resizes a ViT positional embedding to a new square patch grid.
 
   Args:
@@ -113,13 +128,12 @@ def resample_posemb(posemb: np.ndarray, new_grid: int, method: str = 'bicubic'
   """
   posemb = np.asarray(posemb, np.float32)
   if posemb.ndim != 2:
-    raise ValueError(f'resample_posemb expects [1 + g*g, W], got {posemb.shape}.')
+    raise ValueError(f"resample_posemb expects [1 + g*g, W], got {posemb.shape}.")
   grid = math.isqrt(posemb.shape[0] - 1)
   if grid * grid != posemb.shape[0] - 1:
-    raise ValueError(
-        f'Positional embedding of {posemb.shape[0]} rows is not 1 + a square grid.')
+    raise ValueError(f"Positional embedding of {posemb.shape[0]} rows is not 1 + a square grid.")
   if new_grid <= 0:
-    raise ValueError(f'new_grid must be positive, got {new_grid}.')
+    raise ValueError(f"new_grid must be positive, got {new_grid}.")
   if new_grid == grid:
     return posemb
   width = posemb.shape[1]
@@ -129,8 +143,7 @@ def resample_posemb(posemb: np.ndarray, new_grid: int, method: str = 'bicubic'
   return np.concatenate([posemb[:1], resized], axis=0)
 
 
-def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()
-                 ) -> Params:
+def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()) -> Params:
   """Overlays loaded params on initialised ones (big_vision-style).
 
   Args:
@@ -152,27 +165,27 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()
   missing = [k for k in flat_init if k not in flat_loaded and not skip(k)]
   unexpected = [k for k in flat_loaded if k not in flat_init and not skip(k)]
   mismatched = [
-      f'{k} (checkpoint {tuple(np.shape(flat_loaded[k]))} vs model '
-      f'{tuple(np.shape(v))})'
-      for k, v in flat_init.items()
-      if k in flat_loaded and not skip(k)
-      and tuple(np.shape(flat_loaded[k])) != tuple(np.shape(v))]
-  _raise_if_any('merge_params', missing, unexpected, mismatched)
-  unused = [p.pattern for p in patterns
-            if not any(p.fullmatch(k) for k in (*flat_init, *flat_loaded))]
+    f"{k} (checkpoint {tuple(np.shape(flat_loaded[k]))} vs model {tuple(np.shape(v))})"
+    for k, v in flat_init.items()
+    if k in flat_loaded and not skip(k) and tuple(np.shape(flat_loaded[k])) != tuple(np.shape(v))
+  ]
+  _raise_if_any("merge_params", missing, unexpected, mismatched)
+  unused = [
+    p.pattern for p in patterns if not any(p.fullmatch(k) for k in (*flat_init, *flat_loaded))
+  ]
   if unused:
-    warnings.warn(f'merge_params: dont_load pattern(s) {unused} matched no parameter.')
+    warnings.warn(f"merge_params: dont_load pattern(s) {unused} matched no parameter.")
   merged = {k: (v if skip(k) else flat_loaded[k]) for k, v in flat_init.items()}
   return unflatten(merged)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   """Nested dict → {'a/b/c': leaf}."""
   out = {}
   for key, value in tree.items():
-    name = f'{prefix}{key}'
+    name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      out.update(flatten(value, name + '/'))
+      out.update(flatten(value, name + "/"))
     else:
       out[name] = value
   return out
@@ -183,7 +196,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   tree: dict[str, Any] = {}
   for name, value in flat.items():
     node = tree
-    *parents, leaf = name.split('/')
+    *parents, leaf = name.split("/")
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = value
@@ -193,7 +206,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 # Conversion tables
 # --------------------------------------------------------------------------- #
-class _Rule(collections.namedtuple('_Rule', 'dst src fn')):
+class _Rule(collections.namedtuple("_Rule", "dst src fn")):
   """Our param `dst` = fn(state_dict[src])."""
 
 
@@ -212,7 +225,7 @@ def _conv_kernel(w: np.ndarray) -> np.ndarray:
 def _rows(w: np.ndarray, part: int) -> np.ndarray:
   """Part 0/1/2 (q/k/v) of a fused [3W, ...] in_proj tensor."""
   width = w.shape[0] // 3
-  return w[part * width:(part + 1) * width]
+  return w[part * width : (part + 1) * width]
 
 
 def _qkv(heads: int, part: int | None = None) -> tuple[_Transform, _Transform]:
@@ -229,107 +242,132 @@ def _out_kernel(heads: int) -> _Transform:
 
 
 def _ln_rules(dst: str, src: str) -> list[_Rule]:
-  return [_Rule(f'{dst}/scale', f'{src}.weight', _identity),
-          _Rule(f'{dst}/bias', f'{src}.bias', _identity)]
+  return [
+    _Rule(f"{dst}/scale", f"{src}.weight", _identity),
+    _Rule(f"{dst}/bias", f"{src}.bias", _identity),
+  ]
 
 
 def _dense_rules(dst: str, src: str) -> list[_Rule]:
-  return [_Rule(f'{dst}/kernel', f'{src}.weight', _transpose),
-          _Rule(f'{dst}/bias', f'{src}.bias', _identity)]
+  return [
+    _Rule(f"{dst}/kernel", f"{src}.weight", _transpose),
+    _Rule(f"{dst}/bias", f"{src}.bias", _identity),
+  ]
 
 
 def _block_rules(dst: str, src: str, heads: int, fmt: str) -> list[_Rule]:
   """Rules of one residual block; fmt 'hf' (split q/k/v) or 'openai' (fused)."""
-  attn = f'{dst}/attn'
-  if fmt == 'hf':
-    rules = _ln_rules(f'{dst}/ln_1', f'{src}.layer_norm1')
-    for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
+  attn = f"{dst}/attn"
+  if fmt == "hf":
+    rules = _ln_rules(f"{dst}/ln_1", f"{src}.layer_norm1")
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
       kernel, bias = _qkv(heads)
-      rules += [_Rule(f'{attn}/{ours}/kernel', f'{src}.self_attn.{theirs}.weight', kernel),
-                _Rule(f'{attn}/{ours}/bias', f'{src}.self_attn.{theirs}.bias', bias)]
+      rules += [
+        _Rule(f"{attn}/{ours}/kernel", f"{src}.self_attn.{theirs}.weight", kernel),
+        _Rule(f"{attn}/{ours}/bias", f"{src}.self_attn.{theirs}.bias", bias),
+      ]
     rules += [
-        _Rule(f'{attn}/out/kernel', f'{src}.self_attn.out_proj.weight', _out_kernel(heads)),
-        _Rule(f'{attn}/out/bias', f'{src}.self_attn.out_proj.bias', _identity)]
-    rules += _ln_rules(f'{dst}/ln_2', f'{src}.layer_norm2')
-    rules += _dense_rules(f'{dst}/mlp/c_fc', f'{src}.mlp.fc1')
-    rules += _dense_rules(f'{dst}/mlp/c_proj', f'{src}.mlp.fc2')
+      _Rule(f"{attn}/out/kernel", f"{src}.self_attn.out_proj.weight", _out_kernel(heads)),
+      _Rule(f"{attn}/out/bias", f"{src}.self_attn.out_proj.bias", _identity),
+    ]
+    rules += _ln_rules(f"{dst}/ln_2", f"{src}.layer_norm2")
+    rules += _dense_rules(f"{dst}/mlp/c_fc", f"{src}.mlp.fc1")
+    rules += _dense_rules(f"{dst}/mlp/c_proj", f"{src}.mlp.fc2")
   else:
-    rules = _ln_rules(f'{dst}/ln_1', f'{src}.ln_1')
-    for part, ours in enumerate(('query', 'key', 'value')):
+    rules = _ln_rules(f"{dst}/ln_1", f"{src}.ln_1")
+    for part, ours in enumerate(("query", "key", "value")):
       kernel, bias = _qkv(heads, part)
-      rules += [_Rule(f'{attn}/{ours}/kernel', f'{src}.attn.in_proj_weight', kernel),
-                _Rule(f'{attn}/{ours}/bias', f'{src}.attn.in_proj_bias', bias)]
+      rules += [
+        _Rule(f"{attn}/{ours}/kernel", f"{src}.attn.in_proj_weight", kernel),
+        _Rule(f"{attn}/{ours}/bias", f"{src}.attn.in_proj_bias", bias),
+      ]
     rules += [
-        _Rule(f'{attn}/out/kernel', f'{src}.attn.out_proj.weight', _out_kernel(heads)),
-        _Rule(f'{attn}/out/bias', f'{src}.attn.out_proj.bias', _identity)]
-    rules += _ln_rules(f'{dst}/ln_2', f'{src}.ln_2')
-    rules += _dense_rules(f'{dst}/mlp/c_fc', f'{src}.mlp.c_fc')
-    rules += _dense_rules(f'{dst}/mlp/c_proj', f'{src}.mlp.c_proj')
+      _Rule(f"{attn}/out/kernel", f"{src}.attn.out_proj.weight", _out_kernel(heads)),
+      _Rule(f"{attn}/out/bias", f"{src}.attn.out_proj.bias", _identity),
+    ]
+    rules += _ln_rules(f"{dst}/ln_2", f"{src}.ln_2")
+    rules += _dense_rules(f"{dst}/mlp/c_fc", f"{src}.mlp.c_fc")
+    rules += _dense_rules(f"{dst}/mlp/c_proj", f"{src}.mlp.c_proj")
   return rules
 
 
 def _hf_rules(config: ml_collections.ConfigDict) -> list[_Rule]:
   """transformers CLIPModel state dict → ours."""
-  v, t = 'vision_model', 'text_model'
+  v, t = "vision_model", "text_model"
   rules = [
-      _Rule('visual/conv1/kernel', f'{v}.embeddings.patch_embedding.weight', _conv_kernel),
-      _Rule('visual/class_embedding', f'{v}.embeddings.class_embedding', _identity),
-      _Rule('visual/positional_embedding', f'{v}.embeddings.position_embedding.weight',
-            _identity),
-      *_ln_rules('visual/ln_pre', f'{v}.pre_layrnorm'),
-      *_ln_rules('visual/ln_post', f'{v}.post_layernorm'),
-      _Rule('visual/proj', 'visual_projection.weight', _transpose),
-      _Rule('text/token_embedding/embedding', f'{t}.embeddings.token_embedding.weight',
-            _identity),
-      _Rule('text/positional_embedding', f'{t}.embeddings.position_embedding.weight',
-            _identity),
-      *_ln_rules('text/ln_final', f'{t}.final_layer_norm'),
-      _Rule('text/text_projection', 'text_projection.weight', _transpose),
-      _Rule('logit_scale', 'logit_scale', _identity),
+    _Rule("visual/conv1/kernel", f"{v}.embeddings.patch_embedding.weight", _conv_kernel),
+    _Rule("visual/class_embedding", f"{v}.embeddings.class_embedding", _identity),
+    _Rule("visual/positional_embedding", f"{v}.embeddings.position_embedding.weight", _identity),
+    *_ln_rules("visual/ln_pre", f"{v}.pre_layrnorm"),
+    *_ln_rules("visual/ln_post", f"{v}.post_layernorm"),
+    _Rule("visual/proj", "visual_projection.weight", _transpose),
+    _Rule("text/token_embedding/embedding", f"{t}.embeddings.token_embedding.weight", _identity),
+    _Rule("text/positional_embedding", f"{t}.embeddings.position_embedding.weight", _identity),
+    *_ln_rules("text/ln_final", f"{t}.final_layer_norm"),
+    _Rule("text/text_projection", "text_projection.weight", _transpose),
+    _Rule("logit_scale", "logit_scale", _identity),
   ]
   for i in range(config.vision_layers):
-    rules += _block_rules(f'visual/transformer/resblocks_{i}',
-                          f'{v}.encoder.layers.{i}', config.vision_heads, 'hf')
+    rules += _block_rules(
+      f"visual/transformer/resblocks_{i}", f"{v}.encoder.layers.{i}", config.vision_heads, "hf"
+    )
   for i in range(config.text_layers):
-    rules += _block_rules(f'text/transformer/resblocks_{i}',
-                          f'{t}.encoder.layers.{i}', config.text_heads, 'hf')
+    rules += _block_rules(
+      f"text/transformer/resblocks_{i}", f"{t}.encoder.layers.{i}", config.text_heads, "hf"
+    )
   return rules
 
 
 def _openai_rules(config: ml_collections.ConfigDict) -> list[_Rule]:
   """OpenAI CLIP (and FaRL) state dict → ours."""
   rules = [
-      _Rule('visual/conv1/kernel', 'visual.conv1.weight', _conv_kernel),
-      _Rule('visual/class_embedding', 'visual.class_embedding', _identity),
-      _Rule('visual/positional_embedding', 'visual.positional_embedding', _identity),
-      *_ln_rules('visual/ln_pre', 'visual.ln_pre'),
-      *_ln_rules('visual/ln_post', 'visual.ln_post'),
-      _Rule('visual/proj', 'visual.proj', _identity),
-      _Rule('text/token_embedding/embedding', 'token_embedding.weight', _identity),
-      _Rule('text/positional_embedding', 'positional_embedding', _identity),
-      *_ln_rules('text/ln_final', 'ln_final'),
-      _Rule('text/text_projection', 'text_projection', _identity),
-      _Rule('logit_scale', 'logit_scale', _identity),
+    _Rule("visual/conv1/kernel", "visual.conv1.weight", _conv_kernel),
+    _Rule("visual/class_embedding", "visual.class_embedding", _identity),
+    _Rule("visual/positional_embedding", "visual.positional_embedding", _identity),
+    *_ln_rules("visual/ln_pre", "visual.ln_pre"),
+    *_ln_rules("visual/ln_post", "visual.ln_post"),
+    _Rule("visual/proj", "visual.proj", _identity),
+    _Rule("text/token_embedding/embedding", "token_embedding.weight", _identity),
+    _Rule("text/positional_embedding", "positional_embedding", _identity),
+    *_ln_rules("text/ln_final", "ln_final"),
+    _Rule("text/text_projection", "text_projection", _identity),
+    _Rule("logit_scale", "logit_scale", _identity),
   ]
   for i in range(config.vision_layers):
-    rules += _block_rules(f'visual/transformer/resblocks_{i}',
-                          f'visual.transformer.resblocks.{i}', config.vision_heads,
-                          'openai')
+    rules += _block_rules(
+      f"visual/transformer/resblocks_{i}",
+      f"visual.transformer.resblocks.{i}",
+      config.vision_heads,
+      "openai",
+    )
   for i in range(config.text_layers):
-    rules += _block_rules(f'text/transformer/resblocks_{i}',
-                          f'transformer.resblocks.{i}', config.text_heads, 'openai')
+    rules += _block_rules(
+      f"text/transformer/resblocks_{i}", f"transformer.resblocks.{i}", config.text_heads, "openai"
+    )
   return rules
 
 
-_HF_NAMESPACES = ('vision_model.', 'text_model.', 'visual_projection.',
-                  'text_projection.', 'logit_scale')
-_OPENAI_NAMESPACES = ('visual.', 'transformer.', 'token_embedding.',
-                      'positional_embedding', 'ln_final.', 'text_projection',
-                      'logit_scale')
+_HF_NAMESPACES = (
+  "vision_model.",
+  "text_model.",
+  "visual_projection.",
+  "text_projection.",
+  "logit_scale",
+)
+_OPENAI_NAMESPACES = (
+  "visual.",
+  "transformer.",
+  "token_embedding.",
+  "positional_embedding",
+  "ln_final.",
+  "text_projection",
+  "logit_scale",
+)
 
 
-def _apply_rules(state: Mapping[str, np.ndarray], rules: list[_Rule],
-                 namespaces: tuple[str, ...], what: str) -> Params:
+def _apply_rules(
+  state: Mapping[str, np.ndarray], rules: list[_Rule], namespaces: tuple[str, ...], what: str
+) -> Params:
   """Converts `state` with `rules`; errors/warnings name the offending keys."""
   used = {r.src for r in rules}
   missing = sorted({r.src for r in rules if r.src not in state})
@@ -338,19 +376,21 @@ def _apply_rules(state: Mapping[str, np.ndarray], rules: list[_Rule],
   outside = [k for k in extra if k not in harmless and not k.startswith(namespaces)]
   unexpected = [k for k in extra if k not in harmless and k not in outside]
   if missing or unexpected:
-    lines = [f'{what}: the state dict does not match the inferred CLIP architecture.']
+    lines = [f"{what}: the state dict does not match the inferred CLIP architecture."]
     if missing:
-      lines.append(f'  missing keys ({len(missing)}): {_preview(missing)}')
+      lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
     if unexpected:
-      lines.append(f'  unexpected keys ({len(unexpected)}): {_preview(unexpected)}')
-    raise ValueError('\n'.join(lines))
+      lines.append(f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+    raise ValueError("\n".join(lines))
   if harmless or outside:
-    warnings.warn(f'{what}: ignoring {len(harmless + outside)} key(s) that are not '
-                  f'CLIP parameters: {_preview(harmless + outside)}')
+    warnings.warn(
+      f"{what}: ignoring {len(harmless + outside)} key(s) that are not "
+      f"CLIP parameters: {_preview(harmless + outside)}"
+    )
   flat = {}
   for rule in rules:
     flat[rule.dst] = np.ascontiguousarray(rule.fn(state[rule.src]), dtype=np.float32)
-  flat['logit_scale'] = flat['logit_scale'].reshape(())
+  flat["logit_scale"] = flat["logit_scale"].reshape(())
   return unflatten(flat)
 
 
@@ -360,26 +400,27 @@ def _apply_rules(state: Mapping[str, np.ndarray], rules: list[_Rule],
 def _require(state: Mapping[str, np.ndarray], key: str, what: str) -> np.ndarray:
   if key not in state:
     raise ValueError(
-        f'{what}: required key {key!r} is missing, so the architecture cannot be '
-        f'inferred (a CLIP ViT with both towers is expected). Keys look like: '
-        f'{_preview(sorted(state))}')
+      f"{what}: required key {key!r} is missing, so the architecture cannot be "
+      f"inferred (a CLIP ViT with both towers is expected). Keys look like: "
+      f"{_preview(sorted(state))}"
+    )
   return state[key]
 
 
 def _count_layers(state: Mapping[str, Any], prefix: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r'(\d+)\.')
+  pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
   found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
   if not found:
     return 0
   if found != set(range(max(found) + 1)):
-    raise ValueError(f'Layers under {prefix!r} are not numbered 0..N-1: {sorted(found)}')
+    raise ValueError(f"Layers under {prefix!r} are not numbered 0..N-1: {sorted(found)}")
   return max(found) + 1
 
 
 def _grid(num_positions: int, what: str) -> int:
   grid = math.isqrt(num_positions - 1)
   if grid * grid != num_positions - 1:
-    raise ValueError(f'{what}: {num_positions} image positions is not 1 + a square grid.')
+    raise ValueError(f"{what}: {num_positions} image positions is not 1 + a square grid.")
   return grid
 
 
@@ -387,16 +428,17 @@ def _mlp_ratio(vision: tuple[int, int], text: tuple[int, int], what: str) -> flo
   """Single MLP ratio from (hidden, width) of both towers."""
   rv, rt = vision[0] / vision[1], text[0] / text[1]
   if not math.isclose(rv, rt):
-    raise ValueError(f'{what}: image MLP ratio {rv} differs from text MLP ratio {rt}; '
-                     'one mlp_ratio for both towers is supported.')
+    raise ValueError(
+      f"{what}: image MLP ratio {rv} differs from text MLP ratio {rt}; "
+      "one mlp_ratio for both towers is supported."
+    )
   return float(rv)
 
 
-def _make_config(fields: dict[str, Any], overrides: Mapping[str, Any]
-                 ) -> ml_collections.ConfigDict:
+def _make_config(fields: dict[str, Any], overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """model_config from inferred fields + user overrides; variant named if it matches."""
-  config = variants.model_config('B/16', **{**fields, **overrides})
-  config.variant = 'custom'
+  config = variants.model_config("B/16", **{**fields, **overrides})
+  config.variant = "custom"
   for name in variants.VARIANTS:
     ref = variants.model_config(name)
     if all(ref[k] == config[k] for k in _ARCH_FIELDS):
@@ -405,20 +447,25 @@ def _make_config(fields: dict[str, Any], overrides: Mapping[str, Any]
   return config
 
 
-def _check_against_model(params: Params, config: ml_collections.ConfigDict,
-                         what: str) -> None:
+def _check_against_model(params: Params, config: ml_collections.ConfigDict, what: str) -> None:
   """Raises ValueError naming params whose names/shapes differ from the model's."""
   c = config
   model = models.build(c)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
-                         jnp.zeros((1, c.context_length), jnp.int32)))['params']
+    lambda: model.init(
+      jax.random.key(0),
+      jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
+      jnp.zeros((1, c.context_length), jnp.int32),
+    )
+  )["params"]
   ref, got = flatten(shapes), flatten(params)
   missing = [k for k in ref if k not in got]
   unexpected = [k for k in got if k not in ref]
-  mismatched = [f'{k} (loaded {tuple(got[k].shape)} vs model {tuple(ref[k].shape)})'
-                for k in ref if k in got and tuple(got[k].shape) != tuple(ref[k].shape)]
+  mismatched = [
+    f"{k} (loaded {tuple(got[k].shape)} vs model {tuple(ref[k].shape)})"
+    for k in ref
+    if k in got and tuple(got[k].shape) != tuple(ref[k].shape)
+  ]
   _raise_if_any(what, missing, unexpected, mismatched)
 
 
@@ -427,117 +474,143 @@ def _check_against_model(params: Params, config: ml_collections.ConfigDict,
 # --------------------------------------------------------------------------- #
 # transformers CLIPTextConfig / CLIPVisionConfig defaults (config.json may omit them).
 _HF_DEFAULTS = {
-    'text': dict(num_attention_heads=8, hidden_act='quick_gelu', eos_token_id=49407,
-                 layer_norm_eps=1e-5),
-    'vision': dict(num_attention_heads=12, hidden_act='quick_gelu', layer_norm_eps=1e-5),
+  "text": dict(
+    num_attention_heads=8, hidden_act="quick_gelu", eos_token_id=49407, layer_norm_eps=1e-5
+  ),
+  "vision": dict(num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5),
 }
-_HF_ACTS = {'quick_gelu': 'quick_gelu', 'gelu': 'gelu'}
+_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
 def load_hf(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Params]:
   """Loads a transformers CLIPModel folder (config.json + *.safetensors)."""
-  what = f'hf:{path}'
-  cfg_path = os.path.join(path, 'config.json')
+  what = f"hf:{path}"
+  cfg_path = os.path.join(path, "config.json")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'{what}: not a directory.')
+    raise FileNotFoundError(f"{what}: not a directory.")
   if not os.path.isfile(cfg_path):
-    raise FileNotFoundError(f'{what}: no config.json in {path}.')
+    raise FileNotFoundError(f"{what}: no config.json in {path}.")
   try:
     with open(cfg_path) as f:
       hf_config = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f'{cfg_path}: invalid JSON ({e}).') from e
+    raise ValueError(f"{cfg_path}: invalid JSON ({e}).") from e
 
   def setting(tower: str, key: str) -> Any:
-    sub = hf_config.get(f'{tower}_config') or {}
+    sub = hf_config.get(f"{tower}_config") or {}
     return sub.get(key, _HF_DEFAULTS[tower].get(key))
 
-  acts = {tower: setting(tower, 'hidden_act') for tower in ('vision', 'text')}
+  acts = {tower: setting(tower, "hidden_act") for tower in ("vision", "text")}
   for tower, act in acts.items():
     if act not in _HF_ACTS:
-      raise ValueError(f'{cfg_path}: {tower}_config.hidden_act={act!r} is not supported; '
-                       f'supported: {sorted(_HF_ACTS)}.')
-    eps = setting(tower, 'layer_norm_eps')
+      raise ValueError(
+        f"{cfg_path}: {tower}_config.hidden_act={act!r} is not supported; "
+        f"supported: {sorted(_HF_ACTS)}."
+      )
+    eps = setting(tower, "layer_norm_eps")
     if not math.isclose(eps, 1e-5):
-      raise ValueError(f'{cfg_path}: {tower}_config.layer_norm_eps={eps} is not '
-                       'supported (CLIP uses 1e-5).')
-  if acts['vision'] != acts['text']:
-    raise ValueError(f'{cfg_path}: towers use different activations {acts}; one act '
-                     'for both towers is supported.')
-  eos = setting('text', 'eos_token_id')
+      raise ValueError(
+        f"{cfg_path}: {tower}_config.layer_norm_eps={eps} is not supported (CLIP uses 1e-5)."
+      )
+  if acts["vision"] != acts["text"]:
+    raise ValueError(
+      f"{cfg_path}: towers use different activations {acts}; one act for both towers is supported."
+    )
+  eos = setting("text", "eos_token_id")
   state = _read_hf_weights(path, what)
 
-  v, t = 'vision_model', 'text_model'
-  patch_w = _require(state, f'{v}.embeddings.patch_embedding.weight', what)
-  vis_pos = _require(state, f'{v}.embeddings.position_embedding.weight', what)
-  tok = _require(state, f'{t}.embeddings.token_embedding.weight', what)
-  txt_pos = _require(state, f'{t}.embeddings.position_embedding.weight', what)
-  txt_proj = _require(state, 'text_projection.weight', what)
-  vis_fc = _require(state, f'{v}.encoder.layers.0.mlp.fc1.weight', what)
-  txt_fc = _require(state, f'{t}.encoder.layers.0.mlp.fc1.weight', what)
+  v, t = "vision_model", "text_model"
+  patch_w = _require(state, f"{v}.embeddings.patch_embedding.weight", what)
+  vis_pos = _require(state, f"{v}.embeddings.position_embedding.weight", what)
+  tok = _require(state, f"{t}.embeddings.token_embedding.weight", what)
+  txt_pos = _require(state, f"{t}.embeddings.position_embedding.weight", what)
+  txt_proj = _require(state, "text_projection.weight", what)
+  vis_fc = _require(state, f"{v}.encoder.layers.0.mlp.fc1.weight", what)
+  txt_fc = _require(state, f"{t}.encoder.layers.0.mlp.fc1.weight", what)
   patch = patch_w.shape[-1]
   fields = dict(
-      image_size=patch * _grid(vis_pos.shape[0], what), patch_size=patch,
-      vision_width=patch_w.shape[0],
-      vision_layers=_count_layers(state, f'{v}.encoder.layers.'),
-      vision_heads=setting('vision', 'num_attention_heads'),
-      mlp_ratio=_mlp_ratio(vis_fc.shape, txt_fc.shape, what),
-      text_width=tok.shape[1], text_layers=_count_layers(state, f'{t}.encoder.layers.'),
-      text_heads=setting('text', 'num_attention_heads'),
-      vocab_size=tok.shape[0], context_length=txt_pos.shape[0],
-      embed_dim=txt_proj.shape[0], act=_HF_ACTS[acts['vision']],
-      # transformers' CLIPTextTransformer: eos_token_id == 2 is the legacy config
-      # value and means "argmax of the token ids"; otherwise first eos position.
-      text_pooling='argmax' if eos == 2 else 'eos_id',
-      eos_token_id=eos if eos != 2 else tok.shape[0] - 1)
+    image_size=patch * _grid(vis_pos.shape[0], what),
+    patch_size=patch,
+    vision_width=patch_w.shape[0],
+    vision_layers=_count_layers(state, f"{v}.encoder.layers."),
+    vision_heads=setting("vision", "num_attention_heads"),
+    mlp_ratio=_mlp_ratio(vis_fc.shape, txt_fc.shape, what),
+    text_width=tok.shape[1],
+    text_layers=_count_layers(state, f"{t}.encoder.layers."),
+    text_heads=setting("text", "num_attention_heads"),
+    vocab_size=tok.shape[0],
+    context_length=txt_pos.shape[0],
+    embed_dim=txt_proj.shape[0],
+    act=_HF_ACTS[acts["vision"]],
+    # transformers' CLIPTextTransformer: eos_token_id == 2 is the legacy config
+    # value and means "argmax of the token ids"; otherwise first eos position.
+    text_pooling="argmax" if eos == 2 else "eos_id",
+    eos_token_id=eos if eos != 2 else tok.shape[0] - 1,
+  )
   config = _make_config(fields, overrides)
   params = _apply_rules(state, _hf_rules(config), _HF_NAMESPACES, what)
   return config, params
 
 
 def _read_hf_weights(path: str, what: str) -> dict[str, np.ndarray]:
-  single = os.path.join(path, 'model.safetensors')
-  index = os.path.join(path, 'model.safetensors.index.json')
+  single = os.path.join(path, "model.safetensors")
+  index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(single):
     return _read_safetensors(single)
   if os.path.isfile(index):
     with open(index) as f:
-      files = sorted(set(json.load(f)['weight_map'].values()))
+      files = sorted(set(json.load(f)["weight_map"].values()))
     state = {}
     for name in files:
       state.update(_read_safetensors(os.path.join(path, name)))
     return state
-  torch_bin = os.path.join(path, 'pytorch_model.bin')
+  torch_bin = os.path.join(path, "pytorch_model.bin")
   if os.path.isfile(torch_bin):
     return _read_torch_file(torch_bin)
   raise FileNotFoundError(
-      f'{what}: no model.safetensors (or model.safetensors.index.json, '
-      f'pytorch_model.bin) in {path}.')
+    f"{what}: no model.safetensors (or model.safetensors.index.json, pytorch_model.bin) in {path}."
+  )
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of a .safetensors file as numpy (bf16 via ml_dtypes)."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
   try:
     return safetensors.numpy.load_file(path)
   except TypeError:  # numpy lacks bfloat16: read the (simple) format directly.
     import ml_dtypes  # pylint: disable=g-import-not-at-top
-    dtypes = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
-              'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
-              'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
-    with open(path, 'rb') as f:
-      header_len = int.from_bytes(f.read(8), 'little')
+
+    dtypes = {
+      "F64": np.float64,
+      "F32": np.float32,
+      "F16": np.float16,
+      "BF16": ml_dtypes.bfloat16,
+      "I64": np.int64,
+      "I32": np.int32,
+      "I16": np.int16,
+      "I8": np.int8,
+      "U8": np.uint8,
+      "BOOL": np.bool_,
+    }
+    with open(path, "rb") as f:
+      header_len = int.from_bytes(f.read(8), "little")
       header = json.loads(f.read(header_len))
       data = f.read()
     out = {}
     for name, info in header.items():
-      if name == '__metadata__':
+      if name == "__metadata__":
         continue
-      if info['dtype'] not in dtypes:
-        raise ValueError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}.')
-      start, end = info['data_offsets']
-      out[name] = np.frombuffer(data[start:end], dtypes[info['dtype']]).reshape(
-          info['shape']).astype(np.float32)
+      if info["dtype"] not in dtypes:
+        raise ValueError(
+          f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}."
+        ) from None
+      start, end = info["data_offsets"]
+      out[name] = (
+        np.frombuffer(data[start:end], dtypes[info["dtype"]])
+        .reshape(info["shape"])
+        .astype(np.float32)
+      )
     return out
 
 
@@ -550,30 +623,36 @@ def load_openai(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict,
   Heads are inferred as width // 64 (OpenAI's rule); override vision_heads /
   text_heads for checkpoints that differ. Pooling is 'argmax' (EOT = largest id).
   """
-  what = f'openai:{path}'
+  what = f"openai:{path}"
   state = _strip_prefix(_read_torch_file(path), what)
-  if any(k.startswith(('visual.layer1.', 'visual.attnpool.')) for k in state):
-    raise ValueError(f'{what}: a ResNet CLIP checkpoint; only ViT CLIP is supported.')
-  conv = _require(state, 'visual.conv1.weight', what)
-  vis_pos = _require(state, 'visual.positional_embedding', what)
-  tok = _require(state, 'token_embedding.weight', what)
-  txt_pos = _require(state, 'positional_embedding', what)
-  txt_proj = _require(state, 'text_projection', what)
-  vis_fc = _require(state, 'visual.transformer.resblocks.0.mlp.c_fc.weight', what)
-  txt_fc = _require(state, 'transformer.resblocks.0.mlp.c_fc.weight', what)
+  if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
+    raise ValueError(f"{what}: a ResNet CLIP checkpoint; only ViT CLIP is supported.")
+  conv = _require(state, "visual.conv1.weight", what)
+  vis_pos = _require(state, "visual.positional_embedding", what)
+  tok = _require(state, "token_embedding.weight", what)
+  txt_pos = _require(state, "positional_embedding", what)
+  txt_proj = _require(state, "text_projection", what)
+  vis_fc = _require(state, "visual.transformer.resblocks.0.mlp.c_fc.weight", what)
+  txt_fc = _require(state, "transformer.resblocks.0.mlp.c_fc.weight", what)
   vision_width, text_width = conv.shape[0], tok.shape[1]
   patch = conv.shape[-1]
   fields = dict(
-      image_size=patch * _grid(vis_pos.shape[0], what), patch_size=patch,
-      vision_width=vision_width,
-      vision_layers=_count_layers(state, 'visual.transformer.resblocks.'),
-      vision_heads=max(1, vision_width // 64),
-      mlp_ratio=_mlp_ratio(vis_fc.shape, txt_fc.shape, what),
-      text_width=text_width, text_layers=_count_layers(state, 'transformer.resblocks.'),
-      text_heads=max(1, text_width // 64),
-      vocab_size=tok.shape[0], context_length=txt_pos.shape[0],
-      embed_dim=txt_proj.shape[1], act='quick_gelu', text_pooling='argmax',
-      eos_token_id=tok.shape[0] - 1)
+    image_size=patch * _grid(vis_pos.shape[0], what),
+    patch_size=patch,
+    vision_width=vision_width,
+    vision_layers=_count_layers(state, "visual.transformer.resblocks."),
+    vision_heads=max(1, vision_width // 64),
+    mlp_ratio=_mlp_ratio(vis_fc.shape, txt_fc.shape, what),
+    text_width=text_width,
+    text_layers=_count_layers(state, "transformer.resblocks."),
+    text_heads=max(1, text_width // 64),
+    vocab_size=tok.shape[0],
+    context_length=txt_pos.shape[0],
+    embed_dim=txt_proj.shape[1],
+    act="quick_gelu",
+    text_pooling="argmax",
+    eos_token_id=tok.shape[0] - 1,
+  )
   config = _make_config(fields, overrides)
   params = _apply_rules(state, _openai_rules(config), _OPENAI_NAMESPACES, what)
   return config, params
@@ -585,31 +664,34 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        f'Reading {path} needs PyTorch (the CPU build is enough): pip install torch.'
+      f"Reading {path} needs PyTorch (the CPU build is enough): pip install torch."
     ) from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such file.')
+    raise FileNotFoundError(f"{path}: no such file.")
   if _is_torchscript(path):
     with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI ships it.
-      warnings.simplefilter('ignore', DeprecationWarning)
-      obj = torch.jit.load(path, map_location='cpu').state_dict()
+      warnings.simplefilter("ignore", DeprecationWarning)
+      obj = torch.jit.load(path, map_location="cpu").state_dict()
   else:
     try:
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # pylint: disable=broad-except
       # Non-tensor objects (e.g. training args in FaRL/open_clip checkpoints) need
       # full unpickling; anything else unreadable is reported with the path.
       try:
-        obj = torch.load(path, map_location='cpu', weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
       except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f'{path}: not a readable torch checkpoint ({e}).') from e
-      warnings.warn(f'{path} holds non-tensor Python objects and was fully unpickled '
-                    '(only load files you trust).')
-  if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
-    obj = obj['state_dict']
+        raise ValueError(f"{path}: not a readable torch checkpoint ({e}).") from e
+      warnings.warn(
+        f"{path} holds non-tensor Python objects and was fully unpickled "
+        "(only load files you trust)."
+      )
+  if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise ValueError(f'{path}: expected a state dict (or {{"state_dict": ...}}), got '
-                     f'{type(obj).__name__}.')
+    raise ValueError(
+      f'{path}: expected a state dict (or {{"state_dict": ...}}), got {type(obj).__name__}.'
+    )
   out = {}
   for key, value in obj.items():
     if isinstance(value, torch.Tensor):
@@ -622,7 +704,7 @@ def _is_torchscript(path: str) -> bool:
   if not zipfile.is_zipfile(path):
     return False
   with zipfile.ZipFile(path) as z:
-    return any(n.endswith('constants.pkl') or '/code/' in n for n in z.namelist())
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def _strip_prefix(state: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
@@ -630,37 +712,39 @@ def _strip_prefix(state: dict[str, np.ndarray], what: str) -> dict[str, np.ndarr
 
   Keys without the prefix are kept as they are (and later reported as extras).
   """
-  anchor = 'visual.conv1.weight'
-  prefixes = {k[:-len(anchor)] for k in state if k.endswith(anchor)}
+  anchor = "visual.conv1.weight"
+  prefixes = {k[: -len(anchor)] for k in state if k.endswith(anchor)}
   if len(prefixes) > 1:
-    raise ValueError(f'{what}: several CLIP models in one state dict (prefixes '
-                     f'{sorted(prefixes)}).')
-  if not prefixes or prefixes == {''}:
+    raise ValueError(
+      f"{what}: several CLIP models in one state dict (prefixes {sorted(prefixes)})."
+    )
+  if not prefixes or prefixes == {""}:
     return state
   prefix = prefixes.pop()
-  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+  return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
 def _preview(names: list[str], limit: int = 20) -> str:
-  shown = ', '.join(names[:limit])
-  return shown + (f', … ({len(names) - limit} more)' if len(names) > limit else '')
+  shown = ", ".join(names[:limit])
+  return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _raise_if_any(what: str, missing: list[str], unexpected: list[str],
-                  mismatched: list[str]) -> None:
+def _raise_if_any(
+  what: str, missing: list[str], unexpected: list[str], mismatched: list[str]
+) -> None:
   if not (missing or unexpected or mismatched):
     return
-  lines = [f'{what}: parameters do not match the model.']
+  lines = [f"{what}: parameters do not match the model."]
   if missing:
-    lines.append(f'  missing ({len(missing)}): {_preview(missing)}')
+    lines.append(f"  missing ({len(missing)}): {_preview(missing)}")
   if unexpected:
-    lines.append(f'  unexpected ({len(unexpected)}): {_preview(unexpected)}')
+    lines.append(f"  unexpected ({len(unexpected)}): {_preview(unexpected)}")
   if mismatched:
-    lines.append(f'  shape mismatch ({len(mismatched)}): {_preview(mismatched)}')
-  raise ValueError('\n'.join(lines))
+    lines.append(f"  shape mismatch ({len(mismatched)}): {_preview(mismatched)}")
+  raise ValueError("\n".join(lines))
 
 
 def load_clef(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Params]:
@@ -670,14 +754,15 @@ def load_clef(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, P
   a new run initialises its own.
   """
   from clef_jax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax, lazily)
+
   run_config, params = checkpoint.load_params(path)
-  if 'model' not in run_config:
+  if "model" not in run_config:
     raise ValueError(f'{path}/config.json has no "model" section; not a clef-jax run?')
-  config = ml_collections.ConfigDict(run_config['model'])
+  config = ml_collections.ConfigDict(run_config["model"])
   for key, value in overrides.items():
     config[key] = value
   variants.check_config(config)
-  return config, {k: v for k, v in params.items() if k != 'heads'}
+  return config, {k: v for k, v in params.items() if k != "heads"}
 
 
-_LOADERS: dict[str, Loader] = {'clef': load_clef, 'hf': load_hf, 'openai': load_openai}
+_LOADERS: dict[str, Loader] = {"clef": load_clef, "hf": load_hf, "openai": load_openai}

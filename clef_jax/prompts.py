@@ -16,9 +16,16 @@ from typing import Any, Sequence
 DEFAULT_PATH = pathlib.Path(__file__).parent / "data" / "prompts.json"
 
 _REQUIRED_KEYS = (
-    "expressions", "expression_descriptions", "expression_prototypes", "au_names",
-    "au_descriptions", "name_templates", "au_negative_templates", "description_templates",
-    "activities", "activity_template",
+  "expressions",
+  "expression_descriptions",
+  "expression_prototypes",
+  "au_names",
+  "au_descriptions",
+  "name_templates",
+  "au_negative_templates",
+  "description_templates",
+  "activities",
+  "activity_template",
 )
 
 

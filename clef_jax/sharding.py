@@ -45,8 +45,8 @@ from jax.sharding import PartitionSpec as P
 PyTree = Any
 AxisName = Union[str, tuple[str, ...]]
 
-DEFAULT_MESH = (('data', -1), ('fsdp', 1))
-BATCH_AXES = ('data', 'fsdp')
+DEFAULT_MESH = (("data", -1), ("fsdp", 1))
+BATCH_AXES = ("data", "fsdp")
 
 
 # ---------------------------------------------------------------------------
@@ -54,8 +54,9 @@ BATCH_AXES = ('data', 'fsdp')
 # ---------------------------------------------------------------------------
 
 
-def make_mesh(mesh_spec: Sequence[Sequence[Any]] = DEFAULT_MESH,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  mesh_spec: Sequence[Sequence[Any]] = DEFAULT_MESH, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """Builds a mesh with Auto axis types from `[(name, size), ...]`.
 
   Args:
@@ -77,36 +78,40 @@ def make_mesh(mesh_spec: Sequence[Sequence[Any]] = DEFAULT_MESH,
     pairs = [tuple(p) for p in mesh_spec]
   except TypeError:
     pairs = None
-  if (not pairs or any(len(p) != 2 for p in pairs) or
-      any(not isinstance(name, str) or not name for name, _ in pairs) or
-      any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
-          for _, s in pairs)):
+  if (
+    not pairs
+    or any(len(p) != 2 for p in pairs)
+    or any(not isinstance(name, str) or not name for name, _ in pairs)
+    or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for _, s in pairs)
+  ):
     raise ValueError(
-        f'mesh spec {mesh_spec!r}: expected a non-empty list of '
-        "(axis_name: str, size: int) pairs, e.g. [('data', -1), ('fsdp', 1)]")
+      f"mesh spec {mesh_spec!r}: expected a non-empty list of "
+      "(axis_name: str, size: int) pairs, e.g. [('data', -1), ('fsdp', 1)]"
+    )
   names = [name for name, _ in pairs]
   sizes = [int(s) for _, s in pairs]
   if len(set(names)) != len(names):
-    raise ValueError(f'mesh spec {mesh_spec!r}: axis names repeat: {names}')
+    raise ValueError(f"mesh spec {mesh_spec!r}: axis names repeat: {names}")
   if sizes.count(-1) > 1:
-    raise ValueError(f'mesh spec {mesh_spec!r}: at most one size may be -1')
+    raise ValueError(f"mesh spec {mesh_spec!r}: at most one size may be -1")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(
-        f'mesh spec {mesh_spec!r}: sizes must be positive or -1, got {sizes}')
+    raise ValueError(f"mesh spec {mesh_spec!r}: sizes must be positive or -1, got {sizes}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n % known:
       raise ValueError(
-          f'mesh spec {mesh_spec!r}: the fixed sizes (product {known}) do not '
-          f'divide the device count {n}')
+        f"mesh spec {mesh_spec!r}: the fixed sizes (product {known}) do not "
+        f"divide the device count {n}"
+      )
     sizes[sizes.index(-1)] = n // known
   elif known != n:
     raise ValueError(
-        f'mesh spec {mesh_spec!r}: sizes multiply to {known} but there are '
-        f'{n} devices (use -1 for one axis to take the rest)')
-  return jax.make_mesh(tuple(sizes), tuple(names),
-                       axis_types=(AxisType.Auto,) * len(names),
-                       devices=devices)
+      f"mesh spec {mesh_spec!r}: sizes multiply to {known} but there are "
+      f"{n} devices (use -1 for one axis to take the rest)"
+    )
+  return jax.make_mesh(
+    tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names), devices=devices
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -118,9 +123,7 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
   """The axes of `BATCH_AXES` ('data', 'fsdp') that `mesh` has, in order."""
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
   if not axes:
-    raise ValueError(
-        f'mesh axes {mesh.axis_names} contain none of the batch axes '
-        f'{BATCH_AXES}')
+    raise ValueError(f"mesh axes {mesh.axis_names} contain none of the batch axes {BATCH_AXES}")
   return axes
 
 
@@ -136,7 +139,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def path_str(keypath: Sequence[Any]) -> str:
   """Slash-joined name of a `jax.tree_util` key path ('visual/ln_pre/scale')."""
-  return jax.tree_util.keystr(tuple(keypath), simple=True, separator='/')
+  return jax.tree_util.keystr(tuple(keypath), simple=True, separator="/")
 
 
 def param_path_str(keypath: Sequence[Any]) -> str:
@@ -151,7 +154,7 @@ def param_path_str(keypath: Sequence[Any]) -> str:
   for i, k in enumerate(keypath):
     if isinstance(k, jax.tree_util.GetAttrKey):
       last_attr = i
-  return path_str(keypath[last_attr + 1:])
+  return path_str(keypath[last_attr + 1 :])
 
 
 def tree_paths(tree: PyTree) -> list[str]:
@@ -168,8 +171,7 @@ def _axis_size(mesh: Mesh, axis: AxisName, where: str) -> int:
   axes = (axis,) if isinstance(axis, str) else tuple(axis)
   for a in axes:
     if a not in mesh.shape:
-      raise ValueError(f'{where}: mesh axis {a!r} not in mesh axes '
-                       f'{tuple(mesh.axis_names)}')
+      raise ValueError(f"{where}: mesh axis {a!r} not in mesh axes {tuple(mesh.axis_names)}")
   return math.prod(mesh.shape[a] for a in axes)
 
 
@@ -177,8 +179,7 @@ def _axis_size(mesh: Mesh, axis: AxisName, where: str) -> int:
 class Replicate:
   """Every device holds the whole array."""
 
-  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh,
-           where: str) -> P:
+  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh, where: str) -> P:
     del shape, itemsize, mesh, where
     return P()
 
@@ -186,11 +187,11 @@ class Replicate:
 @dataclasses.dataclass(frozen=True)
 class Fsdp:
   """Shard the largest divisible dimension over `axis` (ties: lowest dim)."""
-  axis: AxisName = 'fsdp'
+
+  axis: AxisName = "fsdp"
   min_size_mb: float = 4.0
 
-  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh,
-           where: str) -> P:
+  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh, where: str) -> P:
     size = _axis_size(mesh, self.axis, where)
     nbytes = math.prod(shape) * itemsize
     if size == 1 or not shape or nbytes < self.min_size_mb * 2**20:
@@ -206,21 +207,21 @@ class Fsdp:
 @dataclasses.dataclass(frozen=True)
 class ShardDim:
   """Shard dimension `dim` over `axis`."""
+
   axis: AxisName
   dim: int
 
-  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh,
-           where: str) -> P:
+  def spec(self, shape: tuple[int, ...], itemsize: int, mesh: Mesh, where: str) -> P:
     del itemsize
     size = _axis_size(mesh, self.axis, where)
     if not -len(shape) <= self.dim < len(shape):
-      raise ValueError(
-          f'{where}: dim {self.dim} out of range for shape {shape}')
+      raise ValueError(f"{where}: dim {self.dim} out of range for shape {shape}")
     dim = self.dim % len(shape)
     if shape[dim] % size:
       raise ValueError(
-          f'{where}: dim {self.dim} of shape {shape} is not divisible by the '
-          f'size {size} of mesh axis {self.axis!r}')
+        f"{where}: dim {self.dim} of shape {shape} is not divisible by the "
+        f"size {size} of mesh axis {self.axis!r}"
+      )
     spec = [None] * len(shape)
     spec[dim] = self.axis
     return P(*spec)
@@ -228,7 +229,10 @@ class ShardDim:
 
 Tactic = Union[Replicate, Fsdp, ShardDim]
 _TACTICS: dict[str, Callable[..., Tactic]] = {
-    'replicate': Replicate, 'fsdp': Fsdp, 'shard_dim': ShardDim}
+  "replicate": Replicate,
+  "fsdp": Fsdp,
+  "shard_dim": ShardDim,
+}
 
 
 def parse_tactic(tactic: str | Tactic) -> Tactic:
@@ -240,13 +244,13 @@ def parse_tactic(tactic: str | Tactic) -> Tactic:
   if isinstance(tactic, (Replicate, Fsdp, ShardDim)):
     return tactic
   if not isinstance(tactic, str):
-    raise ValueError(f'sharding tactic {tactic!r}: expected a string such as '
-                     f"'replicate' or 'fsdp(min_size_mb=4)'")
+    raise ValueError(
+      f"sharding tactic {tactic!r}: expected a string such as 'replicate' or 'fsdp(min_size_mb=4)'"
+    )
   try:
-    node = ast.parse(tactic.strip(), mode='eval').body
+    node = ast.parse(tactic.strip(), mode="eval").body
   except SyntaxError as e:
-    raise ValueError(f'sharding tactic {tactic!r}: not parseable ({e.msg})'
-                     ) from None
+    raise ValueError(f"sharding tactic {tactic!r}: not parseable ({e.msg})") from None
   if isinstance(node, ast.Name):
     name, args, kwargs = node.id, [], {}
   elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -255,46 +259,42 @@ def parse_tactic(tactic: str | Tactic) -> Tactic:
       args = [ast.literal_eval(a) for a in node.args]
       kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     except ValueError:
-      raise ValueError(f'sharding tactic {tactic!r}: arguments must be '
-                       'literals') from None
+      raise ValueError(f"sharding tactic {tactic!r}: arguments must be literals") from None
     if None in kwargs:
-      raise ValueError(f'sharding tactic {tactic!r}: ** arguments not allowed')
+      raise ValueError(f"sharding tactic {tactic!r}: ** arguments not allowed")
   else:
-    raise ValueError(f'sharding tactic {tactic!r}: expected NAME or NAME(...)')
+    raise ValueError(f"sharding tactic {tactic!r}: expected NAME or NAME(...)")
   if name not in _TACTICS:
-    raise ValueError(f'sharding tactic {tactic!r}: unknown tactic {name!r}, '
-                     f'expected one of {sorted(_TACTICS)}')
+    raise ValueError(
+      f"sharding tactic {tactic!r}: unknown tactic {name!r}, expected one of {sorted(_TACTICS)}"
+    )
   try:
     result = _TACTICS[name](*args, **kwargs)
   except TypeError as e:
-    raise ValueError(f'sharding tactic {tactic!r}: {e}') from None
-  if isinstance(getattr(result, 'axis', None), list):
+    raise ValueError(f"sharding tactic {tactic!r}: {e}") from None
+  if isinstance(getattr(result, "axis", None), list):
     result = dataclasses.replace(result, axis=tuple(result.axis))
   return result
 
 
-def _parse_rules(rules: Sequence[Sequence[Any]]
-                 ) -> list[tuple[str, re.Pattern[str], Tactic]]:
+def _parse_rules(rules: Sequence[Sequence[Any]]) -> list[tuple[str, re.Pattern[str], Tactic]]:
   parsed = []
   for i, rule in enumerate(rules):
     if isinstance(rule, str) or len(rule) != 2:
-      raise ValueError(f'sharding rule #{i} {rule!r}: expected a '
-                       '(regex, tactic) pair')
+      raise ValueError(f"sharding rule #{i} {rule!r}: expected a (regex, tactic) pair")
     regex, tactic = rule
     try:
       pattern = re.compile(regex)
     except (re.error, TypeError) as e:
-      raise ValueError(f'sharding rule #{i} {rule!r}: bad regex ({e})'
-                       ) from None
+      raise ValueError(f"sharding rule #{i} {rule!r}: bad regex ({e})") from None
     try:
       parsed.append((regex, pattern, parse_tactic(tactic)))
     except ValueError as e:
-      raise ValueError(f'sharding rule #{i}: {e}') from None
+      raise ValueError(f"sharding rule #{i}: {e}") from None
   return parsed
 
 
-def infer_sharding(abstract_tree: PyTree, rules: Sequence[Sequence[Any]],
-                   mesh: Mesh) -> PyTree:
+def infer_sharding(abstract_tree: PyTree, rules: Sequence[Sequence[Any]], mesh: Mesh) -> PyTree:
   """Tree of `NamedSharding`s for `abstract_tree` from `(regex, tactic)` rules.
 
   Args:
@@ -315,18 +315,19 @@ def infer_sharding(abstract_tree: PyTree, rules: Sequence[Sequence[Any]],
 
   def leaf_sharding(keypath, leaf) -> NamedSharding:
     full, name = path_str(keypath), param_path_str(keypath)
-    shape = tuple(getattr(leaf, 'shape', np.shape(leaf)))
+    shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
     if not name:  # optax bookkeeping (counts), not a parameter
       return replicated(mesh)
     for regex, pattern, tactic in parsed:
       if pattern.fullmatch(name) or pattern.fullmatch(full):
-        dtype = leaf.dtype if hasattr(leaf, 'dtype') else np.result_type(leaf)
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
         itemsize = np.dtype(dtype).itemsize
-        where = f'leaf {full!r} (shape {shape}), rule {regex!r}'
+        where = f"leaf {full!r} (shape {shape}), rule {regex!r}"
         return NamedSharding(mesh, tactic.spec(shape, itemsize, mesh, where))
     raise ValueError(
-        f'no sharding rule matches leaf {full!r} (parameter path {name!r}, '
-        f"shape {shape}); add a rule, e.g. a final ('.*', 'replicate')")
+      f"no sharding rule matches leaf {full!r} (parameter path {name!r}, "
+      f"shape {shape}); add a rule, e.g. a final ('.*', 'replicate')"
+    )
 
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_tree)
 
@@ -356,9 +357,10 @@ def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
     x = np.asarray(x)
     if x.ndim == 0 or (x.shape[0] * nproc) % split:
       raise ValueError(
-          f'batch entry {path_str(keypath)!r} of shape {x.shape}: the global '
-          f'batch (leading dim x {nproc} processes) must be divisible by the '
-          f'{split} batch shards of mesh {dict(mesh.shape)}')
+        f"batch entry {path_str(keypath)!r} of shape {x.shape}: the global "
+        f"batch (leading dim x {nproc} processes) must be divisible by the "
+        f"{split} batch shards of mesh {dict(mesh.shape)}"
+      )
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree_util.tree_map_with_path(put, local_batch)
@@ -369,8 +371,9 @@ def _check_same_structure(tree: PyTree, shardings: PyTree, what: str) -> None:
   b = set(tree_paths(shardings))
   if a != b:
     raise ValueError(
-        f'{what}: tree and shardings differ; only in tree: '
-        f'{sorted(a - b)[:10]}, only in shardings: {sorted(b - a)[:10]}')
+      f"{what}: tree and shardings differ; only in tree: "
+      f"{sorted(a - b)[:10]}, only in shardings: {sorted(b - a)[:10]}"
+    )
 
 
 def reshard(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -383,7 +386,7 @@ def reshard(tree: PyTree, shardings: PyTree) -> PyTree:
     ValueError: naming the leaves that are in only one of the two trees, or a
       leaf whose shape does not fit its sharding.
   """
-  _check_same_structure(tree, shardings, 'reshard')
+  _check_same_structure(tree, shardings, "reshard")
 
   def put(keypath, x, sharding):
     if isinstance(x, jax.Array):
@@ -392,15 +395,14 @@ def reshard(tree: PyTree, shardings: PyTree) -> PyTree:
     try:
       return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
     except ValueError as e:
-      raise ValueError(f'reshard: leaf {path_str(keypath)!r} of shape '
-                       f'{x.shape}: {e}') from None
+      raise ValueError(f"reshard: leaf {path_str(keypath)!r} of shape {x.shape}: {e}") from None
 
   return jax.tree_util.tree_map_with_path(put, tree, shardings)
 
 
-def sharded_init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
-                 rules: Sequence[Sequence[Any]], mesh: Mesh
-                 ) -> tuple[PyTree, PyTree]:
+def sharded_init(
+  init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, rules: Sequence[Sequence[Any]], mesh: Mesh
+) -> tuple[PyTree, PyTree]:
   """Initialises a tree directly in its sharded layout (shape first).
 
   `jax.eval_shape(init_fn, rng)` → `infer_sharding` →

@@ -74,17 +74,22 @@ class Tokenizer(abc.ABC):
     """Text of one row of ids; special and padding tokens are left out."""
     ids = np.asarray(ids)
     if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
-      raise ValueError(f"decode expects a 1-D sequence of int ids, got shape {ids.shape} "
-                       f"dtype {ids.dtype}")
+      raise ValueError(
+        f"decode expects a 1-D sequence of int ids, got shape {ids.shape} dtype {ids.dtype}"
+      )
     bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
     if bad.size:
-      raise ValueError(f"decode: id {int(ids[bad[0]])} at position {int(bad[0])} is outside "
-                       f"[0, {self.vocab_size}) of tokenizer {self.spec!r}")
+      raise ValueError(
+        f"decode: id {int(ids[bad[0]])} at position {int(bad[0])} is outside "
+        f"[0, {self.vocab_size}) of tokenizer {self.spec!r}"
+      )
     return self._decode([int(i) for i in ids])
 
   def __repr__(self) -> str:
-    return (f"{type(self).__name__}(spec={self.spec!r}, vocab_size={self.vocab_size}, "
-            f"context_length={self.context_length})")
+    return (
+      f"{type(self).__name__}(spec={self.spec!r}, vocab_size={self.vocab_size}, "
+      f"context_length={self.context_length})"
+    )
 
   @abc.abstractmethod
   def _encode(self, texts: list[str]) -> np.ndarray:
@@ -102,14 +107,18 @@ class _Embedded(Tokenizer):
     try:
       tok = tokenizers.Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises plain Exception on bad files.
-      raise ValueError(f"cannot read embedded tokenizer {path}: {e} "
-                       "(rebuild it with `python tools/build_tokenizer.py`)") from None
+      raise ValueError(
+        f"cannot read embedded tokenizer {path}: {e} "
+        "(rebuild it with `python tools/build_tokenizer.py`)"
+      ) from None
     expected = {PAD_TOKEN: PAD_ID, SOT_TOKEN: SOT_ID, EOT_TOKEN: EOT_ID}
     got = {t: tok.token_to_id(t) for t in expected}
     if tok.get_vocab_size() != EMBEDDED_VOCAB_SIZE or got != expected:
-      raise ValueError(f"{path}: expected {EMBEDDED_VOCAB_SIZE} ids with special ids "
-                       f"{expected}, found {tok.get_vocab_size()} ids and {got} "
-                       "(rebuild it with `python tools/build_tokenizer.py`)")
+      raise ValueError(
+        f"{path}: expected {EMBEDDED_VOCAB_SIZE} ids with special ids "
+        f"{expected}, found {tok.get_vocab_size()} ids and {got} "
+        "(rebuild it with `python tools/build_tokenizer.py`)"
+      )
     # Special-token strings inside a text are plain text, not ids.
     tok.encode_special_tokens = True
     # The file's post-processor adds SOT/EOT; truncation keeps room for both.
@@ -136,11 +145,13 @@ class _HF(Tokenizer):
 
   def __init__(self, folder: pathlib.Path, context_length: int):
     import transformers  # Heavy import; only HF folders need it.
+
     try:
       tok = transformers.CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
-      raise ValueError(f"cannot load HF tokenizer from {folder} (expected {_HF_EXPECTED}): "
-                       f"{type(e).__name__}: {e}") from e
+      raise ValueError(
+        f"cannot load HF tokenizer from {folder} (expected {_HF_EXPECTED}): {type(e).__name__}: {e}"
+      ) from e
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
       if getattr(tok, name) is None:
         raise ValueError(f"HF tokenizer in {folder} has no {name.removesuffix('_id')}")
@@ -153,8 +164,13 @@ class _HF(Tokenizer):
     self.pad_token_id = int(tok.pad_token_id)
 
   def _encode(self, texts: list[str]) -> np.ndarray:
-    out = self._tok(texts, padding="max_length", max_length=self.context_length,
-                    truncation=True, return_tensors="np")
+    out = self._tok(
+      texts,
+      padding="max_length",
+      max_length=self.context_length,
+      truncation=True,
+      return_tensors="np",
+    )
     return np.asarray(out["input_ids"], np.int32)
 
   def _decode(self, ids: list[int]) -> str:
@@ -166,13 +182,15 @@ def _hf_folder(spec: str) -> pathlib.Path:
   if not folder.is_dir():
     what = "is not a folder" if folder.exists() else "does not exist"
     raise FileNotFoundError(
-        f"tokenizer spec {spec!r}: {folder} {what}; expected 'embedded' or a folder with "
-        f"{_HF_EXPECTED}")
+      f"tokenizer spec {spec!r}: {folder} {what}; expected 'embedded' or a folder with "
+      f"{_HF_EXPECTED}"
+    )
   if not any(all((folder / f).is_file() for f in files) for files in _HF_FILE_SETS):
     present = sorted(p.name for p in folder.iterdir())[:20]
     raise FileNotFoundError(
-        f"tokenizer folder {folder} has no HF tokenizer files: expected {_HF_EXPECTED}; "
-        f"found {present}")
+      f"tokenizer folder {folder} has no HF tokenizer files: expected {_HF_EXPECTED}; "
+      f"found {present}"
+    )
   return folder
 
 
@@ -195,7 +213,9 @@ def get(spec: str = "embedded", context_length: int = 77) -> Tokenizer:
   context_length = int(context_length)
   if spec in ("", "embedded"):
     if not EMBEDDED_PATH.is_file():
-      raise FileNotFoundError(f"embedded tokenizer file missing: {EMBEDDED_PATH} "
-                              "(rebuild it with `python tools/build_tokenizer.py`)")
+      raise FileNotFoundError(
+        f"embedded tokenizer file missing: {EMBEDDED_PATH} "
+        "(rebuild it with `python tools/build_tokenizer.py`)"
+      )
     return _Embedded(EMBEDDED_PATH, context_length)
   return _HF(_hf_folder(spec), context_length)

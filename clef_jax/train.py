@@ -68,10 +68,15 @@ def resolve_init(config, resuming_from: str | None = None) -> tuple[Any, Any] | 
       saved = json.load(f)["model"]
     with config.unlocked():
       config.model = ml_collections.ConfigDict(
-          {**saved, "dtype": config.model.dtype, "remat": config.model.remat})
+        {**saved, "dtype": config.model.dtype, "remat": config.model.remat}
+      )
     return None
-  mc, params = pretrained.load(config.init, image_size=config.model.image_size,
-                               dtype=config.model.dtype, remat=config.model.remat)
+  mc, params = pretrained.load(
+    config.init,
+    image_size=config.model.image_size,
+    dtype=config.model.dtype,
+    remat=config.model.remat,
+  )
   with config.unlocked():
     config.model = mc
   return mc, params
@@ -80,12 +85,15 @@ def resolve_init(config, resuming_from: str | None = None) -> tuple[Any, Any] | 
 def check_tokenizer(config, tok) -> None:
   if tok.vocab_size > config.model.vocab_size:
     raise ValueError(
-        f"tokenizer {config.tokenizer!r} has {tok.vocab_size} tokens but the text tower has "
-        f"vocab_size={config.model.vocab_size}; with a CLIP/FaRL init pass "
-        "--config.tokenizer=<folder with that model's vocab.json + merges.txt>")
+      f"tokenizer {config.tokenizer!r} has {tok.vocab_size} tokens but the text tower has "
+      f"vocab_size={config.model.vocab_size}; with a CLIP/FaRL init pass "
+      "--config.tokenizer=<folder with that model's vocab.json + merges.txt>"
+    )
   if tok.context_length != config.model.context_length:
-    raise ValueError(f"tokenizer context {tok.context_length} != model context_length "
-                     f"{config.model.context_length}")
+    raise ValueError(
+      f"tokenizer context {tok.context_length} != model context_length "
+      f"{config.model.context_length}"
+    )
 
 
 def build_objective(config, model, tok, data: data_lib.Data):
@@ -101,8 +109,9 @@ def build_objective(config, model, tok, data: data_lib.Data):
     classes = list(fc.classes) or list(data.classes)
     unknown = [c for c in classes if c not in data.classes]
     if unknown:
-      raise ValueError(f"config.finetune.classes {unknown} are not classes of {data.name} "
-                       f"({data.classes})")
+      raise ValueError(
+        f"config.finetune.classes {unknown} are not classes of {data.name} ({data.classes})"
+      )
     keep &= np.isin(table["expression"], [evaluate.canonical_index(c) for c in classes])
     labels, keys = classes, ("image", "expression", "mask")
   elif fc.task == "au":
@@ -163,9 +172,14 @@ def make_train_step(config, objective, tx, schedule, lut):
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     params["logit_scale"] = jnp.minimum(params["logit_scale"], max_scale)  # CLIP's clamp
-    metrics = {"loss": loss, **aux, "lr": schedule(step),
-               "l2_grads": optax.tree.norm(grads), "l2_updates": optax.tree.norm(updates),
-               "l2_params": optax.tree.norm(params)}
+    metrics = {
+      "loss": loss,
+      **aux,
+      "lr": schedule(step),
+      "l2_grads": optax.tree.norm(grads),
+      "l2_updates": optax.tree.norm(updates),
+      "l2_params": optax.tree.norm(params),
+    }
     return {"params": params, "opt": opt, "step": step + 1}, metrics
 
   return train_step
@@ -196,8 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  resuming = (os.path.isfile(os.path.join(workdir, "config.json")) and
-              ckpt_lib.has_checkpoint(os.path.join(workdir, "checkpoints")))
+  resuming = os.path.isfile(os.path.join(workdir, "config.json")) and ckpt_lib.has_checkpoint(
+    os.path.join(workdir, "checkpoints")
+  )
   init_loaded = resolve_init(config, workdir if resuming else None)
   if config.optim.total_steps < 0:
     with config.unlocked():
@@ -205,8 +220,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     writers.write_config(workdir, config)
   writer = writers.MetricWriter(workdir, is_main)
-  logging.info("workdir %s; process %d/%d; %d devices", workdir, jax.process_index(),
-               jax.process_count(), jax.device_count())
+  logging.info(
+    "workdir %s; process %d/%d; %d devices",
+    workdir,
+    jax.process_index(),
+    jax.process_count(),
+    jax.device_count(),
+  )
 
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
@@ -226,8 +246,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def init_params(rng):
     r_model, r_heads = jax.random.split(rng)
     size = config.model.image_size
-    params = model.init(r_model, jnp.zeros((1, size, size, 3), jnp.float32),
-                        jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+    params = model.init(
+      r_model,
+      jnp.zeros((1, size, size, 3), jnp.float32),
+      jnp.zeros((1, config.model.context_length), jnp.int32),
+    )["params"]
     return {**params, "heads": objective.init_heads(r_heads)}
 
   abstract_params = jax.eval_shape(init_params, rng)
@@ -242,11 +265,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- restore or init
   train_iter = data_lib.train_iterator(config, data, keys)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               every_steps=config.checkpoint_every_steps,
-                               keep=config.keep_checkpoints)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, state_sh)
+  ckpt = ckpt_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint_every_steps,
+    keep=config.keep_checkpoints,
+  )
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh
+  )
   restored = ckpt.restore(target, train_iter)
   with jax.set_mesh(mesh):
     if restored is not None:
@@ -259,16 +285,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params_host = jax.device_get(params)
         _, loaded = init_loaded
         merged = pretrained.merge_params(
-            {**loaded, "heads": params_host["heads"]}, params_host, config.dont_load)
+          {**loaded, "heads": params_host["heads"]}, params_host, config.dont_load
+        )
         merged.setdefault("heads", params_host["heads"])  # merge_params drops empty subtrees
         params = sharding.reshard(merged, param_sh)
-        logging.info("Initialised from %s (kept init for %s).", config.init,
-                     list(config.dont_load))
+        logging.info("Initialised from %s (kept init for %s).", config.init, list(config.dont_load))
       state = jax.jit(init_state, out_shardings=state_sh)(params)
   writers.log_parameter_overview(state["params"])
 
-  step_fn = jax.jit(make_train_step(config, objective, tx, schedule, lut),
-                    donate_argnums=(0,), out_shardings=(state_sh, repl))
+  step_fn = jax.jit(
+    make_train_step(config, objective, tx, schedule, lut),
+    donate_argnums=(0,),
+    out_shardings=(state_sh, repl),
+  )
   evaluator = evaluate.Evaluators(config, model, objective, data, mesh, tok, workdir)
 
   # ---------------------------------------------------------------- loop
@@ -282,7 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with jax.set_mesh(mesh):
       for step in range(first + 1, total + 1):
         batch = sharding.global_batch(
-            {k: v for k, v in next(train_iter).items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh)
+          {k: v for k, v in next(train_iter).items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh
+        )
         if config.transfer_guard:
           with jax.transfer_guard("disallow"):
             state, metrics = step_fn(state, batch)
@@ -295,8 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if not all(np.isfinite(v).all() for v in jax.tree.leaves(m)):
             bad = sorted(k for k, v in m.items() if not np.isfinite(v).all())
             raise FloatingPointError(
-                f"non-finite {bad} at step {step}; stopping. The last good checkpoint is step "
-                f"{last_good} in {ckpt.directory} (a rerun resumes from it).")
+              f"non-finite {bad} at step {step}; stopping. The last good checkpoint is step "
+              f"{last_good} in {ckpt.directory} (a rerun resumes from it)."
+            )
           if log_now:
             now = time.time()
             sps = (step - s_log) / max(now - t_log, 1e-9)
@@ -305,10 +336,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             m.update({"steps_per_sec": sps, "images_per_sec": sps * images_per_step})
             writer.write_scalars(step, m)
             eta = (total - step) / max(sps, 1e-9)
-            logging.info("step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %s", step, total,
-                         m["loss"], sps, sps * images_per_step, _fmt_time(eta))
-          if save_now and ckpt.save(step, state, train_iter, force=(step == total or
-                                                                    preempt.requested)):
+            logging.info(
+              "step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %s",
+              step,
+              total,
+              m["loss"],
+              sps,
+              sps * images_per_step,
+              _fmt_time(eta),
+            )
+          if save_now and ckpt.save(
+            step, state, train_iter, force=(step == total or preempt.requested)
+          ):
             last_good = step
         if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
           writer.write_scalars(step, evaluator.run(state["params"]))
@@ -356,11 +395,14 @@ def zeroshot(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   zc = config.zeroshot
   if zc.protocol not in ZEROSHOT_PROTOCOLS:
-    raise ValueError(f"config.zeroshot.protocol={zc.protocol!r}: expected one of "
-                     f"{ZEROSHOT_PROTOCOLS}")
+    raise ValueError(
+      f"config.zeroshot.protocol={zc.protocol!r}: expected one of {ZEROSHOT_PROTOCOLS}"
+    )
   if not config.init:
-    raise ValueError("mode=zeroshot classifies with trained weights: pass "
-                     "--config.init=clef:WORKDIR (or hf:DIR / openai:FILE)")
+    raise ValueError(
+      "mode=zeroshot classifies with trained weights: pass "
+      "--config.init=clef:WORKDIR (or hf:DIR / openai:FILE)"
+    )
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   _, loaded = resolve_init(config)
@@ -385,8 +427,9 @@ def zeroshot(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if zc.protocol == "unseen_expressions":
     bad = [c for c in list(zc.seen) + list(zc.unseen) if c not in classes]
     if bad:
-      raise ValueError(f"config.zeroshot seen/unseen {bad} are not classes of {data.name} "
-                       f"({classes})")
+      raise ValueError(
+        f"config.zeroshot seen/unseen {bad} are not classes of {data.name} ({classes})"
+      )
     results["zeroshot/split"] = f"seen={list(zc.seen)} unseen={list(zc.unseen)}"
     logging.info("zero-shot split: seen %s, unseen %s", list(zc.seen), list(zc.unseen))
     keep = np.isin(expr, list(zc.unseen))
@@ -406,8 +449,9 @@ def zeroshot(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     pred = (e["z"][keep] @ zcls.T).argmax(-1)
     results.update(evaluate.fer_results("zeroshot/", pred, label, classes, workdir))
     results["zeroshot/chance"] = 1.0 / len(classes)
-  logging.info("zero-shot results: %s",
-               {k: v for k, v in results.items() if not isinstance(v, list)})
+  logging.info(
+    "zero-shot results: %s", {k: v for k, v in results.items() if not isinstance(v, list)}
+  )
   if jax.process_index() == 0:
     writers.write_results(workdir, results, config)
   return results

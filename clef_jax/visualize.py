@@ -36,9 +36,11 @@ from clef_jax import checkpoint as ckpt_lib
 from clef_jax import models
 from clef_jax import prompts
 
-RELEVANCE_METHOD = ("integrated gradients of cos(image, prompt) w.r.t. pixels "
-                    "({steps} steps, mean-colour baseline), positive part summed over "
-                    "channels, Gaussian σ={sigma:.1f}px")
+RELEVANCE_METHOD = (
+  "integrated gradients of cos(image, prompt) w.r.t. pixels "
+  "({steps} steps, mean-colour baseline), positive part summed over "
+  "channels, Gaussian σ={sigma:.1f}px"
+)
 TEXT_KINDS = ("names", "descriptions")
 LABEL_KINDS = ("auto", "au", "expression")
 
@@ -48,8 +50,9 @@ LABEL_KINDS = ("auto", "au", "expression")
 # ------------------------------------------------------------------------------------------
 
 
-def load_run(workdir: str, data_dir: str | None = None
-             ) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
+def load_run(
+  workdir: str, data_dir: str | None = None
+) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
   """(config, model, params) of a finished run; params hold only the CLIP towers (numpy).
 
   `data_dir`, when given, replaces the run's `config.data.data_dir` (e.g. a moved dataset).
@@ -57,8 +60,10 @@ def load_run(workdir: str, data_dir: str | None = None
   cfg, params = ckpt_lib.load_params(workdir)
   config = ml_collections.ConfigDict(cfg)
   if "model" not in config or "data" not in config:
-    raise ValueError(f"{os.path.join(workdir, 'config.json')}: no 'model'/'data' section; "
-                     "is this a clef-jax workdir?")
+    raise ValueError(
+      f"{os.path.join(workdir, 'config.json')}: no 'model'/'data' section; "
+      "is this a clef-jax workdir?"
+    )
   if data_dir:
     config.data.data_dir = data_dir
   missing = [k for k in ("visual", "text") if k not in params]
@@ -70,15 +75,18 @@ def load_run(workdir: str, data_dir: str | None = None
 
 def _open_data(config: ml_collections.ConfigDict):
   from clef_jax import datasets  # pylint: disable=g-import-not-at-top  (pulls in TFDS)
+
   return datasets.setup(config)
 
 
 def _split_source(config, data, split: str, decode: bool):
   """The source of `split`: 'test'/'train' mean the run's own (fold) splits."""
   from input_pipeline import sources  # pylint: disable=g-import-not-at-top
+
   name = {"test": data.test_split, "train": data.train_split}.get(split, split)
-  return name, sources.open_source(data.name, name, data.data_dir,
-                                   config=data.builder_config or None, decode_images=decode)
+  return name, sources.open_source(
+    data.name, name, data.data_dir, config=data.builder_config or None, decode_images=decode
+  )
 
 
 def _sample(n: int, max_examples: int, seed: int) -> np.ndarray:
@@ -101,12 +109,19 @@ def tsne_2d(z: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.nda
   exact gradient is used (cheap there, and Barnes-Hut's OpenMP threads are slow on a busy CPU).
   """
   from sklearn import manifold  # pylint: disable=g-import-not-at-top
+
   z = np.asarray(z, np.float64)
   if z.ndim != 2 or len(z) < 4:
     raise ValueError(f"t-SNE needs [N >= 4, D] embeddings, got shape {z.shape}")
   perplexity = float(min(perplexity, (len(z) - 1) / 3))
-  tsne = manifold.TSNE(2, perplexity=perplexity, metric="cosine", init="pca",
-                       random_state=seed, method="exact" if len(z) < 200 else "barnes_hut")
+  tsne = manifold.TSNE(
+    2,
+    perplexity=perplexity,
+    metric="cosine",
+    init="pca",
+    random_state=seed,
+    method="exact" if len(z) < 200 else "barnes_hut",
+  )
   return tsne.fit_transform(z).astype(np.float32)
 
 
@@ -122,6 +137,7 @@ def label_purity(z: np.ndarray, labels: Sequence[Any], k: int = 10) -> float:
     kNN purity in [0, 1]; its chance level is `purity_chance(labels)`.
   """
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
+
   z = np.asarray(z, np.float64)
   labels = np.asarray(labels)
   if z.ndim != 2 or len(z) != len(labels):
@@ -145,14 +161,14 @@ def purity_chance(labels: Sequence[Any]) -> float:
 def silhouette(z: np.ndarray, labels: Sequence[Any]) -> float:
   """Cosine silhouette score (scikit-learn); nan when there are < 2 labels."""
   from sklearn import metrics  # pylint: disable=g-import-not-at-top
+
   labels = np.asarray(labels)
   if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(labels):
     return float("nan")
   return float(metrics.silhouette_score(z, labels, metric="cosine"))
 
 
-def behaviour_labels(table: Mapping[str, np.ndarray], aus: Sequence[int]
-                     ) -> tuple[str, np.ndarray]:
+def behaviour_labels(table: Mapping[str, np.ndarray], aus: Sequence[int]) -> tuple[str, np.ndarray]:
   """(what, [N] str labels) to colour by: expression, else activity, else most frequent AU.
 
   `table` holds label arrays as from `pipeline.label_table` (expression: canonical index, -1
@@ -179,8 +195,15 @@ def behaviour_labels(table: Mapping[str, np.ndarray], aus: Sequence[int]
   raise ValueError("the split has neither expression, activity nor AU labels to colour by")
 
 
-def embed_split(config: ml_collections.ConfigDict, model, params, *, split: str = "test",
-                max_examples: int = 2000, seed: int = 0) -> dict[str, Any]:
+def embed_split(
+  config: ml_collections.ConfigDict,
+  model,
+  params,
+  *,
+  split: str = "test",
+  max_examples: int = 2000,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Embeds (a seeded sample of) a split of the run's dataset.
 
   Returns:
@@ -192,6 +215,7 @@ def embed_split(config: ml_collections.ConfigDict, model, params, *, split: str 
   from clef_jax import sharding  # pylint: disable=g-import-not-at-top
   from clef_jax import datasets  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+
   data = _open_data(config)
   split_name, source = _split_source(config, data, split, decode=False)
   source = datasets.Subset(source, _sample(len(source), max_examples, seed))
@@ -204,8 +228,13 @@ def embed_split(config: ml_collections.ConfigDict, model, params, *, split: str 
   shards = jax.device_count()
   batch = max(shards, (64 // shards) * shards)
   e = evaluate.embed_source(objective, placed, config, data, source, mesh, (), batch)
-  return {"z": e["z"].astype(np.float32), "subject": np.asarray(table["subject"]).astype(str),
-          "behaviour": behaviour, "behaviour_kind": kind, "split": split_name}
+  return {
+    "z": e["z"].astype(np.float32),
+    "subject": np.asarray(table["subject"]).astype(str),
+    "behaviour": behaviour,
+    "behaviour_kind": kind,
+    "split": split_name,
+  }
 
 
 def run_title(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -223,51 +252,72 @@ def run_title(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, order: Sequence[str] | None):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   values = list(order) if order else sorted(set(labels.tolist()))
   values = [v for v in values if v in set(labels.tolist())]
   cmap = plt.get_cmap("tab10" if len(values) <= 10 else "tab20")
   for i, v in enumerate(values):
     m = labels == v
-    ax.scatter(xy[m, 0], xy[m, 1], s=7, color=cmap(i % cmap.N), label=v, alpha=0.8,
-               linewidths=0)
+    ax.scatter(xy[m, 0], xy[m, 1], s=7, color=cmap(i % cmap.N), label=v, alpha=0.8, linewidths=0)
   ax.set_title(title, fontsize=9)
   ax.set_xticks([])
   ax.set_yticks([])
   if len(values) <= 20:
-    ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
-              frameon=False, ncol=1 if len(values) <= 12 else 2)
+    ax.legend(
+      fontsize=6,
+      markerscale=2,
+      loc="center left",
+      bbox_to_anchor=(1.0, 0.5),
+      frameon=False,
+      ncol=1 if len(values) <= 12 else 2,
+    )
 
 
-def plot_embedding_maps(rows: Sequence[Mapping[str, Any]], out: str, *, perplexity: float
-                        ) -> None:
+def plot_embedding_maps(rows: Sequence[Mapping[str, Any]], out: str, *, perplexity: float) -> None:
   """One row per run: [behaviour map | subject map]. rows: dicts of `embed_split` + xy, title,
   stats."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4.2 * len(rows)), squeeze=False)
   for r, row in enumerate(rows):
     s = row["stats"]
-    _scatter(axes[r, 0], row["xy"], row["behaviour"],
-             f"{row['title']}\nby {row['behaviour_kind']}: kNN purity {s['behaviour/purity']:.2f}"
-             f" (chance {s['behaviour/chance']:.2f})", prompts.expressions())
-    _scatter(axes[r, 1], row["xy"], row["subject"],
-             f"by subject: kNN purity {s['subject/purity']:.2f} "
-             f"(chance {s['subject/chance']:.2f})", None)
+    _scatter(
+      axes[r, 0],
+      row["xy"],
+      row["behaviour"],
+      f"{row['title']}\nby {row['behaviour_kind']}: kNN purity {s['behaviour/purity']:.2f}"
+      f" (chance {s['behaviour/chance']:.2f})",
+      prompts.expressions(),
+    )
+    _scatter(
+      axes[r, 1],
+      row["xy"],
+      row["subject"],
+      f"by subject: kNN purity {s['subject/purity']:.2f} (chance {s['subject/chance']:.2f})",
+      None,
+    )
   first = rows[0]
-  fig.suptitle(textwrap.fill(
+  fig.suptitle(
+    textwrap.fill(
       f"t-SNE (scikit-learn, cosine, perplexity ≤ {perplexity:g}) of L2-normalised image "
       f"embeddings, split {first['split']}, n={len(first['z'])}; purity = share of the "
-      f"{first['stats']['k']} nearest neighbours in embedding space with the same label", 110),
-      fontsize=9)
+      f"{first['stats']['k']} nearest neighbours in embedding space with the same label",
+      110,
+    ),
+    fontsize=9,
+  )
   fig.tight_layout(rect=(0, 0, 1, 0.97))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=110)
   plt.close(fig)
 
 
-def embedding_stats(z: np.ndarray, behaviour: np.ndarray, subject: np.ndarray, k: int = 10
-                    ) -> dict[str, float]:
+def embedding_stats(
+  z: np.ndarray, behaviour: np.ndarray, subject: np.ndarray, k: int = 10
+) -> dict[str, float]:
   """kNN purity (+ chance) and cosine silhouette of behaviour and subject labels."""
   k = min(k, len(z) - 1)
   out: dict[str, float] = {"k": k}
@@ -278,9 +328,17 @@ def embedding_stats(z: np.ndarray, behaviour: np.ndarray, subject: np.ndarray, k
   return out
 
 
-def embeddings_main(workdirs: Sequence[str], out: str, *, split: str = "test",
-                    max_examples: int = 2000, k: int = 10, perplexity: float = 30.0,
-                    seed: int = 0, data_dir: str | None = None) -> list[dict[str, Any]]:
+def embeddings_main(
+  workdirs: Sequence[str],
+  out: str,
+  *,
+  split: str = "test",
+  max_examples: int = 2000,
+  k: int = 10,
+  perplexity: float = 30.0,
+  seed: int = 0,
+  data_dir: str | None = None,
+) -> list[dict[str, Any]]:
   """The `embeddings` command; returns per-run stats (also printed and written next to out)."""
   if not workdirs:
     raise ValueError("--workdir is required (one or more)")
@@ -289,18 +347,27 @@ def embeddings_main(workdirs: Sequence[str], out: str, *, split: str = "test",
     config, model, params = load_run(w, data_dir)
     e = embed_split(config, model, params, split=split, max_examples=max_examples, seed=seed)
     stats = embedding_stats(e["z"], e["behaviour"], e["subject"], k)
-    e.update(xy=tsne_2d(e["z"], perplexity=perplexity, seed=seed), stats=stats,
-             title=run_title(config, w))
+    e.update(
+      xy=tsne_2d(e["z"], perplexity=perplexity, seed=seed), stats=stats, title=run_title(config, w)
+    )
     rows.append(e)
-    line = {"workdir": os.path.abspath(w), "split": e["split"], "n": len(e["z"]),
-            "behaviour_kind": e["behaviour_kind"], **stats}
+    line = {
+      "workdir": os.path.abspath(w),
+      "split": e["split"],
+      "n": len(e["z"]),
+      "behaviour_kind": e["behaviour_kind"],
+      **stats,
+    }
     report.append(line)
-    print(f"{w}: n={line['n']} split={e['split']} k={stats['k']} | "
-          f"{e['behaviour_kind']}: purity {stats['behaviour/purity']:.3f} "
-          f"(chance {stats['behaviour/chance']:.3f}) silhouette "
-          f"{stats['behaviour/silhouette']:.3f} | subject: purity "
-          f"{stats['subject/purity']:.3f} (chance {stats['subject/chance']:.3f}) silhouette "
-          f"{stats['subject/silhouette']:.3f}", flush=True)
+    print(
+      f"{w}: n={line['n']} split={e['split']} k={stats['k']} | "
+      f"{e['behaviour_kind']}: purity {stats['behaviour/purity']:.3f} "
+      f"(chance {stats['behaviour/chance']:.3f}) silhouette "
+      f"{stats['behaviour/silhouette']:.3f} | subject: purity "
+      f"{stats['subject/purity']:.3f} (chance {stats['subject/chance']:.3f}) silhouette "
+      f"{stats['subject/silhouette']:.3f}",
+      flush=True,
+    )
   plot_embedding_maps(rows, out, perplexity=perplexity)
   with open(os.path.splitext(out)[0] + ".json", "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
@@ -351,16 +418,17 @@ def _cosines(model, params, x: jax.Array, ztxt: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps"))
-def _integrated_gradients(model, params, images: jax.Array, ztxt: jax.Array, steps: int
-                          ) -> jax.Array:
+def _integrated_gradients(
+  model, params, images: jax.Array, ztxt: jax.Array, steps: int
+) -> jax.Array:
   """`[n, H, W, 3]` uint8, ztxt `[T, D]` (unit) → signed attributions `[n, T, H, W]` float32."""
-  x = models.normalize_images(images)              # baseline 0 = the CLIP mean colour
-  alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps    # midpoint rule
-  jac = jax.jacrev(lambda xi: _cosines(model, params, xi, ztxt))   # [H,W,3] → [T,H,W,3]
+  x = models.normalize_images(images)  # baseline 0 = the CLIP mean colour
+  alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps  # midpoint rule
+  jac = jax.jacrev(lambda xi: _cosines(model, params, xi, ztxt))  # [H,W,3] → [T,H,W,3]
 
   def one(xi):
-    grads = jax.lax.map(lambda a: jac(a * xi), alphas)             # [steps, T, H, W, 3]
-    return jnp.sum(grads.mean(0) * xi[None], axis=-1)              # [T, H, W]
+    grads = jax.lax.map(lambda a: jac(a * xi), alphas)  # [steps, T, H, W, 3]
+    return jnp.sum(grads.mean(0) * xi[None], axis=-1)  # [T, H, W]
 
   return jax.lax.map(one, x)
 
@@ -384,8 +452,15 @@ def text_embeddings(model, params, tokens: np.ndarray) -> jax.Array:
   return _unit(z.mean(1)) if tokens.ndim == 3 else z
 
 
-def integrated_gradients(model, params, images_uint8: np.ndarray, tokens: np.ndarray, *,
-                         steps: int = 16, batch_size: int = 4) -> np.ndarray:
+def integrated_gradients(
+  model,
+  params,
+  images_uint8: np.ndarray,
+  tokens: np.ndarray,
+  *,
+  steps: int = 16,
+  batch_size: int = 4,
+) -> np.ndarray:
   """Signed per-pixel attributions of cos(f(x), g(t)), summed over channels.
 
   Completeness: for each image and prompt, the attributions sum to
@@ -406,8 +481,9 @@ def integrated_gradients(model, params, images_uint8: np.ndarray, tokens: np.nda
   """
   images_uint8 = np.asarray(images_uint8)
   if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 [N, H, W, 3], got {images_uint8.dtype} "
-                     f"{images_uint8.shape}")
+    raise ValueError(
+      f"images must be uint8 [N, H, W, 3], got {images_uint8.dtype} {images_uint8.shape}"
+    )
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   ztxt = text_embeddings(model, params, tokens)
@@ -415,12 +491,13 @@ def integrated_gradients(model, params, images_uint8: np.ndarray, tokens: np.nda
   b = max(1, min(batch_size, n))
   out = []
   for start in range(0, n, b):
-    chunk = images_uint8[start:start + b]
+    chunk = images_uint8[start : start + b]
     pad = b - len(chunk)
     if pad:  # a static shape: one compilation for every chunk
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    out.append(np.asarray(_integrated_gradients(model, params, jnp.asarray(chunk), ztxt,
-                                                steps))[:b - pad])
+    out.append(
+      np.asarray(_integrated_gradients(model, params, jnp.asarray(chunk), ztxt, steps))[: b - pad]
+    )
   return np.concatenate(out).astype(np.float32)
 
 
@@ -438,17 +515,25 @@ def to_relevance(attributions: np.ndarray, sigma: float) -> np.ndarray:
   return np.asarray(jnp.where(total > 0, a / jnp.where(total > 0, total, 1.0), uniform))
 
 
-def relevance_maps(model, params, images_uint8: np.ndarray, tokens: np.ndarray, *,
-                   steps: int = 16, sigma: float | None = None, batch_size: int = 4
-                   ) -> np.ndarray:
+def relevance_maps(
+  model,
+  params,
+  images_uint8: np.ndarray,
+  tokens: np.ndarray,
+  *,
+  steps: int = 16,
+  sigma: float | None = None,
+  batch_size: int = 4,
+) -> np.ndarray:
   """Where each prompt's similarity comes from: `[N, T, H, W] float32`, ≥ 0, each map sums to 1.
 
   Integrated gradients of cos(f(x), g(t)) (see `integrated_gradients`), positive part, summed
   over channels, Gaussian-smoothed with `sigma` px (default `default_sigma(H)`; 0 = none).
   One jitted call computes all T prompts of a chunk of images.
   """
-  attr = integrated_gradients(model, params, images_uint8, tokens, steps=steps,
-                              batch_size=batch_size)
+  attr = integrated_gradients(
+    model, params, images_uint8, tokens, steps=steps, batch_size=batch_size
+  )
   sigma = default_sigma(attr.shape[-2]) if sigma is None else sigma
   return to_relevance(attr, sigma)
 
@@ -469,8 +554,9 @@ def region_share(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return (maps * mask).sum((-2, -1)) / np.maximum(maps.sum((-2, -1)), 1e-30)
 
 
-def label_prompts(kind: str, labels: Sequence[Any], texts: Sequence[str]
-                  ) -> list[tuple[str, str, str, list[str]]]:
+def label_prompts(
+  kind: str, labels: Sequence[Any], texts: Sequence[str]
+) -> list[tuple[str, str, str, list[str]]]:
   """[(label tag, text kind, text, prompts)]: the text in every template of its kind.
 
   kind: 'au' (labels = AU numbers) or 'expression' (canonical names); texts ⊆ TEXT_KINDS.
@@ -509,6 +595,7 @@ def _load_image_files(paths: Sequence[str], size: int) -> tuple[np.ndarray, np.n
   """(`[n, S, S, 3] uint8` model inputs, `[n, S', S', 3] uint8` display copies) of files."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+
   out = []
   for p in paths:
     if not os.path.isfile(p):
@@ -520,12 +607,15 @@ def _load_image_files(paths: Sequence[str], size: int) -> tuple[np.ndarray, np.n
       raise ValueError(f"--images: cannot read {p} as an image: {e}") from None
     out.append(arr)
   shown = min(_display_size(a, size) for a in out)
-  return (np.stack([augment.eval_image(a, size) for a in out]),
-          np.stack([augment.eval_image(a, shown) for a in out]))
+  return (
+    np.stack([augment.eval_image(a, size) for a in out]),
+    np.stack([augment.eval_image(a, shown) for a in out]),
+  )
 
 
-def pick_test_images(config, data, n: int, seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def pick_test_images(
+  config, data, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """`n` test images, one per expression (else activity, else AU) in turn.
 
   Returns (`[n, S, S, 3] uint8` at the model size, `[n, S', S', 3] uint8` display copies at
@@ -533,6 +623,7 @@ def pick_test_images(config, data, n: int, seed: int = 0
   """
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+
   split, source = _split_source(config, data, "test", decode=True)
   if len(source) == 0:
     raise ValueError(f"test split {split} of {data.name} is empty")
@@ -540,8 +631,10 @@ def pick_test_images(config, data, n: int, seed: int = 0
   table = pipeline.label_table(source, keys)
   _, groups = behaviour_labels(table, data.aus)
   rng = np.random.default_rng(seed)
-  buckets = {g: list(rng.permutation(np.flatnonzero(groups == g))) for g in
-             sorted(set(groups.tolist()), key=lambda g: (g in ("neutral", "none"), g))}
+  buckets = {
+    g: list(rng.permutation(np.flatnonzero(groups == g)))
+    for g in sorted(set(groups.tolist()), key=lambda g: (g in ("neutral", "none"), g))
+  }
   chosen: list[int] = []
   while len(chosen) < min(n, len(source)):
     for g in buckets:
@@ -559,15 +652,23 @@ def pick_test_images(config, data, n: int, seed: int = 0
   return images, display, captions
 
 
-def plot_relevance(images: np.ndarray, maps: np.ndarray, prompt_list: Sequence[tuple],
-                   captions: Sequence[str], out_dir: str, method: str) -> list[str]:
+def plot_relevance(
+  images: np.ndarray,
+  maps: np.ndarray,
+  prompt_list: Sequence[tuple],
+  captions: Sequence[str],
+  out_dir: str,
+  method: str,
+) -> list[str]:
   """images `[N, S', S', 3] uint8` (any size; maps `[N, T, H, W]` are stretched onto them).
 
   Writes relevance_grid.png (rows = labels, columns = faces × text kinds) and one
   <label>.png per label with the prompts written out. Returns the paths written."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   os.makedirs(out_dir, exist_ok=True)
   labels = list(dict.fromkeys(p[0] for p in prompt_list))
   kinds = list(dict.fromkeys(p[1] for p in prompt_list))
@@ -578,15 +679,25 @@ def plot_relevance(images: np.ndarray, maps: np.ndarray, prompt_list: Sequence[t
   def overlay(ax, i, t):
     ax.imshow(images[i], extent=extent)
     m = maps[i, t]
-    ax.imshow(m / max(m.max(), 1e-12), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent,
-              interpolation="bilinear")
+    ax.imshow(
+      m / max(m.max(), 1e-12),
+      cmap="jet",
+      alpha=0.5,
+      vmin=0,
+      vmax=1,
+      extent=extent,
+      interpolation="bilinear",
+    )
     ax.set_axis_off()
 
   paths = []
   cols = n * len(kinds)
-  fig, axes = plt.subplots(len(labels) + 1, cols, figsize=(1.35 * cols + 1.2,
-                                                           1.35 * (len(labels) + 1) + 0.6),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    len(labels) + 1,
+    cols,
+    figsize=(1.35 * cols + 1.2, 1.35 * (len(labels) + 1) + 0.6),
+    squeeze=False,
+  )
   for i in range(n):
     for c, kind in enumerate(kinds):
       ax = axes[0, i * len(kinds) + c]
@@ -598,8 +709,15 @@ def plot_relevance(images: np.ndarray, maps: np.ndarray, prompt_list: Sequence[t
       for c, kind in enumerate(kinds):
         overlay(axes[r, i * len(kinds) + c], i, index[(label, kind)])
     name = next(p[2] for p in prompt_list if p[0] == label)
-    axes[r, 0].text(-0.08, 0.5, textwrap.fill(f"{label}: {name}", 22), fontsize=6,
-                    transform=axes[r, 0].transAxes, ha="right", va="center")
+    axes[r, 0].text(
+      -0.08,
+      0.5,
+      textwrap.fill(f"{label}: {name}", 22),
+      fontsize=6,
+      transform=axes[r, 0].transAxes,
+      ha="right",
+      va="center",
+    )
   fig.suptitle(f"Relevance of each prompt: {method}", fontsize=8)
   fig.tight_layout(rect=(0.06, 0, 1, 0.98))
   path = os.path.join(out_dir, "relevance_grid.png")
@@ -608,9 +726,13 @@ def plot_relevance(images: np.ndarray, maps: np.ndarray, prompt_list: Sequence[t
   paths.append(path)
 
   for label in labels:
-    fig, axes = plt.subplots(len(kinds), n + 1, figsize=(1.6 * n + 3.2, 1.8 * len(kinds) + 0.5),
-                             squeeze=False,
-                             gridspec_kw={"width_ratios": [1.0] * n + [2.2]})
+    fig, axes = plt.subplots(
+      len(kinds),
+      n + 1,
+      figsize=(1.6 * n + 3.2, 1.8 * len(kinds) + 0.5),
+      squeeze=False,
+      gridspec_kw={"width_ratios": [1.0] * n + [2.2]},
+    )
     for k, kind in enumerate(kinds):
       t = index[(label, kind)]
       for i in range(n):
@@ -618,9 +740,15 @@ def plot_relevance(images: np.ndarray, maps: np.ndarray, prompt_list: Sequence[t
         if k == 0:
           axes[k, i].set_title(captions[i], fontsize=6)
       axes[k, n].set_axis_off()
-      axes[k, n].text(0.0, 0.5, textwrap.fill(f"{kind[:-1]}: {prompt_list[t][2]}", 44),
-                      fontsize=7,
-                      va="center", ha="left", transform=axes[k, n].transAxes)
+      axes[k, n].text(
+        0.0,
+        0.5,
+        textwrap.fill(f"{kind[:-1]}: {prompt_list[t][2]}", 44),
+        fontsize=7,
+        va="center",
+        ha="left",
+        transform=axes[k, n].transAxes,
+      )
     fig.suptitle(f"{label} — {method}", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = os.path.join(out_dir, f"{label.replace(' ', '_')}.png")
@@ -647,11 +775,21 @@ def _label_kind(config, data, requested: str) -> tuple[str, list]:
   return kind, labels
 
 
-def relevance_main(workdir: str, images: str, out_dir: str, *, texts: Sequence[str] = TEXT_KINDS,
-                   labels: str = "auto", steps: int = 16, sigma: float | None = None,
-                   seed: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+def relevance_main(
+  workdir: str,
+  images: str,
+  out_dir: str,
+  *,
+  texts: Sequence[str] = TEXT_KINDS,
+  labels: str = "auto",
+  steps: int = 16,
+  sigma: float | None = None,
+  seed: int = 0,
+  data_dir: str | None = None,
+) -> dict[str, Any]:
   """The `relevance` command: `images` is a count of test images or comma-separated paths."""
   from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+
   config, model, params = load_run(workdir, data_dir)
   data = _open_data(config)
   size = config.model.image_size
@@ -673,11 +811,17 @@ def relevance_main(workdir: str, images: str, out_dir: str, *, texts: Sequence[s
   maps = relevance_maps(model, params, imgs, tokens, steps=steps, sigma=sigma)
   method = RELEVANCE_METHOD.format(steps=steps, sigma=sigma)
   paths = plot_relevance(shown, maps, plist, captions, out_dir, method)
-  np.savez_compressed(os.path.join(out_dir, "relevance.npz"), maps=maps, images=imgs,
-                      prompts=np.array([p[2] for p in plist]),
-                      labels=np.array([p[0] for p in plist]),
-                      kinds=np.array([p[1] for p in plist]))
-  print(f"{method}\nwrote {len(paths)} figures to {out_dir}: {', '.join(map(os.path.basename, paths))}")
+  np.savez_compressed(
+    os.path.join(out_dir, "relevance.npz"),
+    maps=maps,
+    images=imgs,
+    prompts=np.array([p[2] for p in plist]),
+    labels=np.array([p[0] for p in plist]),
+    kinds=np.array([p[1] for p in plist]),
+  )
+  print(
+    f"{method}\nwrote {len(paths)} figures to {out_dir}: {', '.join(map(os.path.basename, paths))}"
+  )
   return {"maps": maps, "prompts": plist, "paths": paths}
 
 
@@ -692,7 +836,9 @@ def define_flags() -> None:
   """The command's flags; defined only when run as a script (importing never clashes)."""
   flags.DEFINE_multi_string("workdir", [], "run folder(s); embeddings: one row each")
   flags.DEFINE_string("out", None, "embeddings: output PNG; relevance: output folder")
-  flags.DEFINE_string("split", "test", "embeddings: 'test', 'train' (the run's fold) or a TFDS split")
+  flags.DEFINE_string(
+    "split", "test", "embeddings: 'test', 'train' (the run's fold) or a TFDS split"
+  )
   flags.DEFINE_integer("max", 2000, "embeddings: at most this many images (seeded sample)")
   flags.DEFINE_integer("k", 10, "embeddings: neighbours for the kNN purity")
   flags.DEFINE_float("perplexity", 30.0, "embeddings: t-SNE perplexity (capped at (N-1)/3)")
@@ -708,18 +854,37 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: python -m clef_jax.visualize {{{'|'.join(COMMANDS)}}} "
-                         f"--workdir=... --out=...; got {list(argv[1:])}")
+    raise app.UsageError(
+      f"usage: python -m clef_jax.visualize {{{'|'.join(COMMANDS)}}} "
+      f"--workdir=... --out=...; got {list(argv[1:])}"
+    )
   if not f.out:
     raise app.UsageError("--out is required")
   if argv[1] == "embeddings":
-    embeddings_main(f.workdir, f.out, split=f.split, max_examples=f.max, k=f.k,
-                    perplexity=f.perplexity, seed=f.seed, data_dir=f.data_dir)
+    embeddings_main(
+      f.workdir,
+      f.out,
+      split=f.split,
+      max_examples=f.max,
+      k=f.k,
+      perplexity=f.perplexity,
+      seed=f.seed,
+      data_dir=f.data_dir,
+    )
   else:
     if len(f.workdir) != 1:
       raise app.UsageError(f"relevance takes exactly one --workdir, got {f.workdir}")
-    relevance_main(f.workdir[0], f.images, f.out, texts=f.texts, labels=f.labels,
-                   steps=f.steps, sigma=f.sigma, seed=f.seed, data_dir=f.data_dir)
+    relevance_main(
+      f.workdir[0],
+      f.images,
+      f.out,
+      texts=f.texts,
+      labels=f.labels,
+      steps=f.steps,
+      sigma=f.sigma,
+      seed=f.seed,
+      data_dir=f.data_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,19 @@ class MetricWriter:
 
   def __init__(self, workdir: str, is_main: bool = True):
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
     _hide_accelerators_from_tf()
     self._writer = metric_writers.create_default_writer(
-        workdir, just_logging=not is_main, asynchronous=True)
+      workdir, just_logging=not is_main, asynchronous=True
+    )
     self._jsonl = os.path.join(workdir, "metrics.jsonl") if is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()
-               if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)}
+    scalars = {
+      k: float(np.asarray(v))
+      for k, v in scalars.items()
+      if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)
+    }
     if not scalars:
       return
     self._writer.write_scalars(int(step), scalars)
@@ -73,6 +78,7 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
 def _hide_accelerators_from_tf() -> None:
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")
   except Exception:  # pylint: disable=broad-except  (already initialised, or no such type)
@@ -82,6 +88,7 @@ def _hide_accelerators_from_tf() -> None:
 def log_parameter_overview(params) -> None:
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   shapes = jax.tree.map(lambda x: np.zeros((), np.float32) if x.ndim == 0 else x, params)
   try:
     parameter_overview.log_parameter_overview(shapes, include_stats=False)

@@ -10,7 +10,6 @@ Unknown arguments are errors. Command-line `--config.x=...` overrides come after
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
@@ -50,8 +49,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def set_fields(config: ml_collections.ConfigDict, overrides: dict[str, Any]
-               ) -> ml_collections.ConfigDict:
+def set_fields(
+  config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
   """Sets dotted fields, like `--config.a.b=v` does: {'optim.lr': 1e-4} -> config.optim.lr."""
   for key, value in overrides.items():
     node = config
@@ -70,17 +70,17 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.mode = mode
   c.seed = 0
   c.total_steps = 300
-  c.batch_size = 64            # global, over all processes and devices
-  c.accum_steps = 1            # gradient accumulation that keeps the whole negative pool
+  c.batch_size = 64  # global, over all processes and devices
+  c.accum_steps = 1  # gradient accumulation that keeps the whole negative pool
   c.log_every_steps = 10
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 2
-  c.eval_every_steps = 0       # 0: evaluate only at the end
-  c.init = args.get("init", "") or ""   # clef_jax.pretrained.load spec or ''
-  c.dont_load = ("heads/.*",)   # regexes of params that keep their init when loading `init`
-  c.tokenizer = "embedded"     # or a folder with HF CLIP tokenizer files
-  c.fold = 1                   # subject-exclusive fold for BP4D-like data (1..3)
-  c.transfer_guard = True      # jax_transfer_guard='disallow' inside the training loop
+  c.eval_every_steps = 0  # 0: evaluate only at the end
+  c.init = args.get("init", "") or ""  # clef_jax.pretrained.load spec or ''
+  c.dont_load = ("heads/.*",)  # regexes of params that keep their init when loading `init`
+  c.tokenizer = "embedded"  # or a folder with HF CLIP tokenizer files
+  c.fold = 1  # subject-exclusive fold for BP4D-like data (1..3)
+  c.transfer_guard = True  # jax_transfer_guard='disallow' inside the training loop
 
   variant = args.get("variant", "Ti/16")
   default_job = variant == "Ti/16" and not args.get("image_size", 0)
@@ -88,34 +88,67 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   # variants otherwise keep CLIP's 224 px unless image_size= is given.
   image_size = args.get("image_size", 0) or (64 if default_job else 224)
   c.model = variants.model_config(
-      variant, image_size=image_size, vocab_size=EMBEDDED_VOCAB_SIZE,
-      eos_token_id=EMBEDDED_VOCAB_SIZE - 1, context_length=64)
+    variant,
+    image_size=image_size,
+    vocab_size=EMBEDDED_VOCAB_SIZE,
+    eos_token_id=EMBEDDED_VOCAB_SIZE - 1,
+    context_length=64,
+  )
   if variant == "Ti/16":
     c.model.vision_layers = 6
     c.model.text_layers = 4
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthface"    # TFDS builder: bp4d, bp4d_plus, disfa, raf_db, ferplus, affectnet, synthface, manifest
-  c.data.config = "bp4d"       # builder config ('' for the default one)
+  c.data.name = "synthface"  # TFDS builder: bp4d, bp4d_plus, disfa, raf_db, ferplus, affectnet, synthface, manifest
+  c.data.config = "bp4d"  # builder config ('' for the default one)
   c.data.data_dir = config_dict.placeholder(str)  # default: $CLEF_DATA_DIR or ./data
-  c.data.train_split = ""      # '' = derived from the fold (part datasets) or 'train'
-  c.data.test_split = ""       # '' = derived from the fold or 'test'
+  c.data.train_split = ""  # '' = derived from the fold (part datasets) or 'train'
+  c.data.test_split = ""  # '' = derived from the fold or 'test'
   c.data.leakage_guard = True  # pretraining on fold k reads only fold k's training subjects
   c.data.label_fraction = 1.0  # share of labelled training examples used by fine-tuning
-  c.data.worker_count = 0      # grain mp_prefetch workers (0: in-process)
+  c.data.worker_count = 0  # grain mp_prefetch workers (0: in-process)
   c.data.two_views = False
-  c.data.augment = ml_collections.ConfigDict(dict(
-      crop_scale=(0.7, 1.0), crop_ratio=(0.9, 1.1), flip_prob=0.5, jitter_prob=0.8,
-      brightness=0.3, contrast=0.3, saturation=0.3, greyscale_prob=0.1))
-  c.data.sampler = ml_collections.ConfigDict(dict(
-      enabled=False, activities_per_batch=8, subjects_per_activity=4, frames_per_group=2,
-      min_frame_gap=4))
-  c.data.synthface = ml_collections.ConfigDict(dict(
-      seed=0, subjects=41, frames_per_task=40, raf_train=2400, raf_test=600, size=112))
+  c.data.augment = ml_collections.ConfigDict(
+    dict(
+      crop_scale=(0.7, 1.0),
+      crop_ratio=(0.9, 1.1),
+      flip_prob=0.5,
+      jitter_prob=0.8,
+      brightness=0.3,
+      contrast=0.3,
+      saturation=0.3,
+      greyscale_prob=0.1,
+    )
+  )
+  c.data.sampler = ml_collections.ConfigDict(
+    dict(
+      enabled=False,
+      activities_per_batch=8,
+      subjects_per_activity=4,
+      frames_per_group=2,
+      min_frame_gap=4,
+    )
+  )
+  c.data.synthface = ml_collections.ConfigDict(
+    dict(seed=0, subjects=41, frames_per_task=40, raf_train=2400, raf_test=600, size=112)
+  )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=5e-4, warmup_steps=30, total_steps=-1, end_lr_ratio=0.0, weight_decay=0.05, b1=0.9,
-      b2=0.98, eps=1e-6, grad_clip_norm=1.0, lr_mults=(), freeze=(), no_decay=config_dict.placeholder(tuple)))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=5e-4,
+      warmup_steps=30,
+      total_steps=-1,
+      end_lr_ratio=0.0,
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      grad_clip_norm=1.0,
+      lr_mults=(),
+      freeze=(),
+      no_decay=config_dict.placeholder(tuple),
+    )
+  )
 
   c.mesh = (("data", -1), ("fsdp", 1))  # tuples: overridable from the command line
   c.sharding_rules = ((".*", "fsdp(axis='fsdp', min_size_mb=4)"),)
@@ -124,8 +157,9 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return c
 
 
-def finalize(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
-             ) -> ml_collections.ConfigDict:
+def finalize(
+  c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
   """Applies the switches that must come last (after mode-specific fields), e.g. `tiny`."""
   if args.get("tiny", False):
     apply_tiny(c)
@@ -135,8 +169,13 @@ def finalize(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
 def apply_tiny(c: ml_collections.ConfigDict) -> None:
   """Makes a config small enough for a CPU test: tiny towers, tiny SynthFace, a few steps."""
   c.model = variants.model_config(
-      "tiny", image_size=32, patch_size=8, vocab_size=EMBEDDED_VOCAB_SIZE,
-      eos_token_id=EMBEDDED_VOCAB_SIZE - 1, context_length=48)
+    "tiny",
+    image_size=32,
+    patch_size=8,
+    vocab_size=EMBEDDED_VOCAB_SIZE,
+    eos_token_id=EMBEDDED_VOCAB_SIZE - 1,
+    context_length=48,
+  )
   c.total_steps = 6
   c.batch_size = 16
   c.log_every_steps = 1

@@ -1,6 +1,6 @@
 """Stage 2 for AU detection (mode=finetune, task=au): L = L_IN + λ_DN·L_DN, METHOD.md.
 
-  python main.py --config=configs/finetune_au.py --workdir=W --config.init=clef:workdirs/pretrain
+python main.py --config=configs/finetune_au.py --workdir=W --config.init=clef:workdirs/pretrain
 """
 
 from configs import common

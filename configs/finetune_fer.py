@@ -1,6 +1,6 @@
 """Stage 2 for expression recognition (mode=finetune, task=fer): L = L_IN + λ_DN·L_DN.
 
-  python main.py --config=configs/finetune_fer.py --workdir=W --config.init=clef:workdirs/pretrain
+python main.py --config=configs/finetune_fer.py --workdir=W --config.init=clef:workdirs/pretrain
 """
 
 from configs import common

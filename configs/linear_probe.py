@@ -1,6 +1,6 @@
 """Linear probe (mode=linear_probe): frozen towers, a trained linear head on image embeddings.
 
-  python main.py --config=configs/linear_probe.py:task=au --workdir=W --config.init=clef:DIR
+python main.py --config=configs/linear_probe.py:task=au --workdir=W --config.init=clef:DIR
 """
 
 from configs import common

@@ -1,7 +1,7 @@
 """Stage 1: weakly-supervised activity-aware pretraining (mode=pretrain), METHOD.md.
 
-  python main.py --config=configs/pretrain.py --workdir=workdirs/pretrain
-  python main.py --config=configs/pretrain.py:variant=B/16,init=openai:/path/ViT-B-16.pt ...
+python main.py --config=configs/pretrain.py --workdir=workdirs/pretrain
+python main.py --config=configs/pretrain.py:variant=B/16,init=openai:/path/ViT-B-16.pt ...
 """
 
 import ml_collections
@@ -12,15 +12,17 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="Ti/16", tiny=False, init="", image_size=0)
   c = common.base("pretrain", args)
-  c.pretrain = ml_collections.ConfigDict(dict(
-      objective="clef",              # 'clef' (L = λ_PI·L_II' + λ_PA·L_IA) or 'clip' (plain InfoNCE)
-      pairing="activity",            # 'activity' (CLEF) | 'instance' (SimCLR) | 'activity_cross_subject'
-      temperature=0.1,               # τ_img of L_II'
+  c.pretrain = ml_collections.ConfigDict(
+    dict(
+      objective="clef",  # 'clef' (L = λ_PI·L_II' + λ_PA·L_IA) or 'clip' (plain InfoNCE)
+      pairing="activity",  # 'activity' (CLEF) | 'instance' (SimCLR) | 'activity_cross_subject'
+      temperature=0.1,  # τ_img of L_II'
       lambda_pi=1.0,
       lambda_pa=1.0,
-      proj_head=False,               # MLP head used only by L_II' (SimCLR/SupCon style)
+      proj_head=False,  # MLP head used only by L_II' (SimCLR/SupCon style)
       proj_dim=128,
-  ))
+    )
+  )
   c.data.two_views = True
   c.data.sampler.enabled = True
   # Evaluators at the end of pretraining (and every eval_every_steps): a linear probe for AU

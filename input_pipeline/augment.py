@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 _INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
+  "nearest": Image.Resampling.NEAREST,
+  "bilinear": Image.Resampling.BILINEAR,
+  "bicubic": Image.Resampling.BICUBIC,
+  "lanczos": Image.Resampling.LANCZOS,
 }
 
 
@@ -45,6 +45,7 @@ class AugmentConfig:
     greyscale_prob: probability of converting to greyscale (kept as 3 equal channels).
     interpolation: resampling filter for the final resize: nearest|bilinear|bicubic|lanczos.
   """
+
   crop_scale: tuple[float, float] = (0.6, 1.0)
   crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
   flip_prob: float = 0.5
@@ -75,8 +76,10 @@ class AugmentConfig:
       if getattr(self, name) < 0:
         raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
     if self.interpolation not in _INTERPOLATIONS:
-      raise ValueError(f"augment.interpolation must be one of {sorted(_INTERPOLATIONS)}, "
-                       f"got {self.interpolation!r}")
+      raise ValueError(
+        f"augment.interpolation must be one of {sorted(_INTERPOLATIONS)}, "
+        f"got {self.interpolation!r}"
+      )
 
   @classmethod
   def from_config(cls, config: "AugmentConfig | Mapping[str, Any] | Any") -> "AugmentConfig":
@@ -86,8 +89,9 @@ class AugmentConfig:
     if hasattr(config, "to_dict"):
       config = config.to_dict()
     if not isinstance(config, Mapping):
-      raise TypeError(f"augment config must be a dict/ConfigDict/AugmentConfig, got "
-                      f"{type(config).__name__}")
+      raise TypeError(
+        f"augment config must be a dict/ConfigDict/AugmentConfig, got {type(config).__name__}"
+      )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -100,9 +104,13 @@ def _check_image(image: np.ndarray) -> None:
     raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: tuple[float, float],
-                            ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+  height: int,
+  width: int,
+  rng: np.random.Generator,
+  scale: tuple[float, float],
+  ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
   """Samples a crop box (left, top, right, bottom), as torchvision's RandomResizedCrop.
 
   Up to 10 tries of (area fraction ~ U(scale), log aspect ratio ~ U(log ratio)); if none fits,
@@ -131,8 +139,11 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
 
 
 def _jitter(img: Image.Image, rng: np.random.Generator, config: AugmentConfig) -> Image.Image:
-  ops = [(ImageEnhance.Brightness, config.brightness), (ImageEnhance.Contrast, config.contrast),
-         (ImageEnhance.Color, config.saturation)]
+  ops = [
+    (ImageEnhance.Brightness, config.brightness),
+    (ImageEnhance.Contrast, config.contrast),
+    (ImageEnhance.Color, config.saturation),
+  ]
   for i in rng.permutation(len(ops)):
     enhancer, strength = ops[i]
     if strength > 0:
@@ -141,8 +152,9 @@ def _jitter(img: Image.Image, rng: np.random.Generator, config: AugmentConfig) -
   return img
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
-                  image_size: int) -> np.ndarray:
+def augment_image(
+  image: np.ndarray, rng: np.random.Generator, config: AugmentConfig, image_size: int
+) -> np.ndarray:
   """One random training augmentation.
 
   Args:
@@ -157,8 +169,9 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentCo
   _check_image(image)
   height, width = image.shape[:2]
   box = random_resized_crop_box(height, width, rng, config.crop_scale, config.crop_ratio)
-  img = Image.fromarray(image).resize((image_size, image_size),
-                                      _INTERPOLATIONS[config.interpolation], box=box)
+  img = Image.fromarray(image).resize(
+    (image_size, image_size), _INTERPOLATIONS[config.interpolation], box=box
+  )
   if rng.random() < config.flip_prob:
     img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   if rng.random() < config.jitter_prob:
@@ -168,8 +181,9 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentCo
   return np.asarray(img, dtype=np.uint8)
 
 
-def eval_image(image: np.ndarray, image_size: int, crop_fraction: float = 1.0,
-               interpolation: str = "bicubic") -> np.ndarray:
+def eval_image(
+  image: np.ndarray, image_size: int, crop_fraction: float = 1.0, interpolation: str = "bicubic"
+) -> np.ndarray:
   """Deterministic eval transform: centred square crop of the shorter side, resized.
 
   Args:
@@ -185,15 +199,19 @@ def eval_image(image: np.ndarray, image_size: int, crop_fraction: float = 1.0,
   if not 0 < crop_fraction <= 1:
     raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
   if interpolation not in _INTERPOLATIONS:
-    raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got "
-                     f"{interpolation!r}")
+    raise ValueError(
+      f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}"
+    )
   height, width = image.shape[:2]
   side = min(height, width) * crop_fraction
   top, left = (height - side) / 2, (width - side) / 2
   if (height, width) == (image_size, image_size) and crop_fraction == 1:
     return np.ascontiguousarray(image)
-  img = Image.fromarray(image).resize((image_size, image_size), _INTERPOLATIONS[interpolation],
-                                      box=(left, top, left + side, top + side))
+  img = Image.fromarray(image).resize(
+    (image_size, image_size),
+    _INTERPOLATIONS[interpolation],
+    box=(left, top, left + side, top + side),
+  )
   return np.asarray(img, dtype=np.uint8)
 
 
@@ -204,8 +222,14 @@ class TrainAugment(grain.transforms.RandomMap):
   `config=None` no random augmentation is applied: the eval transform (views then identical).
   """
 
-  def __init__(self, config: AugmentConfig | Mapping[str, Any] | None, image_size: int, *,
-               two_views: bool = False, key: str = "image"):
+  def __init__(
+    self,
+    config: AugmentConfig | Mapping[str, Any] | None,
+    image_size: int,
+    *,
+    two_views: bool = False,
+    key: str = "image",
+  ):
     if image_size <= 0:
       raise ValueError(f"image_size must be positive, got {image_size!r}")
     self.config = None if config is None else AugmentConfig.from_config(config)
@@ -231,8 +255,14 @@ class TrainAugment(grain.transforms.RandomMap):
 class EvalTransform(grain.transforms.Map):
   """Replaces `element[key]` (uint8 [H, W, 3]) by `eval_image(...)`: uint8 [S, S, 3]."""
 
-  def __init__(self, image_size: int, *, crop_fraction: float = 1.0,
-               interpolation: str = "bicubic", key: str = "image"):
+  def __init__(
+    self,
+    image_size: int,
+    *,
+    crop_fraction: float = 1.0,
+    interpolation: str = "bicubic",
+    key: str = "image",
+  ):
     if image_size <= 0:
       raise ValueError(f"image_size must be positive, got {image_size!r}")
     self.image_size = int(image_size)
@@ -242,6 +272,7 @@ class EvalTransform(grain.transforms.Map):
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     out = dict(element)
-    out[self.key] = eval_image(element[self.key], self.image_size, self.crop_fraction,
-                               self.interpolation)
+    out[self.key] = eval_image(
+      element[self.key], self.image_size, self.crop_fraction, self.interpolation
+    )
     return out

@@ -78,6 +78,7 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 @dataclasses.dataclass(eq=False)
 class FaceConfig(tfds.core.BuilderConfig):
   """A builder variant: reader options and the stored face size."""
+
   image_size: int = DEFAULT_IMAGE_SIZE
   options: tuple[tuple[str, Any], ...] = ()
 
@@ -88,6 +89,7 @@ _SIZE_RE = re.compile(r"^(.+)_(\d+)px$")
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   """What a builder (under its config) reads: reader module name, kind, subfolder, splits."""
+
   reader: str
   kind: str
   subdir: str = ""
@@ -137,7 +139,8 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     size = self.builder_config.image_size
     j = self._num_aus()
     shape = (None,) if j is None else (j,)
-    features = tfds.features.FeaturesDict({
+    features = tfds.features.FeaturesDict(
+      {
         "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
         "image/path": tfds.features.Text(),
         "subject": tfds.features.Text(),
@@ -147,13 +150,17 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "au": tfds.features.Tensor(shape=shape, dtype=np.int8),
         "au_intensity": tfds.features.Tensor(shape=shape, dtype=np.int8),
         "expression": tfds.features.Scalar(dtype=np.int32),
-        "expression/votes": tfds.features.Tensor(shape=(common.NUM_EXPRESSIONS,),
-                                                 dtype=np.float32),
+        "expression/votes": tfds.features.Tensor(shape=(common.NUM_EXPRESSIONS,), dtype=np.float32),
         "fold": tfds.features.Scalar(dtype=np.int32),
-    })
+      }
+    )
     return tfds.core.DatasetInfo(
-        builder=self, description=(type(self).__doc__ or "").strip(), features=features,
-        disable_shuffling=True, metadata=tfds.core.MetadataDict())
+      builder=self,
+      description=(type(self).__doc__ or "").strip(),
+      features=features,
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
+    )
 
   # -- reading -----------------------------------------------------------------------------------
 
@@ -188,8 +195,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       shutil.rmtree(spill_dir, ignore_errors=True)
       raise
     skips.log(self.name)
-    return {split: self._generate_examples(os.path.join(spill_dir, f"{split}.pkl"), spill_dir)
-            for split in _sorted_splits(counts)}
+    return {
+      split: self._generate_examples(os.path.join(spill_dir, f"{split}.pkl"), spill_dir)
+      for split in _sorted_splits(counts)
+    }
 
   def _spill(self, root: str, skips: common.Skips, spill_dir: str) -> dict[str, int]:
     """Reads the dataset once, pickling resized examples per split; fills the metadata."""
@@ -200,8 +209,9 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     parts: dict[int, set[str]] = collections.defaultdict(set)
     num_aus = None
     try:
-      for split, ex in tfds.core.utils.tqdm(self._read_all(root, skips), unit=" examples",
-                                            desc=f"Reading {self.name} from {root}"):
+      for split, ex in tfds.core.utils.tqdm(
+        self._read_all(root, skips), unit=" examples", desc=f"Reading {self.name} from {root}"
+      ):
         au = np.asarray(ex["au"], np.int8)
         if num_aus is None:
           num_aus = len(au)
@@ -211,8 +221,12 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         record["image"] = encode_jpeg(resize_face(ex["image"], size))
         if split not in files:
           files[split] = open(os.path.join(spill_dir, f"{split}.pkl"), "wb")
-          stats[split] = {"examples": 0, "expression": [0] * common.NUM_EXPRESSIONS,
-                          "au_positives": [0] * len(au), "au_known": [0] * len(au)}
+          stats[split] = {
+            "examples": 0,
+            "expression": [0] * common.NUM_EXPRESSIONS,
+            "au_positives": [0] * len(au),
+            "au_known": [0] * len(au),
+          }
         pickle.dump(record, files[split], protocol=pickle.HIGHEST_PROTOCOL)
         s = stats[split]
         s["examples"] += 1
@@ -232,8 +246,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for f in files.values():
         f.close()
     if not stats:
-      raise common.DatasetError(root, f"no usable examples for {self.name} "
-                                f"({skips.report()})")
+      raise common.DatasetError(root, f"no usable examples for {self.name} ({skips.report()})")
     md = self.info.metadata
     md["aus"] = self._aus(root)
     md["classes"] = self._classes()
@@ -325,8 +338,10 @@ class RafDb(_FaceBuilder):
   """RAF-DB basic: 7 expressions, train / test (split from the image-name prefix)."""
 
   name = "raf_db"
-  BUILDER_CONFIGS = [FaceConfig(name="aligned", options=(("variant", "aligned"),)),
-                     FaceConfig(name="original", options=(("variant", "original"),))]
+  BUILDER_CONFIGS = [
+    FaceConfig(name="aligned", options=(("variant", "aligned"),)),
+    FaceConfig(name="original", options=(("variant", "original"),)),
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point --manual_dir at the RAF-DB folder that holds basic/ (basic/EmoLabel/list_patition_label.txt
   and basic/Image/aligned/ or basic/Image/original/).
@@ -340,8 +355,10 @@ class Ferplus(_FaceBuilder):
   """FER2013 images with FER+ labels: 8 expressions, train / validation / test."""
 
   name = "ferplus"
-  BUILDER_CONFIGS = [FaceConfig(name="majority", options=(("label_mode", "majority"),)),
-                     FaceConfig(name="votes", options=(("label_mode", "votes"),))]
+  BUILDER_CONFIGS = [
+    FaceConfig(name="majority", options=(("label_mode", "majority"),)),
+    FaceConfig(name="votes", options=(("label_mode", "votes"),)),
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point --manual_dir at the folder that holds fer2013.csv and fer2013new.csv (or the FERPlus
   converter's FER2013Train/, FER2013Valid/, FER2013Test/ folders with label.csv and PNGs).
@@ -355,8 +372,10 @@ class Affectnet(_FaceBuilder):
   """AffectNet (manual annotations): 8 or 7 expressions, train / test (= the validation set)."""
 
   name = "affectnet"
-  BUILDER_CONFIGS = [FaceConfig(name="8class", options=(("num_classes", 8), ("crop", True))),
-                     FaceConfig(name="7class", options=(("num_classes", 7), ("crop", True)))]
+  BUILDER_CONFIGS = [
+    FaceConfig(name="8class", options=(("num_classes", 8), ("crop", True))),
+    FaceConfig(name="7class", options=(("num_classes", 7), ("crop", True))),
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point --manual_dir at the AffectNet folder that holds Manually_Annotated_file_lists/ and
   Manually_Annotated_Images/ (or train_set/ and val_set/ with images/ and annotations/).
@@ -421,7 +440,8 @@ class Manifest(_FaceBuilder):
 
 
 BUILDERS: dict[str, type[_FaceBuilder]] = {
-    b.name: b for b in (Bp4d, Bp4dPlus, Disfa, RafDb, Ferplus, Affectnet, Synthface, Manifest)}
+  b.name: b for b in (Bp4d, Bp4dPlus, Disfa, RafDb, Ferplus, Affectnet, Synthface, Manifest)
+}
 
 
 def _base_name(name: str) -> str:
@@ -429,8 +449,9 @@ def _base_name(name: str) -> str:
   return m.group(1) if m else name
 
 
-def make_config(dataset: str, config: str | None = None,
-                image_size: int | None = None) -> FaceConfig:
+def make_config(
+  dataset: str, config: str | None = None, image_size: int | None = None
+) -> FaceConfig:
   """The FaceConfig of `dataset` named `config` (default: the first), at `image_size`.
 
   `config` may carry a size suffix ('7class_224px'); `image_size`, if given, overrides it and
@@ -451,8 +472,10 @@ def make_config(dataset: str, config: str | None = None,
     proto = FaceConfig(name=base, options=(("folds", 3), ("fold_seed", int(base[4:]))))
   else:
     extra = " (or seed<N>)" if dataset == "bp4d_plus" else ""
-    raise ValueError(f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "
-                     "optionally suffixed _<N>px")
+    raise ValueError(
+      f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "
+      "optionally suffixed _<N>px"
+    )
   full = base if size == DEFAULT_IMAGE_SIZE else f"{base}_{size}px"
   return dataclasses.replace(proto, name=full, image_size=size)
 
@@ -463,8 +486,12 @@ def builder_class(dataset: str) -> type[_FaceBuilder]:
   return BUILDERS[dataset]
 
 
-def builder(dataset: str, data_dir: str | os.PathLike[str], config: str | None = None,
-            image_size: int | None = None) -> _FaceBuilder:
+def builder(
+  dataset: str,
+  data_dir: str | os.PathLike[str],
+  config: str | None = None,
+  image_size: int | None = None,
+) -> _FaceBuilder:
   """An instance of the builder of `dataset` (not prepared yet) writing under data_dir."""
   cls = builder_class(dataset)
   cfg = make_config(dataset, config, image_size)

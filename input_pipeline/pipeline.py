@@ -52,9 +52,16 @@ _POSITION = "_position"
 
 # Canonical dtypes of schema fields; other keys keep numpy's inferred dtype.
 _DTYPES = {
-    "au": np.int8, "au_intensity": np.int8, "expression": np.int32, "frame": np.int32,
-    "fold": np.int32, "expression/votes": np.float32, "subject_id": np.int32,
-    "activity_id": np.int32, "index": np.int64, "mask": np.bool_,
+  "au": np.int8,
+  "au_intensity": np.int8,
+  "expression": np.int32,
+  "frame": np.int32,
+  "fold": np.int32,
+  "expression/votes": np.float32,
+  "subject_id": np.int32,
+  "activity_id": np.int32,
+  "index": np.int64,
+  "mask": np.bool_,
 }
 
 
@@ -83,8 +90,9 @@ def decode_image(value: Any, where: str = "image") -> np.ndarray:
   Arrays may be [H, W] or [H, W, 1] (grey, replicated), [H, W, 3], or [H, W, 4] (alpha dropped).
   `where` names the example in error messages.
   """
-  if isinstance(value, (bytes, np.bytes_)) or (isinstance(value, np.ndarray)
-                                              and value.dtype.kind == "S"):
+  if isinstance(value, (bytes, np.bytes_)) or (
+    isinstance(value, np.ndarray) and value.dtype.kind == "S"
+  ):
     data = bytes(value.item() if isinstance(value, np.ndarray) else value)
     try:
       with Image.open(io.BytesIO(data)) as img:
@@ -111,12 +119,14 @@ def vocab(values: Sequence[Any] | np.ndarray) -> list[str]:
 def to_ids(values: Sequence[Any] | np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
   """Maps strings to their index in `vocabulary`: int32 [N]; unknown or empty → -1."""
   lookup = {v: i for i, v in enumerate(vocabulary)}
-  return np.array([lookup.get(to_str(v), -1) for v in np.asarray(values, dtype=object).ravel()],
-                  dtype=np.int32)
+  return np.array(
+    [lookup.get(to_str(v), -1) for v in np.asarray(values, dtype=object).ravel()], dtype=np.int32
+  )
 
 
-def label_table(source: Any, keys: Sequence[str] = DEFAULT_LABEL_KEYS, *,
-                chunk_size: int = 1024) -> dict[str, np.ndarray]:
+def label_table(
+  source: Any, keys: Sequence[str] = DEFAULT_LABEL_KEYS, *, chunk_size: int = 1024
+) -> dict[str, np.ndarray]:
   """Scans a source for non-image fields: `{key: array [N]}` (strings decoded to str arrays).
 
   O(N) reads of the source (a TFDS data source also decodes each image while doing so; pass
@@ -135,8 +145,9 @@ def label_table(source: Any, keys: Sequence[str] = DEFAULT_LABEL_KEYS, *,
     for offset, example in enumerate(chunk):
       for k in keys:
         if k not in example:
-          raise KeyError(f"label_table: example {start + offset} has no key {k!r}; "
-                         f"it has {sorted(example)}")
+          raise KeyError(
+            f"label_table: example {start + offset} has no key {k!r}; it has {sorted(example)}"
+          )
         v = example[k]
         if isinstance(v, (bytes, str, np.bytes_, np.str_)):
           v = to_str(v)
@@ -156,8 +167,13 @@ class ExampleLoader:
   The image is decoded to uint8 [H, W, 3] (not resized; the transforms do that).
   """
 
-  def __init__(self, source: Any, keys: Sequence[str], subjects: Sequence[str] | None,
-               tasks: Sequence[str] | None):
+  def __init__(
+    self,
+    source: Any,
+    keys: Sequence[str],
+    subjects: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+  ):
     self.source = source
     self.keys = tuple(keys)
     self.subject_ids = None if subjects is None else {s: i for i, s in enumerate(subjects)}
@@ -207,8 +223,13 @@ def _convert(key: str, value: Any) -> np.ndarray:
   return array.astype(dtype) if dtype is not None else array
 
 
-def _resolve_keys(source: Any, keys: Sequence[str], subjects: Sequence[str] | None,
-                  tasks: Sequence[str] | None, caller: str) -> tuple[str, ...]:
+def _resolve_keys(
+  source: Any,
+  keys: Sequence[str],
+  subjects: Sequence[str] | None,
+  tasks: Sequence[str] | None,
+  caller: str,
+) -> tuple[str, ...]:
   """Checks requested keys against the first example; drops absent OPTIONAL_KEYS."""
   if len(source) == 0:
     raise ValueError(f"{caller}: the source is empty")
@@ -218,34 +239,45 @@ def _resolve_keys(source: Any, keys: Sequence[str], subjects: Sequence[str] | No
   resolved = []
   for key in dict.fromkeys(keys):
     if key == "subject_id" and subjects is None:
-      raise ValueError(f"{caller}: key 'subject_id' requested but subjects=None; pass "
-                       "subjects=vocab(label_table(source)['subject'])")
+      raise ValueError(
+        f"{caller}: key 'subject_id' requested but subjects=None; pass "
+        "subjects=vocab(label_table(source)['subject'])"
+      )
     if key == "activity_id" and tasks is None:
-      raise ValueError(f"{caller}: key 'activity_id' requested but tasks=None; pass "
-                       "tasks=vocab(label_table(source)['task'])")
+      raise ValueError(
+        f"{caller}: key 'activity_id' requested but tasks=None; pass "
+        "tasks=vocab(label_table(source)['task'])"
+      )
     if key in DERIVED_KEYS or key in first:
       resolved.append(key)
     elif key not in OPTIONAL_KEYS:
-      raise KeyError(f"{caller}: requested key {key!r} is not in the source's examples "
-                     f"(example 0 has {sorted(first)}); derived keys: {list(DERIVED_KEYS)}")
+      raise KeyError(
+        f"{caller}: requested key {key!r} is not in the source's examples "
+        f"(example 0 has {sorted(first)}); derived keys: {list(DERIVED_KEYS)}"
+      )
   return tuple(resolved)
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top  (only for the two numbers)
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"need 0 <= process_index < process_count, got process_index="
-                     f"{process_index}, process_count={process_count}")
+    raise ValueError(
+      f"need 0 <= process_index < process_count, got process_index="
+      f"{process_index}, process_count={process_count}"
+    )
   return int(process_index), int(process_count)
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                     f"process_count={process_count}")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"process_count={process_count}"
+    )
   return global_batch_size // process_count
 
 
@@ -261,8 +293,9 @@ class _SamplerPositions:
   global batch assembled from all processes is the sampler's list in order.
   """
 
-  def __init__(self, sampler: sampler_lib.ActivityBatchSampler, process_index: int,
-               local_batch_size: int):
+  def __init__(
+    self, sampler: sampler_lib.ActivityBatchSampler, process_index: int, local_batch_size: int
+  ):
     self.sampler = sampler
     self.offset = process_index * local_batch_size
     self.local_batch_size = local_batch_size
@@ -303,13 +336,22 @@ class _PositionSeededAugment(grain.transforms.Map):
 
 
 def make_train_dataset(
-    source: Any, *, global_batch_size: int, seed: int, image_size: int,
-    augment: augment_lib.AugmentConfig | Mapping[str, Any] | None, two_views: bool = False,
-    subjects: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-    keys: Sequence[str] = DEFAULT_KEYS, process_index: int | None = None,
-    process_count: int | None = None, worker_count: int = 0,
-    sampler: sampler_lib.ActivityBatchSampler | None = None,
-    read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  source: Any,
+  *,
+  global_batch_size: int,
+  seed: int,
+  image_size: int,
+  augment: augment_lib.AugmentConfig | Mapping[str, Any] | None,
+  two_views: bool = False,
+  subjects: Sequence[str] | None = None,
+  tasks: Sequence[str] | None = None,
+  keys: Sequence[str] = DEFAULT_KEYS,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  worker_count: int = 0,
+  sampler: sampler_lib.ActivityBatchSampler | None = None,
+  read_options: grain.ReadOptions | None = None,
+) -> grain.IterDataset:
   """Infinite, shuffled (or sampler-composed), augmented, per-process batches.
 
   Args:
@@ -342,18 +384,25 @@ def make_train_dataset(
   transform = augment_lib.TrainAugment(augment, image_size, two_views=two_views)
 
   if sampler is None:
-    positions = (grain.MapDataset.range(len(source)).seed(int(seed)).shuffle().repeat()
-                 .map_with_index(_with_position)[process_index::process_count])
+    positions = (
+      grain.MapDataset.range(len(source))
+      .seed(int(seed))
+      .shuffle()
+      .repeat()
+      .map_with_index(_with_position)[process_index::process_count]
+    )
   else:
     if sampler.batch_size != global_batch_size:
       raise ValueError(
-          f"sampler batch size {sampler.batch_size} (activities_per_batch="
-          f"{sampler.activities_per_batch} x subjects_per_activity="
-          f"{sampler.subjects_per_activity} x frames_per_group={sampler.frames_per_group}) "
-          f"!= global_batch_size={global_batch_size}")
+        f"sampler batch size {sampler.batch_size} (activities_per_batch="
+        f"{sampler.activities_per_batch} x subjects_per_activity="
+        f"{sampler.subjects_per_activity} x frames_per_group={sampler.frames_per_group}) "
+        f"!= global_batch_size={global_batch_size}"
+      )
     if sampler.num_examples != len(source):
-      raise ValueError(f"sampler was built for {sampler.num_examples} examples but the source "
-                       f"has {len(source)}")
+      raise ValueError(
+        f"sampler was built for {sampler.num_examples} examples but the source has {len(source)}"
+      )
     positions = grain.MapDataset.source(_SamplerPositions(sampler, process_index, local_bs))
 
   ds = positions.map(ExampleLoader(source, keys, subjects, tasks))
@@ -381,8 +430,14 @@ def make_train_iterator(source: Any, **kwargs: Any) -> grain.DatasetIterator:
 class _PaddedLoader:
   """Position j of a process's padded slice → a loaded, transformed example, or the padding."""
 
-  def __init__(self, loader: ExampleLoader, transform: augment_lib.EvalTransform | None,
-               start: int, stop: int, padding: dict[str, Any]):
+  def __init__(
+    self,
+    loader: ExampleLoader,
+    transform: augment_lib.EvalTransform | None,
+    start: int,
+    stop: int,
+    padding: dict[str, Any],
+  ):
     self.loader, self.transform = loader, transform
     self.start, self.stop, self.padding = start, stop, padding
 
@@ -413,11 +468,19 @@ def num_eval_batches(num_examples: int, global_batch_size: int, process_count: i
 
 
 def make_eval_batches(
-    source: Any, *, global_batch_size: int, image_size: int, keys: Sequence[str] = DEFAULT_KEYS,
-    subjects: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-    process_index: int | None = None, process_count: int | None = None,
-    crop_fraction: float = 1.0, interpolation: str = "bicubic",
-    read_options: grain.ReadOptions | None = None) -> Iterator[dict[str, np.ndarray]]:
+  source: Any,
+  *,
+  global_batch_size: int,
+  image_size: int,
+  keys: Sequence[str] = DEFAULT_KEYS,
+  subjects: Sequence[str] | None = None,
+  tasks: Sequence[str] | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  crop_fraction: float = 1.0,
+  interpolation: str = "bicubic",
+  read_options: grain.ReadOptions | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """One finite pass over `source` in padded per-process batches.
 
   Process p reads examples `[p * m, min((p + 1) * m, N))`, `m = ceil(N / P)`, in order; each
@@ -440,15 +503,16 @@ def make_eval_batches(
   loader = ExampleLoader(source, keys, subjects, tasks)
   transform = None
   if "image" in keys:
-    transform = augment_lib.EvalTransform(image_size, crop_fraction=crop_fraction,
-                                          interpolation=interpolation)
+    transform = augment_lib.EvalTransform(
+      image_size, crop_fraction=crop_fraction, interpolation=interpolation
+    )
   first = loader(0)
   padding = padding_like(first if transform is None else transform.map(first))
   if "mask" in padding:
     padding["mask"] = np.bool_(False)
 
   ds = grain.MapDataset.range(num_batches * local_bs).map(
-      _PaddedLoader(loader, transform, start, stop, padding))
+    _PaddedLoader(loader, transform, start, stop, padding)
+  )
   ds = ds.batch(local_bs, drop_remainder=True)
   return iter(ds.to_iter_dataset(read_options or default_read_options()))
-

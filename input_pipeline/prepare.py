@@ -24,13 +24,15 @@ from input_pipeline import builders
 from input_pipeline import sources
 from input_pipeline.readers import common
 
+
 def define_flags() -> None:
   """The command's flags; defined only when run as a script, so importing this module (for
   `summary`) never clashes with another program's flags."""
   flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to prepare.")
   flags.DEFINE_string("manual_dir", None, "The user's dataset folder.")
-  flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"),
-                      "Where prepared datasets are written.")
+  flags.DEFINE_string(
+    "data_dir", os.path.expanduser("~/tensorflow_datasets"), "Where prepared datasets are written."
+  )
   flags.DEFINE_string("config", None, "Builder config (default: the first one).")
   flags.DEFINE_integer("image_size", None, "Stored face size (default 112).")
   flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that is already prepared.")
@@ -49,8 +51,10 @@ def summary(name: str, info: dict) -> str:
     if any(hist):
       lines.append("    " + ", ".join(f"{e} {c}" for e, c in zip(expressions, hist) if c))
     if aus and s.get("au_known"):
-      lines.append("    AU positives/known: " + ", ".join(
-          f"AU{a} {p}/{k}" for a, p, k in zip(aus, s["au_positives"], s["au_known"])))
+      lines.append(
+        "    AU positives/known: "
+        + ", ".join(f"AU{a} {p}/{k}" for a, p, k in zip(aus, s["au_positives"], s["au_known"]))
+      )
   parts = info.get("parts", {})
   if parts:
     lines.append("  subject parts (fold f trains on the other parts, tests part k+1-f):")
@@ -80,8 +84,10 @@ def main(argv):
   except (common.DatasetError, ValueError, KeyError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"open it with input_pipeline.sources.open_source({name!r}, <split>, {data_dir!r}, "
-        f"config={cfg.name!r})")
+  print(
+    f"open it with input_pipeline.sources.open_source({name!r}, <split>, {data_dir!r}, "
+    f"config={cfg.name!r})"
+  )
   return 0
 
 

@@ -38,20 +38,31 @@ class ActivityBatchSampler:
   increasing frame order.
   """
 
-  def __init__(self, subject_ids: Sequence[int] | np.ndarray,
-               activity_ids: Sequence[int] | np.ndarray,
-               frames: Sequence[int] | np.ndarray, *, activities_per_batch: int,
-               subjects_per_activity: int, frames_per_group: int, min_frame_gap: int,
-               seed: int):
+  def __init__(
+    self,
+    subject_ids: Sequence[int] | np.ndarray,
+    activity_ids: Sequence[int] | np.ndarray,
+    frames: Sequence[int] | np.ndarray,
+    *,
+    activities_per_batch: int,
+    subjects_per_activity: int,
+    frames_per_group: int,
+    min_frame_gap: int,
+    seed: int,
+  ):
     subject_ids = _int_array(subject_ids, "subject_ids")
     activity_ids = _int_array(activity_ids, "activity_ids")
     frames = _int_array(frames, "frames")
     if not len(subject_ids) == len(activity_ids) == len(frames):
-      raise ValueError(f"subject_ids, activity_ids and frames must have equal lengths, got "
-                       f"{len(subject_ids)}, {len(activity_ids)}, {len(frames)}")
-    for name, value in (("activities_per_batch", activities_per_batch),
-                        ("subjects_per_activity", subjects_per_activity),
-                        ("frames_per_group", frames_per_group)):
+      raise ValueError(
+        f"subject_ids, activity_ids and frames must have equal lengths, got "
+        f"{len(subject_ids)}, {len(activity_ids)}, {len(frames)}"
+      )
+    for name, value in (
+      ("activities_per_batch", activities_per_batch),
+      ("subjects_per_activity", subjects_per_activity),
+      ("frames_per_group", frames_per_group),
+    ):
       if int(value) != value or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if int(min_frame_gap) != min_frame_gap or min_frame_gap < 0:
@@ -67,10 +78,11 @@ class ActivityBatchSampler:
 
     drawable = np.flatnonzero((activity_ids >= 0) & (subject_ids >= 0))
     if drawable.size == 0:
-      raise ValueError("ActivityBatchSampler: no example has both an activity and a subject "
-                       "(all activity_ids or subject_ids are -1)")
-    order = drawable[np.lexsort((frames[drawable], subject_ids[drawable],
-                                 activity_ids[drawable]))]
+      raise ValueError(
+        "ActivityBatchSampler: no example has both an activity and a subject "
+        "(all activity_ids or subject_ids are -1)"
+      )
+    order = drawable[np.lexsort((frames[drawable], subject_ids[drawable], activity_ids[drawable]))]
     keys = np.stack([activity_ids[order], subject_ids[order]], axis=1)
     starts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
     bounds = np.concatenate([[0], starts, [len(order)]])
@@ -104,8 +116,9 @@ class ActivityBatchSampler:
         out.append(self._frames(self._groups[(int(activity), int(subject))], rng))
     return np.concatenate(out).astype(np.int64)
 
-  def _frames(self, group: tuple[np.ndarray, np.ndarray, np.ndarray],
-              rng: np.random.Generator) -> np.ndarray:
+  def _frames(
+    self, group: tuple[np.ndarray, np.ndarray, np.ndarray], rng: np.random.Generator
+  ) -> np.ndarray:
     idx, next_pos, chain = group
     n, want = len(idx), self.frames_per_group
     take = min(want, int(chain[0]))
@@ -144,8 +157,9 @@ def _chain_tables(group_frames: np.ndarray, gap: int) -> tuple[np.ndarray, np.nd
       (greedy is optimal for this), non-increasing in i.
   """
   n = len(group_frames)
-  next_pos = np.maximum(np.searchsorted(group_frames, group_frames + gap, side="left"),
-                        np.arange(1, n + 1))
+  next_pos = np.maximum(
+    np.searchsorted(group_frames, group_frames + gap, side="left"), np.arange(1, n + 1)
+  )
   chain = np.ones(n + 1, dtype=np.int64)
   chain[n] = 0
   for i in range(n - 1, -1, -1):

@@ -38,20 +38,28 @@ def is_prepared(name: str, data_dir: str | os.PathLike[str], config: str | None 
   return os.path.isfile(os.path.join(dataset_dir(name, data_dir, config), "dataset_info.json"))
 
 
-def _prepared(name: str, data_dir: str | os.PathLike[str],
-              config: str | None) -> tfds.core.DatasetBuilder:
+def _prepared(
+  name: str, data_dir: str | os.PathLike[str], config: str | None
+) -> tfds.core.DatasetBuilder:
   path = dataset_dir(name, data_dir, config)
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
     cfg = f" --config={config}" if config else ""
     raise FileNotFoundError(
-        f"{path}: dataset {name} is not prepared under {os.fspath(data_dir)}; run `python -m "
-        f"input_pipeline.prepare --dataset={name}{cfg} --manual_dir=<your {name} folder> "
-        f"--data_dir={os.fspath(data_dir)}`")
+      f"{path}: dataset {name} is not prepared under {os.fspath(data_dir)}; run `python -m "
+      f"input_pipeline.prepare --dataset={name}{cfg} --manual_dir=<your {name} folder> "
+      f"--data_dir={os.fspath(data_dir)}`"
+    )
   return tfds.builder_from_directory(path)
 
 
-def open_source(name: str, split: str, data_dir: str | os.PathLike[str],
-                config: str | None = None, *, decode_images: bool = True) -> Sequence[dict]:
+def open_source(
+  name: str,
+  split: str,
+  data_dir: str | os.PathLike[str],
+  config: str | None = None,
+  *,
+  decode_images: bool = True,
+) -> Sequence[dict]:
   """A random-access source (len, getitem) over `split` of a prepared dataset.
 
   `split` follows TFDS syntax, including arithmetic ('part1+part2', 'train[:10%]'). Images come
@@ -64,8 +72,10 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike[str],
       return b.as_data_source(split)
     return b.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
   except (KeyError, ValueError) as e:
-    raise ValueError(f"{dataset_dir(name, data_dir, config)}: cannot open split {split!r} "
-                     f"(available: {sorted(b.info.splits)}): {e}") from None
+    raise ValueError(
+      f"{dataset_dir(name, data_dir, config)}: cannot open split {split!r} "
+      f"(available: {sorted(b.info.splits)}): {e}"
+    ) from None
 
 
 def info(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> dict[str, Any]:
@@ -94,21 +104,30 @@ def fold_splits(name: str, fold: int, num_parts: int = 3) -> tuple[str, str]:
   return train, f"part{folds.test_part(fold, num_parts)}"
 
 
-def prepare(name: str, manual_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str],
-            config: str | None = None, image_size: int | None = None) -> tfds.core.DatasetBuilder:
+def prepare(
+  name: str,
+  manual_dir: str | os.PathLike[str],
+  data_dir: str | os.PathLike[str],
+  config: str | None = None,
+  image_size: int | None = None,
+) -> tfds.core.DatasetBuilder:
   """Prepares one dataset (no-op if already prepared) and returns its builder."""
   b = builders.builder(name, data_dir, config, image_size)
   if not os.path.exists(manual_dir):
-    raise FileNotFoundError(f"{os.fspath(manual_dir)}: folder not found. "
-                            f"{' '.join(b.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+    raise FileNotFoundError(
+      f"{os.fspath(manual_dir)}: folder not found. "
+      f"{' '.join(b.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}"
+    )
   b.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+    file_format="array_record",
+    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
+  )
   return b
 
 
-def ensure_synthface(data_dir: str | os.PathLike[str], *, seed: int = 0,
-                     image_size: int | None = None, **sizes: Any) -> dict[str, str]:
+def ensure_synthface(
+  data_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int | None = None, **sizes: Any
+) -> dict[str, str]:
   """Makes sure both SynthFace parts are prepared under data_dir; returns {config: path}.
 
   If either is missing, runs the generator (`input_pipeline.synthface.generate(out, seed=seed,
@@ -118,8 +137,10 @@ def ensure_synthface(data_dir: str | os.PathLike[str], *, seed: int = 0,
   other arguments is an error (use another data_dir or delete it).
   """
   data_dir = os.fspath(data_dir)
-  configs = [c if not image_size or image_size == builders.DEFAULT_IMAGE_SIZE
-             else f"{c}_{image_size}px" for c in SYNTHFACE_CONFIGS]
+  configs = [
+    c if not image_size or image_size == builders.DEFAULT_IMAGE_SIZE else f"{c}_{image_size}px"
+    for c in SYNTHFACE_CONFIGS
+  ]
   raw = os.path.join(data_dir, SYNTHFACE_RAW)
   summary_path = os.path.join(raw, "synthface.json")
   wanted = {"seed": seed, **sizes}
@@ -129,12 +150,15 @@ def ensure_synthface(data_dir: str | os.PathLike[str], *, seed: int = 0,
       have = json.load(f)
     diff = {k: (have.get(k), v) for k, v in wanted.items() if k in have and have[k] != v}
     if diff:
-      raise ValueError(f"{raw}: SynthFace was generated with other arguments "
-                       f"(have, wanted): {diff}; use another data_dir or delete {raw} and the "
-                       f"prepared {os.path.join(data_dir, 'synthface')}")
+      raise ValueError(
+        f"{raw}: SynthFace was generated with other arguments "
+        f"(have, wanted): {diff}; use another data_dir or delete {raw} and the "
+        f"prepared {os.path.join(data_dir, 'synthface')}"
+      )
   missing = [c for c in configs if not is_prepared("synthface", data_dir, c)]
   if missing and have is None:
     from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
+
     logging.info("generating SynthFace (seed %d) into %s", seed, raw)
     synthface.generate(raw, seed=seed, overwrite=os.path.isdir(raw), **sizes)
   for c in missing:

@@ -31,8 +31,9 @@ def parse_folds(text: str) -> list[int]:
   try:
     folds = [int(f) for f in text.split(",") if f.strip()]
   except ValueError:
-    raise ValueError(f"--folds={text!r}: expected comma-separated fold numbers, e.g. 1,2,3"
-                     ) from None
+    raise ValueError(
+      f"--folds={text!r}: expected comma-separated fold numbers, e.g. 1,2,3"
+    ) from None
   if not folds or len(set(folds)) != len(folds) or min(folds) < 1:
     raise ValueError(f"--folds={text!r}: expected distinct fold numbers >= 1, e.g. 1,2,3")
   return folds
@@ -47,8 +48,14 @@ def fold_command(config: str, workdir: str, fold: int, extra: Sequence[str]) -> 
   for arg in extra:
     if arg.split("=", 1)[0] in ("--config.fold", "--workdir", "--config"):
       raise ValueError(f"{arg!r}: run_folds sets --config, --workdir and --config.fold itself")
-  return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}",
-          f"--workdir={fold_workdir(workdir, fold)}", f"--config.fold={fold}", *extra]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "main.py"),
+    f"--config={config}",
+    f"--workdir={fold_workdir(workdir, fold)}",
+    f"--config.fold={fold}",
+    *extra,
+  ]
 
 
 def read_results(workdir: str, folds: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -93,8 +100,7 @@ def _fmt(v: float) -> str:
   return f"{v:.4f}" if math.isfinite(v) else str(v)
 
 
-def to_markdown(summary: Mapping[str, Mapping[str, Any]], folds: Sequence[int],
-                title: str) -> str:
+def to_markdown(summary: Mapping[str, Mapping[str, Any]], folds: Sequence[int], title: str) -> str:
   """A markdown table: one row per metric, one column per fold, then mean ± std."""
   head = "| metric | " + " | ".join(f"fold {k}" for k in folds) + " | mean ± std |"
   lines = [f"# {title}", "", head, "|---" * (len(folds) + 2) + "|"]
@@ -104,16 +110,21 @@ def to_markdown(summary: Mapping[str, Mapping[str, Any]], folds: Sequence[int],
   return "\n".join(lines) + "\n"
 
 
-def write_tables(workdir: str, folds: Sequence[int], config: str = "",
-                 extra: Sequence[str] = ()) -> dict[str, Any]:
+def write_tables(
+  workdir: str, folds: Sequence[int], config: str = "", extra: Sequence[str] = ()
+) -> dict[str, Any]:
   """Reads W/fold{k}/results.json and writes W/folds.json and W/folds.md; returns the JSON."""
   per_fold = read_results(workdir, folds)
   summary = summarize(per_fold)
-  out = {"config": config, "overrides": list(extra), "folds": list(folds),
-         "per_fold": {str(k): per_fold[k] for k in folds},
-         "mean": {n: s["mean"] for n, s in summary.items()},
-         "std": {n: s["std"] for n, s in summary.items()},
-         "n": {n: s["n"] for n, s in summary.items()}}
+  out = {
+    "config": config,
+    "overrides": list(extra),
+    "folds": list(folds),
+    "per_fold": {str(k): per_fold[k] for k in folds},
+    "mean": {n: s["mean"] for n, s in summary.items()},
+    "std": {n: s["std"] for n, s in summary.items()},
+    "n": {n: s["n"] for n, s in summary.items()},
+  }
   with open(os.path.join(workdir, "folds.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2, sort_keys=True)
   title = f"{config or 'runs'}: {len(folds)} folds"
@@ -127,14 +138,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   extra = []
   if "--" in argv:
     i = argv.index("--")
-    argv, extra = argv[:i], argv[i + 1:]
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv, extra = argv[:i], argv[i + 1 :]
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", required=True, help="configs/<mode>.py[:args], as main.py takes it")
   p.add_argument("--workdir", required=True, help="fold k runs in WORKDIR/fold{k}")
   p.add_argument("--folds", default="1,2,3", help="comma-separated folds (default 1,2,3)")
-  p.add_argument("--skip_done", action="store_true",
-                 help="do not rerun a fold whose results.json exists")
+  p.add_argument(
+    "--skip_done", action="store_true", help="do not rerun a fold whose results.json exists"
+  )
   args = p.parse_args(argv)
   return args, extra
 
@@ -156,8 +169,11 @@ def main(argv: Sequence[str]) -> int:
     print(f"run_folds: fold {k}: {' '.join(commands[k])}", flush=True)
     rc = subprocess.run(commands[k], cwd=ROOT, check=False).returncode
     if rc != 0:
-      print(f"run_folds: fold {k} failed (exit code {rc}); its workdir is "
-            f"{fold_workdir(args.workdir, k)}. Rerun to resume it.", file=sys.stderr)
+      print(
+        f"run_folds: fold {k} failed (exit code {rc}); its workdir is "
+        f"{fold_workdir(args.workdir, k)}. Rerun to resume it.",
+        file=sys.stderr,
+      )
       return rc
   out = write_tables(args.workdir, folds, args.config, extra)
   print(f"run_folds: wrote {os.path.join(args.workdir, 'folds.md')} and folds.json", flush=True)

@@ -19,8 +19,35 @@ import numpy as np
 from PIL import Image
 
 # Every AU column of a real BP4D/BP4D+ AU_OCC file (evaluated and not).
-CSV_AUS = (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26,
-           27, 32, 38, 39)
+CSV_AUS = (
+  1,
+  2,
+  4,
+  5,
+  6,
+  7,
+  9,
+  10,
+  11,
+  12,
+  13,
+  14,
+  15,
+  16,
+  17,
+  18,
+  19,
+  20,
+  22,
+  23,
+  24,
+  25,
+  26,
+  27,
+  32,
+  38,
+  39,
+)
 DISFA_ALL_AUS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 
 Session = tuple[str, str]  # (subject, task)
@@ -65,8 +92,9 @@ def _write_text(path: pathlib.Path, lines: Iterable[str], crlf: bool) -> pathlib
   return path
 
 
-def write_occ_csv(path: str | os.PathLike[str], rows: Rows, *,
-                  columns: Iterable[int] = CSV_AUS, crlf: bool = False) -> pathlib.Path:
+def write_occ_csv(
+  path: str | os.PathLike[str], rows: Rows, *, columns: Iterable[int] = CSV_AUS, crlf: bool = False
+) -> pathlib.Path:
   """An AU_OCC file: header `0,<au>,<au>...` in the given column order, one row per frame."""
   columns = list(columns)
   lines = [",".join(["0"] + [str(a) for a in columns])]
@@ -81,17 +109,22 @@ def default_bp4d_sessions() -> dict[Session, dict[int, dict[int, int]]]:
   for s, subject in enumerate(("F001", "F003", "F004")):
     for task in ("T1", "T8"):
       out[(subject, task)] = {
-          f: {1: (f + s) % 2, 12: int(f == 2), 6: 9 if f == 3 else 0} for f in (1, 2, 3)}
+        f: {1: (f + s) % 2, 12: int(f == 2), 6: 9 if f == 3 else 0} for f in (1, 2, 3)
+      }
   return out
 
 
-def write_bp4d(root: str | os.PathLike[str],
-               sessions: Mapping[Session, Rows] | None = None, *,
-               images: Mapping[Session, Iterable[int]] | None = None,
-               columns: Mapping[Session, Iterable[int]] | Iterable[int] = CSV_AUS,
-               padded: bool | Container[int] = False, crlf: bool = False,
-               intensity: Mapping[Session, Mapping[int, Mapping[int, int]]] | None = None,
-               ext: str = "jpg") -> pathlib.Path:
+def write_bp4d(
+  root: str | os.PathLike[str],
+  sessions: Mapping[Session, Rows] | None = None,
+  *,
+  images: Mapping[Session, Iterable[int]] | None = None,
+  columns: Mapping[Session, Iterable[int]] | Iterable[int] = CSV_AUS,
+  padded: bool | Container[int] = False,
+  crlf: bool = False,
+  intensity: Mapping[Session, Mapping[int, Mapping[int, int]]] | None = None,
+  ext: str = "jpg",
+) -> pathlib.Path:
   """Writes a BP4D tree: <root>/<subject>/<task>/<frame>.jpg + AUCoding/AU_OCC (+ AU_INT).
 
   Args:
@@ -125,10 +158,15 @@ def write_bp4d(root: str | os.PathLike[str],
   return root
 
 
-def write_bp4d_plus(root: str | os.PathLike[str],
-                    sessions: Mapping[Session, Rows] | None = None, *, zipped: bool = True,
-                    images: Mapping[Session, Iterable[int]] | None = None,
-                    columns: Iterable[int] = CSV_AUS, crlf: bool = False) -> pathlib.Path:
+def write_bp4d_plus(
+  root: str | os.PathLike[str],
+  sessions: Mapping[Session, Rows] | None = None,
+  *,
+  zipped: bool = True,
+  images: Mapping[Session, Iterable[int]] | None = None,
+  columns: Iterable[int] = CSV_AUS,
+  crlf: bool = False,
+) -> pathlib.Path:
   """Writes a BP4D+ tree: 2D+3D/<subject>.zip (or <subject>/<task>/) + AUCoding/AU_OCC.
 
   Args:
@@ -161,10 +199,15 @@ def write_bp4d_plus(root: str | os.PathLike[str],
   return root
 
 
-def write_disfa(root: str | os.PathLike[str],
-                labels: Mapping[str, Mapping[int, Iterable[int]]] | None = None, *,
-                ext: str = "png", num_images: Mapping[str, int] | None = None,
-                start_index: int = 1, crlf: bool = False) -> pathlib.Path:
+def write_disfa(
+  root: str | os.PathLike[str],
+  labels: Mapping[str, Mapping[int, Iterable[int]]] | None = None,
+  *,
+  ext: str = "png",
+  num_images: Mapping[str, int] | None = None,
+  start_index: int = 1,
+  crlf: bool = False,
+) -> pathlib.Path:
   """Writes a DISFA tree: ActionUnit_Labels/<SN>/<SN>_au<N>.txt + <SN>/<t>.<ext>.
 
   Args:
@@ -190,8 +233,9 @@ def write_disfa(root: str | os.PathLike[str],
   return root
 
 
-def write_synthface_expressions(bp4d_root: str | os.PathLike[str],
-                                rows: Iterable[tuple[str, str, int, str]]) -> pathlib.Path:
+def write_synthface_expressions(
+  bp4d_root: str | os.PathLike[str], rows: Iterable[tuple[str, str, int, str]]
+) -> pathlib.Path:
   """SynthFace_expressions.csv (`subject,task,frame,expression`) in a BP4D-like tree."""
   lines = ["subject,task,frame,expression"] + [f"{s},{t},{f},{e}" for s, t, f, e in rows]
   return _write_text(pathlib.Path(bp4d_root) / "SynthFace_expressions.csv", lines, False)

@@ -101,16 +101,28 @@ def _raf_tree(root: pathlib.Path, lines: list[str], n_images: int) -> pathlib.Pa
 
 
 def test_raf_db_round_trip(tmp_path):
-  lines = ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7", "test_0002.jpg 4",
-           "train_00003.jpg 2"]
+  lines = [
+    "train_00001.jpg 5",
+    "train_00002.jpg 1",
+    "test_0001.jpg 7",
+    "test_0002.jpg 4",
+    "train_00003.jpg 2",
+  ]
   root = _raf_tree(tmp_path / "RAF-DB", lines, n_images=4)  # train_00003: no image
   data_dir = tmp_path / "tfds"
   sources.prepare("raf_db", root, data_dir, "aligned", image_size=32)
   meta = sources.info("raf_db", data_dir, "aligned_32px")
   assert meta["num_examples"] == {"train": 2, "test": 2}
   assert meta["skips"] == {"image file missing": 1}
-  assert meta["classes"] == ["neutral", "happiness", "sadness", "surprise", "fear", "disgust",
-                             "anger"]
+  assert meta["classes"] == [
+    "neutral",
+    "happiness",
+    "sadness",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+  ]
   assert meta["aus"] == []
   for split in ("train", "test"):
     want = list(raf_db.read(root, split=split))
@@ -124,8 +136,9 @@ def test_raf_db_round_trip(tmp_path):
       diff = np.abs(got["image"].astype(np.float32) - ref.astype(np.float32))
       assert diff.mean() < 3 and diff.max() < 40
   # Labels by hand: train 5 -> sadness, 1 -> surprise; test 7 -> neutral, 4 -> happiness.
-  assert [int(x["expression"]) for x in sources.open_source("raf_db", "train", data_dir,
-                                                            "aligned_32px")] == [2, 3]
+  assert [
+    int(x["expression"]) for x in sources.open_source("raf_db", "train", data_dir, "aligned_32px")
+  ] == [2, 3]
   raw = sources.open_source("raf_db", "test", data_dir, "aligned_32px", decode_images=False)
   assert [int(x["expression"]) for x in raw] == [0, 1]
   assert Image.open(io.BytesIO(raw[0]["image"])).format == "JPEG"
@@ -150,8 +163,7 @@ def test_failing_prepare_leaves_nothing_that_looks_complete(tmp_path):
 
 
 def test_configs_and_fold_splits():
-  assert builders.make_config("affectnet", "7class").options == (("num_classes", 7),
-                                                                ("crop", True))
+  assert builders.make_config("affectnet", "7class").options == (("num_classes", 7), ("crop", True))
   cfg = builders.make_config("affectnet", "7class", image_size=224)
   assert (cfg.name, cfg.image_size) == ("7class_224px", 224)
   assert builders.make_config("ferplus", "votes_64px").image_size == 64

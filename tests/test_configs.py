@@ -12,8 +12,19 @@ from clef_jax import tokenizer
 from configs import common
 
 CONFIGS = ("pretrain", "finetune_au", "finetune_fer", "linear_probe", "zeroshot")
-FIELDS = ("mode", "seed", "total_steps", "batch_size", "log_every_steps",
-          "checkpoint_every_steps", "init", "data", "model", "optim", "mesh")
+FIELDS = (
+  "mode",
+  "seed",
+  "total_steps",
+  "batch_size",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "init",
+  "data",
+  "model",
+  "optim",
+  "mesh",
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -49,15 +60,22 @@ def test_unknown_config_arg_is_named():
 def _parse(argv):
   argv = ["prog", *argv]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+  )
   fv(argv)
   return fv.config
 
 
 def test_command_line_override_and_unknown_key():
-  c = _parse(["--config=configs/pretrain.py:tiny", "--config.mode=zeroshot",
-              "--config.data.data_dir=/tmp/x", "--config.pretrain.pairing=instance"])
+  c = _parse(
+    [
+      "--config=configs/pretrain.py:tiny",
+      "--config.mode=zeroshot",
+      "--config.data.data_dir=/tmp/x",
+      "--config.pretrain.pairing=instance",
+    ]
+  )
   assert c.mode == "zeroshot" and c.data.data_dir == "/tmp/x"
   assert c.pretrain.pairing == "instance"
   with pytest.raises(Exception, match="not_a_key"):
@@ -65,8 +83,17 @@ def test_command_line_override_and_unknown_key():
 
 
 def test_main_rejects_unknown_mode(tmp_path):
-  r = subprocess.run([sys.executable, "main.py", "--config=configs/pretrain.py:tiny",
-                      f"--workdir={tmp_path}", "--config.mode=dance"],
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "main.py",
+      "--config=configs/pretrain.py:tiny",
+      f"--workdir={tmp_path}",
+      "--config.mode=dance",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode != 0
   assert "dance" in r.stderr and "pretrain" in r.stderr and "zeroshot" in r.stderr

@@ -123,10 +123,13 @@ def ref_bce(logits, labels, w, valid):
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("labels", [
-    [0, 1, 0, 2, 1, 0, 3, 2, 5, 1],   # labels 3 and 5 have no positive
-    [4] * 10,                         # all rows the same activity
-])
+@pytest.mark.parametrize(
+  "labels",
+  [
+    [0, 1, 0, 2, 1, 0, 3, 2, 5, 1],  # labels 3 and 5 have no positive
+    [4] * 10,  # all rows the same activity
+  ],
+)
 def test_supcon_matches_reference(labels):
   rng = np.random.default_rng(0)
   z = _unit(rng, len(labels))
@@ -148,10 +151,14 @@ def test_supcon_padding_does_not_change_loss():
   zp = np.concatenate([z, _unit(rng, 3)])
   lp = np.concatenate([labels, [0, 1, 3]])
   mask = np.arange(10) < 7
-  np.testing.assert_allclose(losses.supcon(zp, lp, TAU, mask), losses.supcon(z, labels, TAU),
-                             rtol=1e-6)
-  np.testing.assert_allclose(losses.supcon(zp, lp, TAU, mask),
-                             ref_supcon(zp, lambda i, j: lp[i] == lp[j], TAU, mask), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.supcon(zp, lp, TAU, mask), losses.supcon(z, labels, TAU), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.supcon(zp, lp, TAU, mask),
+    ref_supcon(zp, lambda i, j: lp[i] == lp[j], TAU, mask),
+    rtol=1e-5,
+  )
 
 
 def test_supcon_gradients_finite_with_masks_and_lonely_anchors():
@@ -183,16 +190,19 @@ def ref_pair(pairing, inst, act, subj, i, j):
 @pytest.mark.parametrize("pairing", losses.PAIRINGS)
 def test_pairing_mask_matches_definition(pairing):
   inst, act, subj = _two_view_batch()
-  got = np.asarray(losses.pairing_mask(pairing, instance_ids=inst, activity_ids=act,
-                                       subject_ids=subj))
+  got = np.asarray(
+    losses.pairing_mask(pairing, instance_ids=inst, activity_ids=act, subject_ids=subj)
+  )
   n = len(inst)
   want = np.array([[ref_pair(pairing, inst, act, subj, i, j) for j in range(n)] for i in range(n)])
   np.testing.assert_array_equal(got, want)
   # And the loss built on it equals the reference SupCon with that positive relation.
   z = _unit(np.random.default_rng(4), n)
   np.testing.assert_allclose(
-      losses.supcon_from_mask(z, got, TAU),
-      ref_supcon(z, lambda i, j: ref_pair(pairing, inst, act, subj, i, j), TAU), rtol=1e-5)
+    losses.supcon_from_mask(z, got, TAU),
+    ref_supcon(z, lambda i, j: ref_pair(pairing, inst, act, subj, i, j), TAU),
+    rtol=1e-5,
+  )
 
 
 def test_pairing_mask_errors():
@@ -211,13 +221,16 @@ def test_nt_xent_matches_reference_and_instance_supcon():
   got = losses.nt_xent(z1, z2, TAU)
   np.testing.assert_allclose(got, ref_nt_xent(z1, z2, TAU), rtol=1e-5)
   pos = losses.pairing_mask("instance", instance_ids=np.tile(np.arange(5), 2))
-  np.testing.assert_allclose(got, losses.supcon_from_mask(np.concatenate([z1, z2]), pos, TAU),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    got, losses.supcon_from_mask(np.concatenate([z1, z2]), pos, TAU), rtol=1e-6
+  )
   mask = np.array([1, 1, 0, 1, 0], bool)
-  np.testing.assert_allclose(losses.nt_xent(z1, z2, TAU, mask),
-                             ref_nt_xent(z1, z2, TAU, mask), rtol=1e-5)
-  np.testing.assert_allclose(losses.nt_xent(z1, z2, TAU, mask),
-                             losses.nt_xent(z1[mask], z2[mask], TAU), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.nt_xent(z1, z2, TAU, mask), ref_nt_xent(z1, z2, TAU, mask), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    losses.nt_xent(z1, z2, TAU, mask), losses.nt_xent(z1[mask], z2[mask], TAU), rtol=1e-6
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,15 +241,18 @@ def test_nt_xent_matches_reference_and_instance_supcon():
 def test_image_activity_loss_matches_reference():
   rng = np.random.default_rng(6)
   zimg, ztext = _unit(rng, 9), _unit(rng, 5)
-  act = np.array([0, 2, 2, 0, -1, 3, 0, 2, 3])      # activities 1 and 4 absent; one -1 row
+  act = np.array([0, 2, 2, 0, -1, 3, 0, 2, 3])  # activities 1 and 4 absent; one -1 row
   loss, aux = losses.image_activity_loss(zimg, ztext, act, SCALE)
   want, want_acc = ref_image_activity(zimg, ztext, act, SCALE)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_allclose(aux["i2t_accuracy"], want_acc, rtol=1e-6)
   # All images of one activity: text->image has a single text with all images as positives.
   same = np.zeros(9, int)
-  np.testing.assert_allclose(losses.image_activity_loss(zimg, ztext, same, SCALE)[0],
-                             ref_image_activity(zimg, ztext, same, SCALE)[0], rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.image_activity_loss(zimg, ztext, same, SCALE)[0],
+    ref_image_activity(zimg, ztext, same, SCALE)[0],
+    rtol=1e-5,
+  )
 
 
 def test_image_activity_loss_padding_and_all_masked():
@@ -245,14 +261,17 @@ def test_image_activity_loss_padding_and_all_masked():
   act = np.array([0, 1, 2, 0, 1, 2, 0, 1])
   mask = np.arange(8) < 5
   padded = losses.image_activity_loss(zimg, ztext, act, SCALE, mask)[0]
-  np.testing.assert_allclose(padded, losses.image_activity_loss(zimg[:5], ztext, act[:5],
-                                                                SCALE)[0], rtol=1e-6)
-  np.testing.assert_allclose(padded, ref_image_activity(zimg, ztext, act, SCALE, mask)[0],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    padded, losses.image_activity_loss(zimg[:5], ztext, act[:5], SCALE)[0], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    padded, ref_image_activity(zimg, ztext, act, SCALE, mask)[0], rtol=1e-5
+  )
   loss, aux = losses.image_activity_loss(zimg, ztext, act, SCALE, np.zeros(8, bool))
   assert float(loss) == 0.0 and float(aux["i2t_accuracy"]) == 0.0
-  grads = jax.jit(jax.grad(lambda a, b: losses.image_activity_loss(a, b, act, SCALE, mask)[0],
-                           argnums=(0, 1)))(jnp.asarray(zimg), jnp.asarray(ztext))
+  grads = jax.jit(
+    jax.grad(lambda a, b: losses.image_activity_loss(a, b, act, SCALE, mask)[0], argnums=(0, 1))
+  )(jnp.asarray(zimg), jnp.asarray(ztext))
   assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
 
@@ -264,11 +283,13 @@ def test_clip_and_description_name_loss_match_reference():
   logits = za @ zb.T
   np.testing.assert_allclose(aux["i2t_accuracy"], np.mean(logits.argmax(1) == np.arange(6)))
   np.testing.assert_allclose(aux["t2i_accuracy"], np.mean(logits.argmax(0) == np.arange(6)))
-  np.testing.assert_allclose(losses.description_name_loss(za, zb, SCALE),
-                             ref_clip(za, zb, SCALE), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.description_name_loss(za, zb, SCALE), ref_clip(za, zb, SCALE), rtol=1e-5
+  )
   mask = np.array([1, 0, 1, 1, 0, 1], bool)
-  np.testing.assert_allclose(losses.clip_loss(za, zb, SCALE, mask)[0],
-                             ref_clip(za[mask], zb[mask], SCALE), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.clip_loss(za, zb, SCALE, mask)[0], ref_clip(za[mask], zb[mask], SCALE), rtol=1e-5
+  )
   assert float(losses.clip_loss(za, zb, SCALE, np.zeros(6, bool))[0]) == 0.0
 
 
@@ -281,22 +302,29 @@ def test_fer_text_loss_hard_soft_and_smoothing():
   rng = np.random.default_rng(9)
   zimg, zcls = _unit(rng, 6), _unit(rng, 4)
   logits = SCALE * zimg @ zcls.T
-  labels = np.array([0, 3, -1, 1, 2, 3])            # -1 = unknown label
+  labels = np.array([0, 3, -1, 1, 2, 3])  # -1 = unknown label
   mask = np.array([1, 1, 1, 1, 1, 0], bool)
   onehot = np.eye(4)[np.maximum(labels, 0)]
   known = mask & (labels >= 0)
-  np.testing.assert_allclose(losses.fer_text_loss(zimg, zcls, labels, SCALE, mask),
-                             ref_ce(logits, onehot, known), rtol=1e-5)
   np.testing.assert_allclose(
-      losses.fer_text_loss(zimg, zcls, labels, SCALE, mask, label_smoothing=0.2),
-      ref_ce(logits, 0.8 * onehot + 0.05, known), rtol=1e-5)
-  votes = rng.integers(0, 5, size=(6, 4)).astype(np.float32)   # FER+-style vote counts
-  votes[2] = 0                                                 # no votes -> left out
+    losses.fer_text_loss(zimg, zcls, labels, SCALE, mask), ref_ce(logits, onehot, known), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    losses.fer_text_loss(zimg, zcls, labels, SCALE, mask, label_smoothing=0.2),
+    ref_ce(logits, 0.8 * onehot + 0.05, known),
+    rtol=1e-5,
+  )
+  votes = rng.integers(0, 5, size=(6, 4)).astype(np.float32)  # FER+-style vote counts
+  votes[2] = 0  # no votes -> left out
   dist = votes / np.maximum(votes.sum(1, keepdims=True), 1)
-  np.testing.assert_allclose(losses.fer_text_loss(zimg, zcls, votes, SCALE),
-                             ref_ce(logits, dist, votes.sum(1) > 0), rtol=1e-5)
-  np.testing.assert_allclose(losses.softmax_ce(logits, labels, mask),
-                             ref_ce(logits, onehot, known), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.fer_text_loss(zimg, zcls, votes, SCALE),
+    ref_ce(logits, dist, votes.sum(1) > 0),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    losses.softmax_ce(logits, labels, mask), ref_ce(logits, onehot, known), rtol=1e-5
+  )
   with pytest.raises(ValueError, match="labels must have shape"):
     losses.softmax_ce(logits, labels[:3])
 
@@ -325,26 +353,27 @@ def test_au_bce_matches_reference_and_torch():
   got = losses.au_bce(logits, labels, w, mask)
   np.testing.assert_allclose(got, ref_bce(logits, labels, w, mask), rtol=1e-5)
   import torch  # pylint: disable=g-import-not-at-top
+
   keep = (labels >= 0) & mask[:, None]
   per = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w), reduction="none")(
-      torch.tensor(logits), torch.tensor((labels == 1).astype(np.float32)))
+    torch.tensor(logits), torch.tensor((labels == 1).astype(np.float32))
+  )
   np.testing.assert_allclose(got, per.numpy()[keep].mean(), rtol=1e-5)
-  np.testing.assert_allclose(losses.au_bce(logits, labels), ref_bce(logits, labels, np.ones(4),
-                                                                   np.ones(6, bool)), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.au_bce(logits, labels), ref_bce(logits, labels, np.ones(4), np.ones(6, bool)), rtol=1e-5
+  )
   assert float(losses.au_bce(logits, -np.ones((6, 4), int), w)) == 0.0
   g = jax.jit(jax.grad(lambda x: losses.au_bce(x, labels, w, mask)))(logits)
   assert np.isfinite(np.asarray(g)).all() and not np.asarray(g)[5].any()
 
 
 def test_au_pos_weight():
-  labels = np.array([[1, 0, -1, 0, -1],
-                     [0, 0, -1, 0, 1],
-                     [0, 1, -1, 0, 1],
-                     [-1, 1, -1, 0, 1]])
+  labels = np.array([[1, 0, -1, 0, -1], [0, 0, -1, 0, 1], [0, 1, -1, 0, 1], [-1, 1, -1, 0, 1]])
   # AU0: 1 pos / 2 neg -> 2; AU1: 2/2 -> 1; AU2: nothing known -> 1; AU3: no pos -> max;
   # AU4: 3 pos / 0 neg -> 0, clipped to min.
-  np.testing.assert_allclose(losses.au_pos_weight(labels, min_weight=0.1, max_weight=50.0),
-                             [2.0, 1.0, 1.0, 50.0, 0.1])
+  np.testing.assert_allclose(
+    losses.au_pos_weight(labels, min_weight=0.1, max_weight=50.0), [2.0, 1.0, 1.0, 50.0, 0.1]
+  )
   bad = labels.copy()
   bad[2, 3] = 9
   with pytest.raises(ValueError, match="value 9 at row 2, column 3"):
@@ -370,15 +399,16 @@ def test_losses_on_eight_devices_match_single_device():
   w = np.array([1.0, 2.0, 4.0], np.float32)
 
   def all_losses(z1, z2, ztext, inst, act, subj, mask, au_labels):
-    pos = losses.pairing_mask("activity_cross_subject", instance_ids=inst, activity_ids=act,
-                              subject_ids=subj)
+    pos = losses.pairing_mask(
+      "activity_cross_subject", instance_ids=inst, activity_ids=act, subject_ids=subj
+    )
     return {
-        "supcon": losses.supcon_from_mask(z1, pos, TAU, mask),
-        "nt_xent": losses.nt_xent(z1, z2, TAU, mask),
-        "image_activity": losses.image_activity_loss(z1, ztext, act, SCALE, mask)[0],
-        "clip": losses.clip_loss(z1, z2, SCALE, mask)[0],
-        "fer": losses.fer_text_loss(z1, ztext, jnp.maximum(act, 0), SCALE, mask),
-        "au": losses.au_bce(losses.au_logits(z1, ztext[:3], SCALE, 0.1), au_labels, w, mask),
+      "supcon": losses.supcon_from_mask(z1, pos, TAU, mask),
+      "nt_xent": losses.nt_xent(z1, z2, TAU, mask),
+      "image_activity": losses.image_activity_loss(z1, ztext, act, SCALE, mask)[0],
+      "clip": losses.clip_loss(z1, z2, SCALE, mask)[0],
+      "fer": losses.fer_text_loss(z1, ztext, jnp.maximum(act, 0), SCALE, mask),
+      "au": losses.au_bce(losses.au_logits(z1, ztext[:3], SCALE, 0.1), au_labels, w, mask),
     }
 
   args = (z1, z2, ztext, inst, act, subj, mask, au_labels)

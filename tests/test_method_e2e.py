@@ -83,8 +83,13 @@ def finetune_fer(root, pretrain):
 
 @pytest.fixture(scope="module")
 def finetune_fer_seen(root, pretrain):
-  return run("finetune_fer", root, "finetune_fer_seen", init=f"clef:{pretrain[0]}",
-             **{"finetune.classes": SEEN})
+  return run(
+    "finetune_fer",
+    root,
+    "finetune_fer_seen",
+    init=f"clef:{pretrain[0]}",
+    **{"finetune.classes": SEEN},
+  )
 
 
 def test_data_folder_is_prepared_once(root, pretrain):
@@ -100,11 +105,13 @@ def test_data_folder_is_prepared_once(root, pretrain):
 
 
 def _expressions(root, split: str, part: str = "raf") -> list[str]:
-  src = sources.open_source("synthface", split, str(root / "data"), config=part,
-                            decode_images=False)
+  src = sources.open_source(
+    "synthface", split, str(root / "data"), config=part, decode_images=False
+  )
   names = prompts.expressions()
-  return [names[int(src[i]["expression"])] for i in range(len(src))
-          if int(src[i]["expression"]) >= 0]
+  return [
+    names[int(src[i]["expression"])] for i in range(len(src)) if int(src[i]["expression"]) >= 0
+  ]
 
 
 def _read(workdir: str, name: str):
@@ -115,8 +122,11 @@ def _read(workdir: str, name: str):
 def _check_run_files(workdir: str, mode: str, steps: int = STEPS) -> dict:
   config = _read(workdir, "config.json")
   assert config["mode"] == mode
-  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8")
-           if l.strip()]
+  lines = [
+    json.loads(l)
+    for l in open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8")
+    if l.strip()
+  ]
   train_lines = [m for m in lines if "loss" in m]
   assert [m["step"] for m in train_lines] == list(range(1, steps + 1))
   assert all(np.isfinite(m["loss"]) for m in train_lines)
@@ -141,8 +151,9 @@ def _check_fer(results: dict, prefix: str, classes: list[str], true: list[str], 
   assert results[f"{prefix}fer/num_examples"] == len(true)
   np.testing.assert_allclose(results[f"{prefix}fer/accuracy"], np.trace(cm) / cm.sum())
   present = cm.sum(1) > 0
-  np.testing.assert_allclose(results[f"{prefix}fer/mean_class_accuracy"],
-                             np.mean(np.diag(cm)[present] / cm.sum(1)[present]))
+  np.testing.assert_allclose(
+    results[f"{prefix}fer/mean_class_accuracy"], np.mean(np.diag(cm)[present] / cm.sum(1)[present])
+  )
   for i, c in enumerate(classes):
     if present[i]:
       np.testing.assert_allclose(results[f"{prefix}fer/accuracy/{c}"], cm[i, i] / cm[i].sum())
@@ -153,8 +164,10 @@ def _check_fer(results: dict, prefix: str, classes: list[str], true: list[str], 
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,8 +181,9 @@ def test_pretrain(pretrain):
   assert on_disk.keys() == results.keys()
   assert {f"au_probe/au_f1/AU{a}" for a in BP4D_AUS} | {"au_probe/au_f1/mean"} <= results.keys()
   _in_unit_range(results, "au_probe/au_f1/")
-  np.testing.assert_allclose(results["au_probe/au_f1/mean"],
-                             np.mean([results[f"au_probe/au_f1/AU{a}"] for a in BP4D_AUS]))
+  np.testing.assert_allclose(
+    results["au_probe/au_f1/mean"], np.mean([results[f"au_probe/au_f1/AU{a}"] for a in BP4D_AUS])
+  )
   assert results["activity/chance"] == pytest.approx(1 / 8)
   _in_unit_range(results, "activity/")
   m = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][0]
@@ -188,8 +202,9 @@ def test_finetune_au(finetune_au):
   keys = {f"test/au_f1/AU{a}" for a in BP4D_AUS} | {"test/au_f1/mean"}
   assert keys <= results.keys()
   _in_unit_range(results, "test/au_f1/")
-  np.testing.assert_allclose(results["test/au_f1/mean"],
-                             np.mean([results[f"test/au_f1/AU{a}"] for a in BP4D_AUS]))
+  np.testing.assert_allclose(
+    results["test/au_f1/mean"], np.mean([results[f"test/au_f1/AU{a}"] for a in BP4D_AUS])
+  )
   m = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][0]
   np.testing.assert_allclose(m["loss"], m["loss_in"] + m["loss_dn"], rtol=1e-5)
 
@@ -217,16 +232,21 @@ def test_clef_init_loads_the_pretrained_towers(root, pretrain, finetune_au):
   """
   _, pre = ckpt_lib.load_params(pretrain[0])
   _, fin = ckpt_lib.load_params(finetune_au[0])
-  pre, fin = _flat({k: pre[k] for k in ("visual", "text")}), _flat(
-      {k: fin[k] for k in ("visual", "text")})
+  pre, fin = (
+    _flat({k: pre[k] for k in ("visual", "text")}),
+    _flat({k: fin[k] for k in ("visual", "text")}),
+  )
   assert pre.keys() == fin.keys()
   drift = max(float(np.abs(pre[k] - fin[k]).max()) for k in pre)
   assert drift < 3 * STEPS * 1e-4
   config = make_config("finetune_au", root)
   model = models.build(config.model)
   size = config.model.image_size
-  fresh = model.init(jax.random.key(123), np.zeros((1, size, size, 3), np.float32),
-                     np.zeros((1, config.model.context_length), np.int32))["params"]
+  fresh = model.init(
+    jax.random.key(123),
+    np.zeros((1, size, size, 3), np.float32),
+    np.zeros((1, config.model.context_length), np.int32),
+  )["params"]
   fresh = _flat({k: fresh[k] for k in ("visual", "text")})
   assert max(float(np.abs(pre[k] - fresh[k]).max()) for k in pre) > 10 * drift
 
@@ -237,8 +257,9 @@ def test_clef_init_loads_the_pretrained_towers(root, pretrain, finetune_au):
 
 
 def _zeroshot(root, protocol: str, init_workdir: str, name: str):
-  workdir, results = run("zeroshot", root, name, f"tiny,protocol={protocol}",
-                         init=f"clef:{init_workdir}")
+  workdir, results = run(
+    "zeroshot", root, name, f"tiny,protocol={protocol}", init=f"clef:{init_workdir}"
+  )
   assert _read(workdir, "results.json") == json.loads(json.dumps(results))
   assert _read(workdir, "config.json")["zeroshot"]["protocol"] == protocol
   assert results["zeroshot/protocol"] == protocol
@@ -255,8 +276,7 @@ def test_zeroshot_over_all_classes(root, pretrain, finetune_au, protocol):
 
 
 def test_zeroshot_unseen_expressions(root, finetune_fer_seen):
-  workdir, results = _zeroshot(root, "unseen_expressions", finetune_fer_seen[0],
-                               "zeroshot_unseen")
+  workdir, results = _zeroshot(root, "unseen_expressions", finetune_fer_seen[0], "zeroshot_unseen")
   assert results["zeroshot/split"] == f"seen={SEEN} unseen={UNSEEN}"
   n_unseen = sum(e in UNSEEN for e in _expressions(root, "test"))
   assert results["zeroshot/num_examples"] == n_unseen > 0
@@ -272,8 +292,9 @@ def test_zeroshot_unseen_expressions(root, finetune_fer_seen):
 
 
 def test_linear_probe_keeps_the_pretrained_towers(root, pretrain):
-  workdir, results = run("linear_probe", root, "linear_probe", "tiny,task=au",
-                         init=f"clef:{pretrain[0]}")
+  workdir, results = run(
+    "linear_probe", root, "linear_probe", "tiny,task=au", init=f"clef:{pretrain[0]}"
+  )
   results = _check_run_files(workdir, "linear_probe")
   _in_unit_range(results, "test/au_f1/")
   assert "test/au_f1/AU12" in results
@@ -292,8 +313,13 @@ def test_linear_probe_keeps_the_pretrained_towers(root, pretrain):
 @pytest.mark.parametrize("variant", ["head=linear", "au_head=prompt_pair"])
 def test_finetune_variants(root, pretrain, variant):
   key, value = variant.split("=")
-  workdir, results = run("finetune_au", root, f"finetune_au_{value}", init=f"clef:{pretrain[0]}",
-                         **{f"finetune.{key}": value})
+  workdir, results = run(
+    "finetune_au",
+    root,
+    f"finetune_au_{value}",
+    init=f"clef:{pretrain[0]}",
+    **{f"finetune.{key}": value},
+  )
   results = _check_run_files(workdir, "finetune")
   assert _read(workdir, "config.json")["finetune"][key] == value
   _in_unit_range(results, "test/au_f1/")
@@ -318,10 +344,19 @@ def test_run_folds_table(tmp_path):
   rng = np.random.default_rng(0)
   vals = rng.uniform(size=(3, 2))
   for k in (1, 2, 3):
-    _write_results(str(tmp_path), k, {
-        "test/au_f1/mean": vals[k - 1, 0], "test/au_f1/AU12": vals[k - 1, 1], "step": 3,
-        "test/fer/confusion_matrix": [[1, 0], [0, 1]], "zeroshot/protocol": "prompts",
-        "only_in_two": float(k) if k < 3 else "n/a", "flag": True})
+    _write_results(
+      str(tmp_path),
+      k,
+      {
+        "test/au_f1/mean": vals[k - 1, 0],
+        "test/au_f1/AU12": vals[k - 1, 1],
+        "step": 3,
+        "test/fer/confusion_matrix": [[1, 0], [0, 1]],
+        "zeroshot/protocol": "prompts",
+        "only_in_two": float(k) if k < 3 else "n/a",
+        "flag": True,
+      },
+    )
   out = run_folds.write_tables(str(tmp_path), [1, 2, 3], "configs/x.py:tiny")
   for j, name in enumerate(("test/au_f1/mean", "test/au_f1/AU12")):
     np.testing.assert_allclose(out["mean"][name], vals[:, j].mean())
@@ -360,12 +395,25 @@ def test_run_folds_cli_runs_main_per_fold(root, pretrain):
   covers the name+description prompt ensemble.
   """
   workdir = str(root / "folds")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "run_folds.py"),
-         "--config=configs/zeroshot.py:tiny,protocol=prompts", f"--workdir={workdir}",
-         "--folds=1,2", "--", f"--config.init=clef:{pretrain[0]}",
-         f"--config.data.data_dir={root / 'data'}", "--config.zeroshot.texts=both"]
-  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                        capture_output=True, text=True, timeout=900)
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "run_folds.py"),
+    "--config=configs/zeroshot.py:tiny,protocol=prompts",
+    f"--workdir={workdir}",
+    "--folds=1,2",
+    "--",
+    f"--config.init=clef:{pretrain[0]}",
+    f"--config.data.data_dir={root / 'data'}",
+    "--config.zeroshot.texts=both",
+  ]
+  proc = subprocess.run(
+    cmd,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
   per_fold = []

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from clef_jax import losses
 from clef_jax import models
@@ -23,18 +22,19 @@ def _setup(config):
 def _init(model, obj, config, seed=0):
   s = config.model.image_size
   r1, r2 = jax.random.split(jax.random.key(seed))
-  p = model.init(r1, jnp.zeros((1, s, s, 3)), jnp.zeros((1, config.model.context_length),
-                                                           jnp.int32))["params"]
+  p = model.init(
+    r1, jnp.zeros((1, s, s, 3)), jnp.zeros((1, config.model.context_length), jnp.int32)
+  )["params"]
   return {**p, "heads": obj.init_heads(r2)}
 
 
 def _pretrain_batch(b, s, rng):
   return {
-      "image": rng.integers(0, 256, (b, 2, s, s, 3), dtype=np.uint8),
-      "activity_id": rng.integers(0, 3, (b,)).astype(np.int32),
-      "subject_id": rng.integers(0, 4, (b,)).astype(np.int32),
-      "index": np.arange(b, dtype=np.int64),
-      "mask": np.array([True] * (b - 1) + [False]),
+    "image": rng.integers(0, 256, (b, 2, s, s, 3), dtype=np.uint8),
+    "activity_id": rng.integers(0, 3, (b,)).astype(np.int32),
+    "subject_id": rng.integers(0, 4, (b,)).astype(np.int32),
+    "index": np.arange(b, dtype=np.int64),
+    "mask": np.array([True] * (b - 1) + [False]),
   }
 
 
@@ -59,15 +59,23 @@ def test_accumulation_equals_big_batch_pretrain(pairing, proj):
   rep = lambda x: jnp.repeat(x, 2)
   z_pi = z
   if proj:
-    z_pi = objectives._normalize(objectives.ProjectionHead(c.model.embed_dim, c.pretrain.proj_dim)
-                                 .apply({"params": params["heads"]["pi_proj"]}, z))
-  pos = losses.pairing_mask(pairing, instance_ids=rep(batch["index"]),
-                            activity_ids=rep(batch["activity_id"]),
-                            subject_ids=rep(batch["subject_id"]))
-  want = (losses.supcon_from_mask(z_pi, pos, 0.1, rep(batch["mask"])) +
-          losses.image_activity_loss(z, zt, rep(batch["activity_id"]),
-                                     objectives.logit_scale(params, c.model),
-                                     rep(batch["mask"]))[0])
+    z_pi = objectives._normalize(
+      objectives.ProjectionHead(c.model.embed_dim, c.pretrain.proj_dim).apply(
+        {"params": params["heads"]["pi_proj"]}, z
+      )
+    )
+  pos = losses.pairing_mask(
+    pairing,
+    instance_ids=rep(batch["index"]),
+    activity_ids=rep(batch["activity_id"]),
+    subject_ids=rep(batch["subject_id"]),
+  )
+  want = (
+    losses.supcon_from_mask(z_pi, pos, 0.1, rep(batch["mask"]))
+    + losses.image_activity_loss(
+      z, zt, rep(batch["activity_id"]), objectives.logit_scale(params, c.model), rep(batch["mask"])
+    )[0]
+  )
   np.testing.assert_allclose(l1, want, rtol=1e-5)
 
 
@@ -79,13 +87,19 @@ def test_accumulation_equals_big_batch_finetune(task):
   if task == "au":
     labels = [1, 2, 4, 6, 12]
     obj = objectives.finetune_objective(c, model, tok, labels, pos_weight=np.full(5, 2.0))
-    batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-             "au": rng.integers(-1, 2, (8, 5)).astype(np.int8), "mask": np.ones(8, bool)}
+    batch = {
+      "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+      "au": rng.integers(-1, 2, (8, 5)).astype(np.int8),
+      "mask": np.ones(8, bool),
+    }
   else:
     labels = ["neutral", "happiness", "sadness"]
     obj = objectives.finetune_objective(c, model, tok, labels)
-    batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-             "label": rng.integers(0, 3, (8,)).astype(np.int32), "mask": np.ones(8, bool)}
+    batch = {
+      "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+      "label": rng.integers(0, 3, (8,)).astype(np.int32),
+      "mask": np.ones(8, bool),
+    }
   params = _init(model, obj, c)
   batch = jax.tree.map(jnp.asarray, batch)
   key = jax.random.key(3)
@@ -106,8 +120,9 @@ def test_sharded_step_equals_single_device():
   key = jax.random.key(0)
   f = lambda p, b: objectives.grad_fn(obj, p, b, key, 1)
   single = jax.devices()[:1]
-  (l1, _), g1 = jax.jit(f)(jax.device_put(params, single[0]),
-                           jax.device_put(jax.tree.map(jnp.asarray, host), single[0]))
+  (l1, _), g1 = jax.jit(f)(
+    jax.device_put(params, single[0]), jax.device_put(jax.tree.map(jnp.asarray, host), single[0])
+  )
   for spec in ([("data", 8), ("fsdp", 1)], [("data", 4), ("fsdp", 2)]):
     mesh = sharding.make_mesh(spec)
     with jax.set_mesh(mesh):

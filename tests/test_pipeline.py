@@ -30,7 +30,8 @@ def make_source(n=N, size=16, encode_every=0):
       buf = io.BytesIO()
       Image.fromarray(image).save(buf, format="PNG")
       image = buf.getvalue()
-    source.append({
+    source.append(
+      {
         "image": image,
         "image/path": f"/data/{i}.png",
         "subject": SUBJECTS[i % 4].encode(),
@@ -41,7 +42,8 @@ def make_source(n=N, size=16, encode_every=0):
         "au_intensity": np.zeros(5, np.int8),
         "expression": i % 8,
         "fold": 1 + i % 3,
-    })
+      }
+    )
   return source
 
 
@@ -51,8 +53,16 @@ def source():
 
 
 def train_iter(source, **kwargs):
-  args = dict(global_batch_size=8, seed=0, image_size=12, augment={}, subjects=SUBJECTS,
-              tasks=TASKS, process_index=0, process_count=1)
+  args = dict(
+    global_batch_size=8,
+    seed=0,
+    image_size=12,
+    augment={},
+    subjects=SUBJECTS,
+    tasks=TASKS,
+    process_index=0,
+    process_count=1,
+  )
   args.update(kwargs)
   return pipeline.make_train_iterator(source, **args)
 
@@ -96,12 +106,17 @@ def test_global_batch_independent_of_process_count(source, use_sampler):
   if use_sampler:
     table = pipeline.label_table(source)
     kwargs["sampler"] = sampler_lib.ActivityBatchSampler(
-        pipeline.to_ids(table["subject"], SUBJECTS), pipeline.to_ids(table["task"], TASKS),
-        table["frame"], activities_per_batch=2, subjects_per_activity=2, frames_per_group=2,
-        min_frame_gap=1, seed=5)
+      pipeline.to_ids(table["subject"], SUBJECTS),
+      pipeline.to_ids(table["task"], TASKS),
+      table["frame"],
+      activities_per_batch=2,
+      subjects_per_activity=2,
+      frames_per_group=2,
+      min_frame_gap=1,
+      seed=5,
+    )
   one = take(train_iter(source, **kwargs), 3)
-  two = [take(train_iter(source, process_index=p, process_count=2, **kwargs), 3)
-         for p in range(2)]
+  two = [take(train_iter(source, process_index=p, process_count=2, **kwargs), 3) for p in range(2)]
   for step in range(3):
     for key in one[step]:
       merged = np.concatenate([two[0][step][key], two[1][step][key]])
@@ -213,9 +228,17 @@ def test_eval_batches_padded(source, process_count, global_bs):
   seen = []
   counts = []
   for p in range(process_count):
-    batches = list(pipeline.make_eval_batches(
-        source, global_batch_size=global_bs, image_size=16, subjects=SUBJECTS, tasks=TASKS,
-        process_index=p, process_count=process_count))
+    batches = list(
+      pipeline.make_eval_batches(
+        source,
+        global_batch_size=global_bs,
+        image_size=16,
+        subjects=SUBJECTS,
+        tasks=TASKS,
+        process_index=p,
+        process_count=process_count,
+      )
+    )
     counts.append(len(batches))
     for b in batches:
       assert b["image"].shape == (global_bs // process_count, 16, 16, 3)
@@ -233,8 +256,9 @@ def test_eval_batches_padded(source, process_count, global_bs):
 # Augmentations.
 # --------------------------------------------------------------------------------------------
 
-IDENTITY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
-                greyscale_prob=0.0)
+IDENTITY = dict(
+  crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, greyscale_prob=0.0
+)
 
 
 def test_augment_shapes_dtypes():
@@ -250,8 +274,9 @@ def test_augment_shapes_dtypes():
 def test_flip_really_flips():
   image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
   rng = np.random.default_rng(0)
-  flipped = augment.augment_image(image, rng, augment.AugmentConfig(**{**IDENTITY,
-                                                                      "flip_prob": 1.0}), 16)
+  flipped = augment.augment_image(
+    image, rng, augment.AugmentConfig(**{**IDENTITY, "flip_prob": 1.0}), 16
+  )
   np.testing.assert_array_equal(flipped, np.fliplr(image))
   same = augment.augment_image(image, rng, augment.AugmentConfig(**IDENTITY), 16)
   np.testing.assert_array_equal(same, image)
@@ -268,8 +293,9 @@ def test_greyscale_is_luma():
 
 def test_brightness_scales_pixels():
   image = np.random.default_rng(0).integers(0, 200, (16, 16, 3), dtype=np.uint8)
-  cfg = augment.AugmentConfig(**{**IDENTITY, "jitter_prob": 1.0, "brightness": 0.3,
-                                 "contrast": 0.0, "saturation": 0.0})
+  cfg = augment.AugmentConfig(
+    **{**IDENTITY, "jitter_prob": 1.0, "brightness": 0.3, "contrast": 0.0, "saturation": 0.0}
+  )
   factors = []
   for seed in range(5):
     out = augment.augment_image(image, np.random.default_rng(seed), cfg, 16).astype(float)
@@ -284,8 +310,9 @@ def test_brightness_scales_pixels():
 def test_random_resized_crop_box_respects_ranges():
   rng = np.random.default_rng(0)
   for _ in range(200):
-    left, top, right, bottom = augment.random_resized_crop_box(100, 120, rng, (0.3, 0.5),
-                                                               (0.8, 1.25))
+    left, top, right, bottom = augment.random_resized_crop_box(
+      100, 120, rng, (0.3, 0.5), (0.8, 1.25)
+    )
     w, h = right - left, bottom - top
     assert 0 <= left < right <= 120 and 0 <= top < bottom <= 100
     assert 0.3 - 0.02 <= w * h / 12000 <= 0.5 + 0.02
@@ -327,8 +354,9 @@ def sampler_labels():
 
 
 def make_sampler(seed=0, **kwargs):
-  args = dict(activities_per_batch=3, subjects_per_activity=2, frames_per_group=3,
-              min_frame_gap=10, seed=seed)
+  args = dict(
+    activities_per_batch=3, subjects_per_activity=2, frames_per_group=3, min_frame_gap=10, seed=seed
+  )
   args.update(kwargs)
   return sampler_lib.ActivityBatchSampler(*sampler_labels(), **args)
 
@@ -360,9 +388,16 @@ def test_sampler_deterministic_per_step():
 def test_sampler_fallbacks_with_replacement():
   # One activity with 2 subjects, each with 2 frames 1 apart: needs every fallback.
   subject, activity, frame = [0, 0, 1, 1, 0], [0, 0, 0, 0, -1], [0, 1, 5, 6, 3]
-  s = sampler_lib.ActivityBatchSampler(subject, activity, frame, activities_per_batch=2,
-                                       subjects_per_activity=3, frames_per_group=3,
-                                       min_frame_gap=10, seed=0)
+  s = sampler_lib.ActivityBatchSampler(
+    subject,
+    activity,
+    frame,
+    activities_per_batch=2,
+    subjects_per_activity=3,
+    frames_per_group=3,
+    min_frame_gap=10,
+    seed=0,
+  )
   idx = s.indices(0)
   assert idx.shape == (18,)
   assert set(idx.tolist()) <= {0, 1, 2, 3}
@@ -373,14 +408,27 @@ def test_sampler_fallbacks_with_replacement():
 
 def test_sampler_errors(source):
   with pytest.raises(ValueError, match="no example has both an activity"):
-    sampler_lib.ActivityBatchSampler([0, 1], [-1, -1], [0, 1], activities_per_batch=1,
-                                     subjects_per_activity=1, frames_per_group=1,
-                                     min_frame_gap=0, seed=0)
+    sampler_lib.ActivityBatchSampler(
+      [0, 1],
+      [-1, -1],
+      [0, 1],
+      activities_per_batch=1,
+      subjects_per_activity=1,
+      frames_per_group=1,
+      min_frame_gap=0,
+      seed=0,
+    )
   table = pipeline.label_table(source)
   s = sampler_lib.ActivityBatchSampler(
-      pipeline.to_ids(table["subject"], SUBJECTS), pipeline.to_ids(table["task"], TASKS),
-      table["frame"], activities_per_batch=2, subjects_per_activity=2, frames_per_group=1,
-      min_frame_gap=4, seed=0)
+    pipeline.to_ids(table["subject"], SUBJECTS),
+    pipeline.to_ids(table["task"], TASKS),
+    table["frame"],
+    activities_per_batch=2,
+    subjects_per_activity=2,
+    frames_per_group=1,
+    min_frame_gap=4,
+    seed=0,
+  )
   with pytest.raises(ValueError, match=r"sampler batch size 4 .*global_batch_size=8"):
     train_iter(source, sampler=s)
 
@@ -389,11 +437,19 @@ def test_train_with_sampler_processes_slice_global_list(source):
   table = pipeline.label_table(source)
   subject_ids = pipeline.to_ids(table["subject"], SUBJECTS)
   activity_ids = pipeline.to_ids(table["task"], TASKS)
-  s = sampler_lib.ActivityBatchSampler(subject_ids, activity_ids, table["frame"],
-                                       activities_per_batch=2, subjects_per_activity=2,
-                                       frames_per_group=2, min_frame_gap=4, seed=0)
-  local = [take(train_iter(source, sampler=s, process_index=p, process_count=2), 3)
-           for p in range(2)]
+  s = sampler_lib.ActivityBatchSampler(
+    subject_ids,
+    activity_ids,
+    table["frame"],
+    activities_per_batch=2,
+    subjects_per_activity=2,
+    frames_per_group=2,
+    min_frame_gap=4,
+    seed=0,
+  )
+  local = [
+    take(train_iter(source, sampler=s, process_index=p, process_count=2), 3) for p in range(2)
+  ]
   for step in range(3):
     global_index = np.concatenate([local[p][step]["index"] for p in range(2)])
     np.testing.assert_array_equal(global_index, s.indices(step))

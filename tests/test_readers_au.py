@@ -85,21 +85,34 @@ random.Random(3).shuffle(SHUFFLED)
 
 def _write_bp4d_main(root):
   sessions = {
-      ("F001", "T1"): {
-          10: {1: 1, 12: 9, 24: 1, 5: 1, 27: 1},  # AU5/AU27 are not evaluated: ignored
-          11: {6: 1, 10: 1, 12: 1, 14: 9},
-          12: {},  # no image for this row
-          13: {23: 1, 4: 9},
-      },
-      ("F003", "T8"): {1: {2: 1}, 2: {17: 9, 15: 1}},
-      ("F004", "T2"): {5: {7: 1, 9: 1}},
+    ("F001", "T1"): {
+      10: {1: 1, 12: 9, 24: 1, 5: 1, 27: 1},  # AU5/AU27 are not evaluated: ignored
+      11: {6: 1, 10: 1, 12: 1, 14: 9},
+      12: {},  # no image for this row
+      13: {23: 1, 4: 9},
+    },
+    ("F003", "T8"): {1: {2: 1}, 2: {17: 9, 15: 1}},
+    ("F004", "T2"): {5: {7: 1, 9: 1}},
   }
   images = {("F001", "T1"): [10, 11, 13, 14], ("F003", "T8"): [1, 2], ("F004", "T2"): [5]}
-  intensity = {("F001", "T1"): {6: {10: 0, 11: 3, 13: 9}, 10: {10: 1, 11: 5, 13: 0},
-                                12: {10: 9, 11: 4, 13: 2}, 14: {10: 0, 11: 2, 13: 0},
-                                17: {10: 0, 11: 0, 13: 1}}}
-  root = fixtures_au.write_bp4d(root, sessions, images=images, columns=SHUFFLED,
-                                padded={11, 13, 2}, crlf=True, intensity=intensity)
+  intensity = {
+    ("F001", "T1"): {
+      6: {10: 0, 11: 3, 13: 9},
+      10: {10: 1, 11: 5, 13: 0},
+      12: {10: 9, 11: 4, 13: 2},
+      14: {10: 0, 11: 2, 13: 0},
+      17: {10: 0, 11: 0, 13: 1},
+    }
+  }
+  root = fixtures_au.write_bp4d(
+    root,
+    sessions,
+    images=images,
+    columns=SHUFFLED,
+    padded={11, 13, 2},
+    crlf=True,
+    intensity=intensity,
+  )
   # Same frame 10 also under its padded name: the unpadded one is kept, one duplicate counted.
   fixtures_au.write_image(root / "F001" / "T1" / "0010.jpg", 99)
   return root
@@ -112,30 +125,37 @@ def test_bp4d_labels_masks_counts_folds(tmp_path):
   skips = common.Skips()
   examples = list(bp4d.read(root, skips=skips))
   keys = [(e["subject"], e["task"], e["frame"]) for e in examples]
-  assert keys == [("F001", "T1", 10), ("F001", "T1", 11), ("F001", "T1", 13),
-                  ("F003", "T8", 1), ("F003", "T8", 2), ("F004", "T2", 5)]
+  assert keys == [
+    ("F001", "T1", 10),
+    ("F001", "T1", 11),
+    ("F001", "T1", 13),
+    ("F003", "T8", 1),
+    ("F003", "T8", 2),
+    ("F004", "T2", 5),
+  ]
   ex = _by_key(examples)
   # AUS order: 1 2 4 6 7 10 12 14 15 17 23 24
   expected_au = {
-      ("F001", "T1", 10): [1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1],
-      ("F001", "T1", 11): [0, 0, 0, 1, 0, 1, 1, -1, 0, 0, 0, 0],
-      ("F001", "T1", 13): [0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-      ("F003", "T8", 1): [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-      ("F003", "T8", 2): [0, 0, 0, 0, 0, 0, 0, 0, 1, -1, 0, 0],
-      ("F004", "T2", 5): [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+    ("F001", "T1", 10): [1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1],
+    ("F001", "T1", 11): [0, 0, 0, 1, 0, 1, 1, -1, 0, 0, 0, 0],
+    ("F001", "T1", 13): [0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+    ("F003", "T8", 1): [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ("F003", "T8", 2): [0, 0, 0, 0, 0, 0, 0, 0, 1, -1, 0, 0],
+    ("F004", "T2", 5): [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
   }
   # Intensity only for AU 6, 10, 12, 14, 17 (positions 3, 5, 6, 7, 9), F001/T1 only.
   n = -1
   expected_int = {
-      ("F001", "T1", 10): [n, n, n, 0, n, 1, -1, 0, n, 0, n, n],
-      ("F001", "T1", 11): [n, n, n, 3, n, 5, 4, 2, n, 0, n, n],
-      ("F001", "T1", 13): [n, n, n, -1, n, 0, 2, 0, n, 1, n, n],
+    ("F001", "T1", 10): [n, n, n, 0, n, 1, -1, 0, n, 0, n, n],
+    ("F001", "T1", 11): [n, n, n, 3, n, 5, 4, 2, n, 0, n, n],
+    ("F001", "T1", 13): [n, n, n, -1, n, 0, 2, 0, n, 1, n, n],
   }
   for key, want in expected_au.items():
     assert ex[key]["au"].dtype == np.int8
     np.testing.assert_array_equal(ex[key]["au"], want, err_msg=str(key))
-    np.testing.assert_array_equal(ex[key]["au_intensity"], expected_int.get(key, [n] * 12),
-                                  err_msg=str(key))
+    np.testing.assert_array_equal(
+      ex[key]["au_intensity"], expected_int.get(key, [n] * 12), err_msg=str(key)
+    )
     _assert_image_is(ex[key], key[2])
   assert [ex[k]["fold"] for k in keys] == [1, 1, 1, 2, 2, 3]
   assert ex[("F001", "T1", 10)]["image/path"] == os.path.join(root, "F001", "T1", "10.jpg")
@@ -144,10 +164,10 @@ def test_bp4d_labels_masks_counts_folds(tmp_path):
   assert "smell" in ex[("F003", "T8", 1)]["activity_text"]
   assert all(e["expression"] == -1 and e["expression/votes"].sum() == 0 for e in examples)
   assert skips.counts == {
-      common.SKIP_ROW_WITHOUT_IMAGE: 1,  # F001/T1 frame 12
-      common.SKIP_IMAGE_WITHOUT_ROW: 1,  # F001/T1 14.jpg
-      common.SKIP_DUPLICATE_FRAME: 1,  # 0010.jpg next to 10.jpg
-      bp4d.SKIP_INTENSITY_FILE_MISSING: 10,  # 5 AUs x (F003/T8, F004/T2)
+    common.SKIP_ROW_WITHOUT_IMAGE: 1,  # F001/T1 frame 12
+    common.SKIP_IMAGE_WITHOUT_ROW: 1,  # F001/T1 14.jpg
+    common.SKIP_DUPLICATE_FRAME: 1,  # 0010.jpg next to 10.jpg
+    bp4d.SKIP_INTENSITY_FILE_MISSING: 10,  # 5 AUs x (F003/T8, F004/T2)
   }
   assert skips.examples[common.SKIP_DUPLICATE_FRAME][0].endswith("0010.jpg")
   assert bp4d.subjects(root) == ["F001", "F003", "F004"]
@@ -180,23 +200,29 @@ def test_bp4d_without_intensity_and_default_fixture(tmp_path):
 @pytest.mark.parametrize("zipped", [True, False])
 def test_bp4d_plus_coded_frames_only(tmp_path, zipped):
   sessions = {
-      ("F001", "T1"): {2: {1: 1, 24: 9}, 3: {2: 1, 12: 1}},
-      ("M058", "T8"): {1: {4: 1}, 2: {}, 3: {23: 9}},
+    ("F001", "T1"): {2: {1: 1, 24: 9}, 3: {2: 1, 12: 1}},
+    ("M058", "T8"): {1: {4: 1}, 2: {}, 3: {23: 9}},
   }
   images = {
-      ("F001", "T1"): [1, 2, 3, 4],  # 1-based names; 1 and 4 lie outside the coded segment
-      ("F001", "T2"): [1, 2],  # uncoded task: never read
-      ("F001", "T6"): [1],  # coded task whose AU_OCC file is missing
-      ("M058", "T8"): [0, 1, 2],  # 0-based names: CSV frame n is image n - 1
+    ("F001", "T1"): [1, 2, 3, 4],  # 1-based names; 1 and 4 lie outside the coded segment
+    ("F001", "T2"): [1, 2],  # uncoded task: never read
+    ("F001", "T6"): [1],  # coded task whose AU_OCC file is missing
+    ("M058", "T8"): [0, 1, 2],  # 0-based names: CSV frame n is image n - 1
   }
-  root = fixtures_au.write_bp4d_plus(tmp_path / "BP4D+", sessions, zipped=zipped, images=images,
-                                     columns=SHUFFLED)
+  root = fixtures_au.write_bp4d_plus(
+    tmp_path / "BP4D+", sessions, zipped=zipped, images=images, columns=SHUFFLED
+  )
   assert (root / "2D+3D" / "F001.zip").exists() == zipped
   skips = common.Skips()
   examples = list(bp4d_plus.read(root, skips=skips))
   keys = [(e["subject"], e["task"], e["frame"]) for e in examples]
-  assert keys == [("F001", "T1", 2), ("F001", "T1", 3), ("M058", "T8", 1), ("M058", "T8", 2),
-                  ("M058", "T8", 3)]
+  assert keys == [
+    ("F001", "T1", 2),
+    ("F001", "T1", 3),
+    ("M058", "T8", 1),
+    ("M058", "T8", 2),
+    ("M058", "T8", 3),
+  ]
   ex = _by_key(examples)
   np.testing.assert_array_equal(ex[("F001", "T1", 2)]["au"], [1] + [0] * 10 + [-1])
   np.testing.assert_array_equal(ex[("F001", "T1", 3)]["au"], [0, 1] + [0] * 4 + [1] + [0] * 5)
@@ -206,8 +232,10 @@ def test_bp4d_plus_coded_frames_only(tmp_path, zipped):
   _assert_image_is(ex[("F001", "T1", 3)], 3)
   for f in (1, 2, 3):
     _assert_image_is(ex[("M058", "T8", f)], f - 1)
-  assert skips.counts == {bp4d_plus.SKIP_UNCODED_FRAME: 2,
-                          bp4d_plus.SKIP_CODED_TASK_WITHOUT_LABELS: 1}
+  assert skips.counts == {
+    bp4d_plus.SKIP_UNCODED_FRAME: 2,
+    bp4d_plus.SKIP_CODED_TASK_WITHOUT_LABELS: 1,
+  }
   part = {s: p for p, members in bp4d_plus.PARTS.items() for s in members}
   assert [e["fold"] for e in examples] == [part["F001"]] * 2 + [part["M058"]] * 3
   assert "pain" in ex[("M058", "T8", 1)]["activity_text"]  # BP4D+ T8: ice water
@@ -238,9 +266,9 @@ def test_bp4d_plus_bad_zip(tmp_path):
 
 def _write_disfa_main(root):
   labels = {
-      # AUs in DISFA order of AUS: 1 2 4 6 9 12 25 26; AU5 is not evaluated.
-      "SN001": {1: [0, 1, 2, 3], 2: [5, 0, 0, 2], 25: [2, 2, 1, 0], 5: [4, 4, 4, 4]},
-      "SN003": {26: [1, 2]},
+    # AUs in DISFA order of AUS: 1 2 4 6 9 12 25 26; AU5 is not evaluated.
+    "SN001": {1: [0, 1, 2, 3], 2: [5, 0, 0, 2], 25: [2, 2, 1, 0], 5: [4, 4, 4, 4]},
+    "SN003": {26: [1, 2]},
   }
   root = fixtures_au.write_disfa(root, labels, num_images={"SN001": 5, "SN003": 1})
   for t in range(1):  # SN003 frames as JPEG instead of PNG
@@ -257,10 +285,20 @@ def test_disfa_threshold_pairing_folds(tmp_path):
   examples = list(disfa.read(root, skips=skips))
   keys = [(e["subject"], e["frame"]) for e in examples]
   assert keys == [("SN001", 0), ("SN001", 1), ("SN001", 2), ("SN001", 3), ("SN003", 0)]
-  want_au = [[0, 1, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0, 0, 0],
-             [1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
-  want_int = [[0, 5, 0, 0, 0, 0, 2, 0], [1, 0, 0, 0, 0, 0, 2, 0], [2, 0, 0, 0, 0, 0, 1, 0],
-              [3, 2, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1]]
+  want_au = [
+    [0, 1, 0, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0, 0, 1, 0],
+    [1, 0, 0, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0, 0],
+  ]
+  want_int = [
+    [0, 5, 0, 0, 0, 0, 2, 0],
+    [1, 0, 0, 0, 0, 0, 2, 0],
+    [2, 0, 0, 0, 0, 0, 1, 0],
+    [3, 2, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0, 1],
+  ]
   for e, au, inten in zip(examples, want_au, want_int):
     assert e["au"].shape == (8,) and e["au"].dtype == np.int8
     np.testing.assert_array_equal(e["au"], au)
@@ -269,8 +307,10 @@ def test_disfa_threshold_pairing_folds(tmp_path):
     assert e["task"] == "" and e["activity_text"] == ""
   assert [e["fold"] for e in examples] == [1, 1, 1, 1, 3]
   assert examples[4]["image/path"].endswith(os.path.join("SN003", "0.jpg"))
-  assert skips.counts == {common.SKIP_IMAGE_WITHOUT_ROW: 1,  # SN001/4.png
-                          common.SKIP_ROW_WITHOUT_IMAGE: 1}  # SN003 line 2
+  assert skips.counts == {
+    common.SKIP_IMAGE_WITHOUT_ROW: 1,  # SN001/4.png
+    common.SKIP_ROW_WITHOUT_IMAGE: 1,
+  }  # SN003 line 2
   assert disfa.subjects(root) == ["SN001", "SN003"] and disfa.tasks() == []
   # A stricter threshold and PNG only.
   strict = list(disfa.read(root, occurrence_threshold=3, image_ext="png", skips=common.Skips()))
@@ -287,8 +327,8 @@ def test_disfa_threshold_pairing_folds(tmp_path):
 def test_synthface_expressions(tmp_path):
   inner = fixtures_au.write_bp4d(tmp_path / "out" / "BP4D")
   fixtures_au.write_synthface_expressions(
-      inner, [("F001", "T1", 1, "happiness"), ("F003", "T8", 2, "contempt"),
-              ("F004", "T1", 3, "")])
+    inner, [("F001", "T1", 1, "happiness"), ("F003", "T8", 2, "contempt"), ("F004", "T1", 3, "")]
+  )
   examples = _by_key(synthface.read(tmp_path / "out"))
   assert len(examples) == 18
   # Canonical order: neutral, happiness, sadness, surprise, fear, disgust, anger, contempt.
@@ -300,7 +340,8 @@ def test_synthface_expressions(tmp_path):
   parts = folds.seeded_parts(["F001", "F003", "F004"], 3, 0)
   assert sorted(len(v) for v in parts.values()) == [1, 1, 1]
   assert {(s, e["fold"]) for (s, _, _), e in examples.items()} == {
-      (s, folds.part_of(parts, s)) for s in ("F001", "F003", "F004")}
+    (s, folds.part_of(parts, s)) for s in ("F001", "F003", "F004")
+  }
   assert synthface.fold_of("F004", ["F001", "F003", "F004"]) == folds.part_of(parts, "F004")
   seeded = list(synthface.read(inner, folds=3, fold_seed=1))
   assert sorted(e["fold"] for e in seeded)[::6] == [1, 2, 3]
@@ -308,8 +349,9 @@ def test_synthface_expressions(tmp_path):
   by_name = {(e["subject"], e["fold"]) for e in synthface.read(inner, folds=None)}
   assert by_name == {("F001", 1), ("F003", 2), ("F004", 3)}
   fixtures_au.write_synthface_expressions(inner, [("F001", "T1", 1, "glee")])
-  with pytest.raises(common.DatasetError,
-                     match=r"SynthFace_expressions\.csv:2: unknown expression"):
+  with pytest.raises(
+    common.DatasetError, match=r"SynthFace_expressions\.csv:2: unknown expression"
+  ):
     list(synthface.read(tmp_path / "out"))
 
 
@@ -371,7 +413,12 @@ def test_non_image_and_truncated_frames_are_skipped(tmp_path):
   skips = common.Skips()
   examples = list(disfa.read(root, skips=skips))
   assert [(e["subject"], e["frame"]) for e in examples] == [
-      ("SN001", 0), ("SN001", 2), ("SN003", 0), ("SN003", 1), ("SN003", 2)]
+    ("SN001", 0),
+    ("SN001", 2),
+    ("SN003", 0),
+    ("SN003", 1),
+    ("SN003", 2),
+  ]
   assert skips.counts == {common.SKIP_NON_FRAME_FILE: 1, "unreadable or non-image file": 1}
 
 
@@ -410,8 +457,9 @@ def test_labels_out_of_range(tmp_path):
   with pytest.raises(common.DatasetError, match=r"F004_T8\.csv:3: AU15 code 7"):
     list(bp4d.read(root))
 
-  root = fixtures_au.write_bp4d(tmp_path / "BP4D_int",
-                                intensity={("F001", "T1"): {12: {1: 0, 2: 6}}})
+  root = fixtures_au.write_bp4d(
+    tmp_path / "BP4D_int", intensity={("F001", "T1"): {12: {1: 0, 2: 6}}}
+  )
   with pytest.raises(common.DatasetError, match=r"F001_T1_AU12\.csv:2: intensity 6"):
     list(bp4d.read(root))
 

@@ -23,25 +23,26 @@ from clef_jax import visualize
 from input_pipeline import synthface
 from input_pipeline.synthface import render
 
-SIZE = 48                     # 6 × 6 patches of 8 px
+SIZE = 48  # 6 × 6 patches of 8 px
 PATCH = 8
 CONTEXT = 48
-AUS = (12, 4)                 # prompt order: AU12 (lip corner puller), AU4 (brow lowerer)
+AUS = (12, 4)  # prompt order: AU12 (lip corner puller), AU4 (brow lowerer)
 COMBOS = ((), (12,), (4,), (12, 4))
-TRAIN_IDS = 128               # × 4 combos = 512 training faces (~2 s to render)
-TEST_IDS = 4                  # held-out identities per AU (other seed)
+TRAIN_IDS = 128  # × 4 combos = 512 training faces (~2 s to render)
+TEST_IDS = 4  # held-out identities per AU (other seed)
 STEPS = 300
-IDS_PER_BATCH = 8             # a batch holds all 4 AU combos of 8 identities: [32, S, S, 3]
+IDS_PER_BATCH = 8  # a batch holds all 4 AU combos of 8 identities: [32, S, S, 3]
 IG_STEPS = 4
-MIN_VAL_ACC = 0.8             # per AU, 8 held-out identities × 4 combos (measured 0.97, 1.00)
+MIN_VAL_ACC = 0.8  # per AU, 8 held-out identities × 4 combos (measured 0.97, 1.00)
 # Share of relevance inside the AU's box / the box's share of the image area. Measured with
 # these seeds: trained 3.36 (AU12), 2.34 (AU4); untrained 0.87, 0.86. 1.75 leaves a 25 % margin
 # below the weaker trained AU and twice the untrained value.
 MIN_RATIO = 1.75
 
 
-def _render(seed: int, n_ids: int, combos, intensity: float | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+  seed: int, n_ids: int, combos, intensity: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Canonical faces, identity-major: (`[n_ids·C, S, S, 3] uint8`, `[n_ids·C, 2] float32`).
 
   Each identity is drawn once and rendered with every combo of AUs (C = len(combos));
@@ -52,21 +53,29 @@ def _render(seed: int, n_ids: int, combos, intensity: float | None = None
   for i in range(n_ids):
     ident = render.sample_identity(rng, "F" if i % 2 else "M")
     for combo in combos:
-      aus = {au: (float(rng.uniform(2.5, 5.0)) if intensity is None else intensity)
-             for au in combo}
+      aus = {au: (float(rng.uniform(2.5, 5.0)) if intensity is None else intensity) for au in combo}
       images.append(synthface.render_face(ident, aus, SIZE))
       labels.append([float(au in combo) for au in AUS])
   return np.stack(images), np.asarray(labels, np.float32)
 
 
 def _model_and_tokens():
-  mc = models.model_config("tiny", image_size=SIZE, patch_size=PATCH, vocab_size=4096,
-                           eos_token_id=4095, context_length=CONTEXT)
+  mc = models.model_config(
+    "tiny",
+    image_size=SIZE,
+    patch_size=PATCH,
+    vocab_size=4096,
+    eos_token_id=4095,
+    context_length=CONTEXT,
+  )
   model = models.build(mc)
   tok = tok_lib.get("embedded", context_length=CONTEXT)
   tokens = visualize.prompt_tokens(tok, visualize.label_prompts("au", list(AUS), ["names"]))
-  init = jax.jit(lambda k: model.init(k, jnp.zeros((1, SIZE, SIZE, 3)),
-                                      jnp.zeros((1, CONTEXT), jnp.int32))["params"])
+  init = jax.jit(
+    lambda k: model.init(k, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1, CONTEXT), jnp.int32))[
+      "params"
+    ]
+  )
   return model, init(jax.random.key(0)), tokens
 
 
@@ -81,7 +90,7 @@ def _train(model, params, tokens, images, labels, steps: int, val_images, val_la
   seeds (init key 5, batch rng 7, data seed 3) 300-500 steps learned AU4 but not AU12, which
   the held-out accuracy check below reports as such.
   """
-  zt = visualize.text_embeddings(model, params, tokens)          # [2, D] unit, fixed
+  zt = visualize.text_embeddings(model, params, tokens)  # [2, D] unit, fixed
   variables = {"clip": params, "s": jnp.zeros(()), "b": jnp.zeros((len(AUS),))}
   opt = optax.adam(1e-3)
   state = opt.init(variables)
@@ -99,25 +108,26 @@ def _train(model, params, tokens, images, labels, steps: int, val_images, val_la
 
   rng = np.random.default_rng(1)
   n_ids = len(images) // len(COMBOS)
-  for i in range(steps):
+  for _ in range(steps):
     ids = rng.choice(n_ids, IDS_PER_BATCH, replace=False)
     idx = (ids[:, None] * len(COMBOS) + np.arange(len(COMBOS))).ravel()
-    variables, state, loss, acc = step(variables, state, jnp.asarray(images[idx]),
-                                       jnp.asarray(labels[idx]))
+    variables, state, loss, acc = step(
+      variables, state, jnp.asarray(images[idx]), jnp.asarray(labels[idx])
+    )
   logits = jax.jit(loss_fn)(variables, jnp.asarray(val_images), jnp.asarray(val_labels))[1]
-  val_acc = np.mean((np.asarray(logits) > 0) == (val_labels > 0.5), axis=0)      # [2]
+  val_acc = np.mean((np.asarray(logits) > 0) == (val_labels > 0.5), axis=0)  # [2]
   # A failed training run is not a relevance finding: say so plainly.
   assert (val_acc >= MIN_VAL_ACC).all(), (
-      f"training did not learn both AUs: held-out accuracy AU12 {val_acc[0]:.2f}, "
-      f"AU4 {val_acc[1]:.2f} (need {MIN_VAL_ACC}; last batch {float(acc):.2f})")
+    f"training did not learn both AUs: held-out accuracy AU12 {val_acc[0]:.2f}, "
+    f"AU4 {val_acc[1]:.2f} (need {MIN_VAL_ACC}; last batch {float(acc):.2f})"
+  )
   return variables["clip"]
 
 
 def _shares(model, params, tokens, faces):
   """{(prompt AU, face AU, region AU): mean share}."""
   imgs = np.concatenate([faces[au] for au in AUS])
-  maps = visualize.relevance_maps(model, params, imgs, tokens, steps=IG_STEPS,
-                                  batch_size=len(imgs))
+  maps = visualize.relevance_maps(model, params, imgs, tokens, steps=IG_STEPS, batch_size=len(imgs))
   maps = dict(zip(AUS, np.split(maps, len(AUS))))
   out = {}
   for face_au in AUS:
@@ -125,7 +135,8 @@ def _shares(model, params, tokens, faces):
       for region_au in AUS:
         mask = visualize.region_mask(render.AU_REGIONS[region_au], SIZE, SIZE)
         out[(prompt_au, face_au, region_au)] = float(
-            visualize.region_share(maps[face_au][:, t], mask).mean())
+          visualize.region_share(maps[face_au][:, t], mask).mean()
+        )
   return out
 
 
@@ -135,12 +146,16 @@ def _failures(s: dict, area: dict) -> list[str]:
   for au, other in (AUS, AUS[::-1]):
     ratio = s[(au, au, au)] / area[au]
     if ratio < MIN_RATIO:
-      out.append(f"AU{au} prompt on AU{au} faces: {s[(au, au, au)]:.3f} of the relevance in "
-                 f"its box (area share {area[au]:.3f}), ratio {ratio:.2f} < {MIN_RATIO}")
+      out.append(
+        f"AU{au} prompt on AU{au} faces: {s[(au, au, au)]:.3f} of the relevance in "
+        f"its box (area share {area[au]:.3f}), ratio {ratio:.2f} < {MIN_RATIO}"
+      )
     if s[(au, au, au)] <= s[(other, au, au)]:
-      out.append(f"AU{au} faces: the AU{au} prompt puts {s[(au, au, au)]:.3f} of its "
-                 f"relevance in the AU{au} box, not more than the AU{other} prompt "
-                 f"({s[(other, au, au)]:.3f})")
+      out.append(
+        f"AU{au} faces: the AU{au} prompt puts {s[(au, au, au)]:.3f} of its "
+        f"relevance in the AU{au} box, not more than the AU{other} prompt "
+        f"({s[(other, au, au)]:.3f})"
+      )
   return out
 
 
@@ -151,8 +166,7 @@ def trained():
   faces = {au: _render(100 + au, TEST_IDS, [(au,)], intensity=4.0)[0] for au in AUS}
   val_images, val_labels = _render(50, 8, COMBOS)
   params = _train(model, params0, tokens, images, labels, STEPS, val_images, val_labels)
-  area = {au: float(visualize.region_mask(render.AU_REGIONS[au], SIZE, SIZE).mean())
-          for au in AUS}
+  area = {au: float(visualize.region_mask(render.AU_REGIONS[au], SIZE, SIZE).mean()) for au in AUS}
   return model, params0, params, tokens, faces, area
 
 

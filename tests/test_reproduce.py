@@ -1,7 +1,6 @@
 """benchmarks/reproduce.py: its probes against sklearn/numpy, its head fitter, and a --quick run."""
 
 import json
-import os
 import pathlib
 import sys
 
@@ -20,15 +19,16 @@ from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
 
 def _settings(**kw):
-  args = dict(quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0,
-              head_lr=3e-3)
+  args = dict(
+    quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0, head_lr=3e-3
+  )
   args.update(kw)
   return reproduce.settings(type("Args", (), args)())
 
 
 def test_mean_std_and_format():
-  assert reproduce.fmt([0.5, 0.7]) == "60.0 ± 10.0"          # population std, in %
-  assert reproduce.fmt([0.25, None]) == "25.0 ± 0.0"          # missing folds are skipped
+  assert reproduce.fmt([0.5, 0.7]) == "60.0 ± 10.0"  # population std, in %
+  assert reproduce.fmt([0.25, None]) == "25.0 ± 0.0"  # missing folds are skipped
   assert reproduce.fmt([]) == "–"
   m, s = reproduce.mean_std([0.1, 0.2, 0.6])
   assert m == pytest.approx(0.3) and s == pytest.approx(np.std([0.1, 0.2, 0.6]))
@@ -52,7 +52,8 @@ def test_identity_probe_trains_on_odd_tasks_and_tests_on_even_ones():
   # Independent reference: sklearn on the same split (tasks T1,T3,.. = ids 0,2,.. train).
   tr = e["au_train/activity_id"] % 2 == 0
   clf = LogisticRegression(max_iter=2000, random_state=0).fit(
-      e["au_train/z"][tr], e["au_train/subject_id"][tr])
+    e["au_train/z"][tr], e["au_train/subject_id"][tr]
+  )
   want = np.mean(clf.predict(e["au_train/z"][~tr]) == e["au_train/subject_id"][~tr])
   assert acc == pytest.approx(want) and acc > 0.95
   # Without identity in the embedding the probe is near chance (0.2).
@@ -64,8 +65,11 @@ def tiny_clip():
   config = reproduce.au_config(_settings(), "/nonexistent", 1)
   mc = config.model
   model = models.build(mc)
-  params = model.init(jax.random.key(0), jnp.zeros((1, mc.image_size, mc.image_size, 3)),
-                      jnp.zeros((1, mc.context_length), jnp.int32))["params"]
+  params = model.init(
+    jax.random.key(0),
+    jnp.zeros((1, mc.image_size, mc.image_size, 3)),
+    jnp.zeros((1, mc.context_length), jnp.int32),
+  )["params"]
   tok = tok_lib.get("embedded", context_length=mc.context_length)
   return config, jax.tree.map(np.asarray, params), tok
 
@@ -83,15 +87,15 @@ def test_head_fitter_learns_a_linear_au_rule(tiny_clip, head):
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   w = rng.normal(size=(d, 3)).astype(np.float32)
   y = (z @ w > 0).astype(np.int32)
-  y[::7, 0] = -1                    # unknown labels are masked, not negatives
+  y[::7, 0] = -1  # unknown labels are masked, not negatives
   fitter = reproduce.HeadFitter(s, config, tok, [1, 2, 4])
-  fitted = fitter.fit(params, z[:400], {"au": y[:400]}, seed=0,
-                      pos_weight=np.ones(3, np.float32))
+  fitted = fitter.fit(params, z[:400], {"au": y[:400]}, seed=0, pos_weight=np.ones(3, np.float32))
   pred = (fitter.predict(fitted, z[400:]) >= 0).astype(np.int32)
   for j in range(3):
     known = y[400:, j] >= 0
-    ref = LogisticRegression(max_iter=2000).fit(z[:400][y[:400, j] >= 0],
-                                                y[:400, j][y[:400, j] >= 0])
+    ref = LogisticRegression(max_iter=2000).fit(
+      z[:400][y[:400, j] >= 0], y[:400, j][y[:400, j] >= 0]
+    )
     f1_ref = f1_score(y[400:, j][known], ref.predict(z[400:][known]))
     f1 = f1_score(y[400:, j][known], pred[known, j])
     assert f1 > 0.8 and f1 > f1_ref - 0.1, (head, j, f1, f1_ref)  # chance ≈ 0.5
@@ -101,22 +105,36 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
   w, md, fig = tmp_path / "w", tmp_path / "results.md", tmp_path / "fig"
   # Three of the five rows keep CI short; the other two differ only in pretraining overrides.
   rows = ("random", "instance", "clef_pa_pi")
-  argv = ["--quick", f"--workdir={w}", f"--data_dir={tiny_data_dir}", f"--results={md}",
-          f"--figures={fig}", "--cache_dir=", f"--rows={','.join(rows)}", "--head_steps=10"]
+  argv = [
+    "--quick",
+    f"--workdir={w}",
+    f"--data_dir={tiny_data_dir}",
+    f"--results={md}",
+    f"--figures={fig}",
+    "--cache_dir=",
+    f"--rows={','.join(rows)}",
+    "--head_steps=10",
+  ]
   result = reproduce.main(argv)
   s = result["settings"]
   assert s["folds"] == [1, 2]
-  keys = ["identity_acc", "zeroshot/au_to_fer", "zeroshot/unseen_all_classes",
-          "zeroshot/unseen_only"] + [f"{p}{m}/{h}" for h in reproduce.HEADS
-                                     for p, m in (("", "au_f1"), ("scarce_", "au_f1"),
-                                                  ("", "fer_acc"))]
+  keys = [
+    "identity_acc",
+    "zeroshot/au_to_fer",
+    "zeroshot/unseen_all_classes",
+    "zeroshot/unseen_only",
+  ] + [
+    f"{p}{m}/{h}"
+    for h in reproduce.HEADS
+    for p, m in (("", "au_f1"), ("scarce_", "au_f1"), ("", "fer_acc"))
+  ]
   assert list(result["cells"]) == list(rows)
   for row in rows:
     for fold in ("1", "2"):
       cell = result["cells"][row][fold]
       for k in keys:
         assert 0.0 <= cell[k] <= 1.0, (row, fold, k, cell[k])
-      if row != "random":   # activity zero-shot comes from the pretraining run
+      if row != "random":  # activity zero-shot comes from the pretraining run
         assert 0.0 <= cell["activity_zeroshot"] <= 1.0
       # The identity number, recomputed from the saved embeddings with sklearn directly.
       with np.load(w / "embeddings" / row / f"fold{fold}.npz") as f:
@@ -139,8 +157,12 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
   assert result["figures"]["relevance_figures"]
   # The Reading section is kept when the page is rewritten from results.json.
   mine = "## Reading\n\nA person wrote this.\n"
-  md.write_text(text.replace(text.split(reproduce.READING_START)[1].split(
-      reproduce.READING_END)[0], "\n" + mine), encoding="utf-8")
+  md.write_text(
+    text.replace(
+      text.split(reproduce.READING_START)[1].split(reproduce.READING_END)[0], "\n" + mine
+    ),
+    encoding="utf-8",
+  )
   reproduce.main(argv + ["--markdown_only"])
   again = md.read_text(encoding="utf-8")
   assert "A person wrote this." in again
@@ -155,8 +177,9 @@ def test_trivial_baselines_match_sklearn(tmp_path):
   d.mkdir(parents=True)
   np.savez(d / "fold2.npz", **{"au_test/au": y, "raf_test/expression": expr})
   got = reproduce.trivial_baselines(str(tmp_path), ["random", "instance"], [1, 2])
-  want_f1 = np.mean([f1_score(y[y[:, j] >= 0, j], np.ones(int((y[:, j] >= 0).sum())))
-                     for j in range(3)])
-  assert got["au_all_positive"] == [pytest.approx(want_f1)]       # fold 1 has no embeddings
+  want_f1 = np.mean(
+    [f1_score(y[y[:, j] >= 0, j], np.ones(int((y[:, j] >= 0).sum()))) for j in range(3)]
+  )
+  assert got["au_all_positive"] == [pytest.approx(want_f1)]  # fold 1 has no embeddings
   known = expr[expr >= 0]
   assert got["fer_majority"] == [pytest.approx(np.mean(known == 0))]

@@ -39,8 +39,9 @@ def test_same_seed_is_byte_identical_any_workers(tiny, tmp_path):
   a, b = _tree(out), _tree(tmp_path / "again")
   assert a.keys() == b.keys()
   assert [k for k in a if a[k] != b[k]] == []
-  other = _tree(pathlib.Path(synthface.generate(tmp_path / "other", seed=4, workers=1,
-                                                **TINY)["out"]))
+  other = _tree(
+    pathlib.Path(synthface.generate(tmp_path / "other", seed=4, workers=1, **TINY)["out"])
+  )
   assert len(other) == len(a)
   jpgs_a = sorted(v for k, v in a.items() if k.endswith(".jpg"))
   jpgs_o = sorted(v for k, v in other.items() if k.endswith(".jpg"))
@@ -104,8 +105,15 @@ def test_raf_layout(tiny):
   assert imgs == sorted(n.replace(".jpg", "_aligned.jpg") for n in names)
   assert Image.open(raf / "Image" / "aligned" / "test_0001_aligned.jpg").size == (48, 48)
   # RAF-DB order 1..7 = surprise, fear, disgust, happiness, sadness, anger, neutral.
-  assert synthface.RAF_LABELS == ("surprise", "fear", "disgust", "happiness", "sadness", "anger",
-                                  "neutral")
+  assert synthface.RAF_LABELS == (
+    "surprise",
+    "fear",
+    "disgust",
+    "happiness",
+    "sadness",
+    "anger",
+    "neutral",
+  )
 
 
 def test_subject_names_follow_bp4d():
@@ -117,8 +125,13 @@ def test_subject_names_follow_bp4d():
 
 
 def test_unknown_codes_at_expected_rate():
-  cells = np.concatenate([population.unknown_mask(0, s, t, (40, len(synthface.AUS))).ravel()
-                          for s in range(41) for t in synthface.TASKS])
+  cells = np.concatenate(
+    [
+      population.unknown_mask(0, s, t, (40, len(synthface.AUS))).ravel()
+      for s in range(41)
+      for t in synthface.TASKS
+    ]
+  )
   # 249,280 cells; binomial sd of the rate ~ 0.0002.
   assert 0.0085 < cells.mean() < 0.0115
 
@@ -169,8 +182,10 @@ def test_layered_au_change_grows_with_intensity(au):
   for k in range(4):
     ident = render.sample_identity(population.rng_for(11, k), "FM"[k % 2])
     off = render.render_face(ident, {}, size).astype(np.float64)
-    change = [np.abs(render.render_face(ident, {au: x}, size) - off).mean(-1)[mask].mean()
-              for x in (0.5, 1.0, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)]
+    change = [
+      np.abs(render.render_face(ident, {au: x}, size) - off).mean(-1)[mask].mean()
+      for x in (0.5, 1.0, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+    ]
     assert np.all(np.diff(change) > 0), (au, k, np.round(change, 3))
 
 
@@ -185,8 +200,9 @@ def test_aus_visible_at_32px():
 
 def test_render_shapes_and_errors():
   ident = render.sample_identity(np.random.default_rng(0), "M")
-  img = render.render_face(ident, np.zeros(len(render.AUS)), 40,
-                           render.Nuisance(roll=5, noise=3, noise_seed=1))
+  img = render.render_face(
+    ident, np.zeros(len(render.AUS)), 40, render.Nuisance(roll=5, noise=3, noise_seed=1)
+  )
   assert img.shape == (40, 40, 3) and img.dtype == np.uint8
   with pytest.raises(KeyError, match="AU3"):
     render.render_face(ident, {3: 1.0}, 40)
@@ -230,18 +246,39 @@ def test_refuses_non_empty_out_dir(tmp_path, capsys):
     synthface.generate(out, **{**TINY, "raf_train": 0, "raf_test": 0, "subjects": 1})
   assert (out / "keep.txt").read_text() == "mine"
   assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary folder left behind
-  args = ["--out", str(out), "--subjects", "1", "--frames-per-task", "2", "--raf-train", "1",
-          "--raf-test", "1", "--size", "32", "--quiet", "--workers", "1"]
+  args = [
+    "--out",
+    str(out),
+    "--subjects",
+    "1",
+    "--frames-per-task",
+    "2",
+    "--raf-train",
+    "1",
+    "--raf-test",
+    "1",
+    "--size",
+    "32",
+    "--quiet",
+    "--workers",
+    "1",
+  ]
   assert writer.main(args) == 2
   assert "--overwrite" in capsys.readouterr().err
   assert writer.main(args + ["--overwrite"]) == 0
   assert not (out / "keep.txt").exists() and (out / "synthface.json").exists()
 
 
-@pytest.mark.parametrize("kwargs, msg", [
-    ({"subjects": 0}, "subjects"), ({"frames_per_task": 0}, "frames-per-task"),
-    ({"raf_test": -1}, "raf"), ({"size": 8}, "size"), ({"raf_test": 10000}, "4 digits"),
-])
+@pytest.mark.parametrize(
+  "kwargs, msg",
+  [
+    ({"subjects": 0}, "subjects"),
+    ({"frames_per_task": 0}, "frames-per-task"),
+    ({"raf_test": -1}, "raf"),
+    ({"size": 8}, "size"),
+    ({"raf_test": 10000}, "4 digits"),
+  ],
+)
 def test_bad_arguments(tmp_path, kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     synthface.generate(tmp_path / "x", **{**TINY, **kwargs})

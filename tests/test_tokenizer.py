@@ -16,14 +16,18 @@ from clef_jax import tokenizer
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _GPT2_PATTERN = regex.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+  r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
 
 
 @functools.cache
 def _bytes_to_unicode() -> dict[int, str]:
   """GPT-2/CLIP's reversible byte -> printable character table."""
-  bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1)))
+  bs = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   cs = bs[:]
   n = 0
   for b in range(256):
@@ -43,10 +47,33 @@ def _clip_clean(text: str) -> str:
 # HF CLIP folder: a hand-written CLIP-format vocabulary.
 # ------------------------------------------------------------------------------------------------
 
-_MERGES = ["p h", "ph o", "pho t", "phot o</w>", "o f</w>", "f a", "fa c", "fac e</w>", "s m",
-           "i l", "sm il", "smil e</w>", "t h", "th e</w>", "w i", "t h</w>", "wi th</w>"]
-_HF_TEXTS = ["A photo of a face.", "", "  the SMILE\twith\n teeth ", "photo 2024 of a phóto, ok?",
-             " ".join(["a smile with the face"] * 6), "face"]
+_MERGES = [
+  "p h",
+  "ph o",
+  "pho t",
+  "phot o</w>",
+  "o f</w>",
+  "f a",
+  "fa c",
+  "fac e</w>",
+  "s m",
+  "i l",
+  "sm il",
+  "smil e</w>",
+  "t h",
+  "th e</w>",
+  "w i",
+  "t h</w>",
+  "wi th</w>",
+]
+_HF_TEXTS = [
+  "A photo of a face.",
+  "",
+  "  the SMILE\twith\n teeth ",
+  "photo 2024 of a phóto, ok?",
+  " ".join(["a smile with the face"] * 6),
+  "face",
+]
 
 
 def _write_clip_vocab(folder: pathlib.Path) -> dict[str, int]:
@@ -57,8 +84,9 @@ def _write_clip_vocab(folder: pathlib.Path) -> dict[str, int]:
   vocab = {t: i for i, t in enumerate(tokens)}
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-  (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n",
-                                     encoding="utf-8")
+  (folder / "merges.txt").write_text(
+    "#version: 0.2\n" + "\n".join(_MERGES) + "\n", encoding="utf-8"
+  )
   return vocab
 
 
@@ -74,8 +102,9 @@ def test_hf_folder_matches_transformers(clip_dir, context_length, prefix):
   folder, _ = clip_dir
   tok = tokenizer.get(f"{prefix}{folder}", context_length)
   ref = transformers.CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-  want = ref(_HF_TEXTS, padding="max_length", max_length=context_length,
-             truncation=True)["input_ids"]
+  want = ref(_HF_TEXTS, padding="max_length", max_length=context_length, truncation=True)[
+    "input_ids"
+  ]
   got = tok(_HF_TEXTS)
   assert got.dtype == np.int32 and got.shape == (len(_HF_TEXTS), context_length)
   np.testing.assert_array_equal(got, np.array(want))
@@ -89,13 +118,24 @@ def test_hf_folder_hand_computed_ids(clip_dir):
   sot, eot = v["<|startoftext|>"], v["<|endoftext|>"]
   assert (tok.sot_token_id, tok.eot_token_id, tok.pad_token_id) == (sot, eot, eot)
   assert tok.vocab_size == 512 + len(_MERGES) + 2
-  row = [sot, v["a</w>"], v["photo</w>"], v["of</w>"], v["a</w>"], v["face</w>"], v[".</w>"],
-         eot, eot, eot]
+  row = [
+    sot,
+    v["a</w>"],
+    v["photo</w>"],
+    v["of</w>"],
+    v["a</w>"],
+    v["face</w>"],
+    v[".</w>"],
+    eot,
+    eot,
+    eot,
+  ]
   np.testing.assert_array_equal(tok("A photo of a face."), [row])
   # Too long: SOT, the first 8 tokens, EOT.
   words = ["the</w>", "smile</w>", "with</w>", "the</w>"] * 3
-  np.testing.assert_array_equal(tok(" ".join(["the smile with the"] * 3)),
-                                [[sot] + [v[w] for w in words[:8]] + [eot]])
+  np.testing.assert_array_equal(
+    tok(" ".join(["the smile with the"] * 3)), [[sot] + [v[w] for w in words[:8]] + [eot]]
+  )
   assert tok.decode(row) == "a photo of a face ."
 
 
@@ -117,8 +157,9 @@ def test_bad_specs(tmp_path):
     tokenizer.get(str(missing))
   (tmp_path / "only_vocab").mkdir()
   (tmp_path / "only_vocab" / "vocab.json").write_text("{}")
-  with pytest.raises(FileNotFoundError,
-                     match=r"only_vocab has no HF tokenizer files.*merges\.txt.*tokenizer\.json"):
+  with pytest.raises(
+    FileNotFoundError, match=r"only_vocab has no HF tokenizer files.*merges\.txt.*tokenizer\.json"
+  ):
     tokenizer.get(f"hf:{tmp_path / 'only_vocab'}")
   with pytest.raises(ValueError, match="context_length must be >= 2"):
     tokenizer.get("embedded", context_length=1)
@@ -130,12 +171,14 @@ def test_bad_specs(tmp_path):
 # Embedded tokenizer.
 # ------------------------------------------------------------------------------------------------
 
+
 def _reference_bpe(text: str, model: dict) -> list[int]:
   """Plain GPT-2 byte-level BPE (lowest-rank merge first) over the committed vocab and merges."""
   b2u = _bytes_to_unicode()
   if "_ranks" not in model:
-    model["_merges"] = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-                        for m in model["merges"]]
+    model["_merges"] = [
+      tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]
+    ]
     model["_ranks"] = {m: i for i, m in enumerate(model["_merges"])}
   merges, ranks = model["_merges"], model["_ranks"]
   ids = []
@@ -188,7 +231,7 @@ def test_embedded_matches_reference_bpe_and_round_trips(prompt_texts):
   want = np.zeros_like(ids)
   for i, text in enumerate(texts):
     n = _reference_bpe(text, model)
-    want[i, :len(n) + 2] = [size - 2, *n, size - 1]
+    want[i, : len(n) + 2] = [size - 2, *n, size - 1]
   np.testing.assert_array_equal(ids, want)
   assert [tok.decode(row) for row in ids] == [_clip_clean(t) for t in texts]
   # OpenAI-style pooling: argmax of the ids is the EOT position.
@@ -211,7 +254,7 @@ def test_embedded_truncation_keeps_eot_last():
   for length in (2, 3, 16):
     row = tokenizer.get(context_length=length)(text)[0]
     size = tokenizer.EMBEDDED_VOCAB_SIZE
-    np.testing.assert_array_equal(row, np.r_[size - 2, full[1:length - 1], size - 1])
+    np.testing.assert_array_equal(row, np.r_[size - 2, full[1 : length - 1], size - 1])
 
 
 def test_embedded_inputs():
@@ -231,8 +274,9 @@ def test_embedded_inputs():
 
 
 def test_embedded_rebuild_is_identical(tmp_path):
-  spec = importlib.util.spec_from_file_location("build_tokenizer",
-                                                _ROOT / "tools" / "build_tokenizer.py")
+  spec = importlib.util.spec_from_file_location(
+    "build_tokenizer", _ROOT / "tools" / "build_tokenizer.py"
+  )
   build_tokenizer = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(build_tokenizer)
   out = tmp_path / "tokenizer.json"

@@ -23,8 +23,11 @@ from configs import pretrain
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 16
 OVERRIDES = {
-    "total_steps": TOTAL, "checkpoint_every_steps": 4, "keep_checkpoints": 10,
-    "log_every_steps": 1, "evals.au_probe.max_train": 32,
+  "total_steps": TOTAL,
+  "checkpoint_every_steps": 4,
+  "keep_checkpoints": 10,
+  "log_every_steps": 1,
+  "evals.au_probe.max_train": 32,
 }
 
 pytestmark = pytest.mark.slow
@@ -37,17 +40,26 @@ def _config(data_dir):
 
 
 def _launch(workdir, data_dir, *extra, env=None):
-  args = [sys.executable, "main.py", "--config=configs/pretrain.py:tiny", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}"]
+  args = [
+    sys.executable,
+    "main.py",
+    "--config=configs/pretrain.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+  ]
   args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra)
   log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "ab")
-  return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          env={**os.environ, **(env or {})})
+  return subprocess.Popen(
+    args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+  )
 
 
 def _log(workdir):
-  with open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"),
-            encoding="utf-8", errors="replace") as f:
+  with open(
+    os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"),
+    encoding="utf-8",
+    errors="replace",
+  ) as f:
     return f.read()
 
 
@@ -111,8 +123,10 @@ def test_straight_run_outputs(straight):
   m = writers.read_metrics(straight)
   assert sorted(m) == list(range(1, TOTAL + 1))
   assert all(np.isfinite(v["loss"]) for v in m.values())
-  assert sorted(int(s) for s in os.listdir(os.path.join(straight, "checkpoints"))
-                if s.isdigit())[-1] == TOTAL
+  assert (
+    sorted(int(s) for s in os.listdir(os.path.join(straight, "checkpoints")) if s.isdigit())[-1]
+    == TOTAL
+  )
 
 
 def test_resume_after_sigkill_is_exact(straight, tiny_data_dir, tmp_path):
@@ -128,7 +142,7 @@ def test_resume_after_sigkill_is_exact(straight, tiny_data_dir, tmp_path):
   logged_before = max(writers.read_metrics(workdir))
   proc = _launch(workdir, tiny_data_dir)
   _finish(proc, workdir)
-  assert f"Resumed from" in _log(workdir)
+  assert "Resumed from" in _log(workdir)
   _assert_same_params(straight, workdir)
   want, got = writers.read_metrics(straight), writers.read_metrics(workdir)
   for step in range(resumed_from + 1, TOTAL + 1):
@@ -162,12 +176,24 @@ def test_two_processes_match_one(straight, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "two")
   port = _free_port()
   env = {"XLA_FLAGS": os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")}
-  procs = [_launch(workdir, tiny_data_dir, f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}", env=env) for i in range(2)]
+  procs = [
+    _launch(
+      workdir,
+      tiny_data_dir,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      env=env,
+    )
+    for i in range(2)
+  ]
   for p in procs:
     _finish(p, workdir)
   assert "process 1 of 2" in _log(workdir)
   _assert_same_params(straight, workdir, exact=False)
   want, got = writers.read_metrics(straight), writers.read_metrics(workdir)
-  np.testing.assert_allclose([got[s]["loss"] for s in range(1, TOTAL + 1)],
-                             [want[s]["loss"] for s in range(1, TOTAL + 1)], rtol=1e-4)
+  np.testing.assert_allclose(
+    [got[s]["loss"] for s in range(1, TOTAL + 1)],
+    [want[s]["loss"] for s in range(1, TOTAL + 1)],
+    rtol=1e-4,
+  )

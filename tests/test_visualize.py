@@ -8,7 +8,6 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -26,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_label_purity_hand_computed():
   # Points on a line; k=2 neighbours (hand-computed in the comments), self excluded.
-  z = np.array([[0.], [1.], [2.], [10.], [11.], [12.]])
+  z = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
   labels = ["a", "a", "b", "b", "b", "a"]
   # 0:{1,2}->a,b 1/2 | 1:{0,2} 1/2 | 2:{1,0}->a,a 0 | 3:{4,5}->b,a 1/2 | 4:{3,5} 1/2 | 5:{4,3} 0
   assert visualize.label_purity(z, labels, k=2) == pytest.approx(2 / 6)
@@ -37,7 +36,7 @@ def test_label_purity_hand_computed():
 
 
 def test_purity_with_duplicate_points_excludes_self():
-  z = np.zeros((4, 2))       # all neighbours tie; each point must still not count itself
+  z = np.zeros((4, 2))  # all neighbours tie; each point must still not count itself
   assert visualize.label_purity(z, [0, 0, 1, 1], k=3) == pytest.approx(1 / 3)
 
 
@@ -50,7 +49,7 @@ def test_tsne_shape_and_clusters():
   assert xy.shape == (60, 2) and xy.dtype == np.float32
   # Well-separated clusters stay separated in the map.
   assert visualize.label_purity(xy, labels, k=5) == 1.0
-  small = visualize.tsne_2d(z[:7])   # perplexity capped below N
+  small = visualize.tsne_2d(z[:7])  # perplexity capped below N
   assert small.shape == (7, 2)
 
 
@@ -81,11 +80,18 @@ def test_gaussian_blur_matches_scipy(sigma):
 
 
 def _tiny_clip(image_size=16, patch_size=4):
-  mc = models.model_config("tiny", image_size=image_size, patch_size=patch_size,
-                           vocab_size=64, eos_token_id=63, context_length=8)
+  mc = models.model_config(
+    "tiny",
+    image_size=image_size,
+    patch_size=patch_size,
+    vocab_size=64,
+    eos_token_id=63,
+    context_length=8,
+  )
   model = models.build(mc)
-  params = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                      jnp.zeros((1, 8), jnp.int32))["params"]
+  params = model.init(
+    jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1, 8), jnp.int32)
+  )["params"]
   return model, params
 
 
@@ -128,6 +134,7 @@ class TwoRegion(nn.Module):
   Prompt token 1 reads axis a, token 2 axis b: each prompt's similarity depends (up to the
   small coupling through the norm) on its own region only.
   """
+
   box_a: tuple[float, float, float, float]
   box_b: tuple[float, float, float, float]
   shape: tuple[int, int]
@@ -148,8 +155,8 @@ class TwoRegion(nn.Module):
 
 
 H, W = 12, 16
-BOX_A = (0.0, 0.0, 0.5, 0.34)      # top-left, wide
-BOX_B = (0.6, 0.5, 1.0, 1.0)       # bottom-right, tall
+BOX_A = (0.0, 0.0, 0.5, 0.34)  # top-left, wide
+BOX_B = (0.6, 0.5, 1.0, 1.0)  # bottom-right, tall
 
 
 def _two_region():
@@ -170,11 +177,11 @@ def test_one_step_attribution_matches_numpy_formula():
   # One midpoint step: the gradient at x/2 (the baseline is 0) times x.
   fa = (x / 2 * w * ma[..., None]).sum((1, 2, 3))
   fb = (x / 2 * w * mb[..., None]).sum((1, 2, 3))
-  n = np.sqrt(fa ** 2 + fb ** 2 + 100.0)[:, None, None, None]
+  n = np.sqrt(fa**2 + fb**2 + 100.0)[:, None, None, None]
   fa, fb = fa[:, None, None, None], fb[:, None, None, None]
   # d/dx [fa/n] and d/dx [fb/n], times x, summed over channels.
-  da = w * ma[..., None] * (1 / n - fa ** 2 / n ** 3) - w * mb[..., None] * fa * fb / n ** 3
-  db = w * mb[..., None] * (1 / n - fb ** 2 / n ** 3) - w * ma[..., None] * fa * fb / n ** 3
+  da = w * ma[..., None] * (1 / n - fa**2 / n**3) - w * mb[..., None] * fa * fb / n**3
+  db = w * mb[..., None] * (1 / n - fb**2 / n**3) - w * ma[..., None] * fa * fb / n**3
   want = np.stack([(da * x).sum(-1), (db * x).sum(-1)], 1)
   np.testing.assert_allclose(attr, want, rtol=1e-4, atol=1e-6)
 
@@ -184,8 +191,7 @@ def test_relevance_is_prompt_specific_and_localised():
   images = np.random.default_rng(4).integers(0, 256, (5, H, W, 3), np.uint8)
   # [T, K, L]: prompt ensemble of identical templates = the single prompt.
   tokens = np.array([[[1, 0, 0, 0]] * 2, [[2, 0, 0, 0]] * 2], np.int32)
-  maps = visualize.relevance_maps(model, params, images, tokens, steps=8, sigma=0.7,
-                                  batch_size=2)
+  maps = visualize.relevance_maps(model, params, images, tokens, steps=8, sigma=0.7, batch_size=2)
   assert maps.shape == (5, 2, H, W) and maps.dtype == np.float32
   assert (maps >= 0).all()
   np.testing.assert_allclose(maps.sum((-2, -1)), 1.0, rtol=1e-5)
@@ -225,19 +231,24 @@ def test_relevance_rejects_bad_inputs():
   with pytest.raises(ValueError, match="uint8"):
     visualize.relevance_maps(model, params, np.zeros((1, 16, 16, 3), np.float32), _tokens(1))
   with pytest.raises(ValueError, match="tokens"):
-    visualize.relevance_maps(model, params, np.zeros((1, 16, 16, 3), np.uint8),
-                             np.zeros((4,), np.int32))
+    visualize.relevance_maps(
+      model, params, np.zeros((1, 16, 16, 3), np.uint8), np.zeros((4,), np.int32)
+    )
   with pytest.raises(ValueError, match="texts"):
     visualize.label_prompts("au", [12], ["names", "nicknames"])
 
 
 def test_label_prompts_use_the_prompt_data():
   plist = visualize.label_prompts("au", [12, 4], ["names", "descriptions"])
-  assert [(p[0], p[1]) for p in plist] == [("AU12", "names"), ("AU12", "descriptions"),
-                                           ("AU4", "names"), ("AU4", "descriptions")]
+  assert [(p[0], p[1]) for p in plist] == [
+    ("AU12", "names"),
+    ("AU12", "descriptions"),
+    ("AU4", "names"),
+    ("AU4", "descriptions"),
+  ]
   assert plist[0][3] == ["a photo of a person with lip corner puller."]
   assert plist[2][2] == "brow lowerer"
-  assert len(plist[1][3]) > 1   # descriptions: every description template
+  assert len(plist[1][3]) > 1  # descriptions: every description template
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,6 +266,7 @@ def tiny_workdir(tmp_path_factory):
   from clef_jax import checkpoint as ckpt_lib
   from clef_jax import writers
   from configs import pretrain
+
   root = tmp_path_factory.mktemp("vis")
   config = pretrain.get_config("tiny")
   config.data.data_dir = str(root / "data")
@@ -263,8 +275,11 @@ def tiny_workdir(tmp_path_factory):
   writers.write_config(str(workdir), config)
   model = models.build(config.model)
   size = config.model.image_size
-  params = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                      jnp.zeros((1, config.model.context_length), jnp.int32))["params"]
+  params = model.init(
+    jax.random.key(0),
+    jnp.zeros((1, size, size, 3)),
+    jnp.zeros((1, config.model.context_length), jnp.int32),
+  )["params"]
   ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), every_steps=1, async_save=False)
   ckpt.save(1, {"params": params, "step": jnp.ones((), jnp.int32)}, force=True)
   ckpt.close()
@@ -273,8 +288,15 @@ def tiny_workdir(tmp_path_factory):
 
 def _run_cli(*args):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "clef_jax.visualize", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "clef_jax.visualize", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
 
 
 @pytest.mark.slow
@@ -292,8 +314,9 @@ def test_cli_embeddings_and_relevance(tiny_workdir):
   assert 0.0 <= report[0]["subject/purity"] <= 1.0
 
   rdir = os.path.join(root, "rel")
-  r = _run_cli("relevance", f"--workdir={workdir}", f"--out={rdir}", "--images=2", "--steps=2",
-               "--texts=names")
+  r = _run_cli(
+    "relevance", f"--workdir={workdir}", f"--out={rdir}", "--images=2", "--steps=2", "--texts=names"
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   for name in ("relevance_grid.png", "AU12.png", "AU4.png", "relevance.npz"):
     assert os.path.isfile(os.path.join(rdir, name)), os.listdir(rdir)

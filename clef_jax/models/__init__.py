@@ -11,6 +11,13 @@ from clef_jax.models.vit import CLIP_STD
 from clef_jax.models.vit import normalize_images
 
 __all__ = [
-    'build', 'CLIP', 'l2_normalize', 'check_config', 'model_config', 'VARIANTS',
-    'CLIP_MEAN', 'CLIP_STD', 'normalize_images',
+  "build",
+  "CLIP",
+  "l2_normalize",
+  "check_config",
+  "model_config",
+  "VARIANTS",
+  "CLIP_MEAN",
+  "CLIP_STD",
+  "normalize_images",
 ]

@@ -30,12 +30,13 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 class CLIP(nn.Module):
   """Two-tower CLIP model configured by a `variants.model_config` ConfigDict."""
+
   config: Any  # ml_collections.ConfigDict / FrozenConfigDict (see variants.py).
 
   def __post_init__(self):
     # Freeze so the module stays hashable; validate once, loudly.
     if not isinstance(self.config, ml_collections.FrozenConfigDict):
-      object.__setattr__(self, 'config', ml_collections.FrozenConfigDict(self.config))
+      object.__setattr__(self, "config", ml_collections.FrozenConfigDict(self.config))
     variants.check_config(self.config)
     super().__post_init__()
 
@@ -43,18 +44,34 @@ class CLIP(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     self.visual = vit.VisionTransformer(
-        image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width,
-        layers=c.vision_layers, num_heads=c.vision_heads,
-        mlp_dim=variants.mlp_dim(c, c.vision_width), embed_dim=c.embed_dim,
-        act=c.act, dtype=dtype, remat=c.remat)
+      image_size=c.image_size,
+      patch_size=c.patch_size,
+      width=c.vision_width,
+      layers=c.vision_layers,
+      num_heads=c.vision_heads,
+      mlp_dim=variants.mlp_dim(c, c.vision_width),
+      embed_dim=c.embed_dim,
+      act=c.act,
+      dtype=dtype,
+      remat=c.remat,
+    )
     self.text = text_lib.TextTransformer(
-        vocab_size=c.vocab_size, context_length=c.context_length,
-        width=c.text_width, layers=c.text_layers, num_heads=c.text_heads,
-        mlp_dim=variants.mlp_dim(c, c.text_width), embed_dim=c.embed_dim,
-        act=c.act, pooling=c.text_pooling, eos_token_id=c.eos_token_id,
-        dtype=dtype, remat=c.remat)
+      vocab_size=c.vocab_size,
+      context_length=c.context_length,
+      width=c.text_width,
+      layers=c.text_layers,
+      num_heads=c.text_heads,
+      mlp_dim=variants.mlp_dim(c, c.text_width),
+      embed_dim=c.embed_dim,
+      act=c.act,
+      pooling=c.text_pooling,
+      eos_token_id=c.eos_token_id,
+      dtype=dtype,
+      remat=c.remat,
+    )
     self.logit_scale = self.param(
-        'logit_scale', nn.initializers.constant(c.logit_scale_init), (), jnp.float32)
+      "logit_scale", nn.initializers.constant(c.logit_scale_init), (), jnp.float32
+    )
 
   def encode_image(self, images: jax.Array, normalize: bool = True) -> jax.Array:
     """`[B, H, W, 3] float32` CLIP-normalised images → `[B, embed_dim] float32`."""
@@ -80,11 +97,11 @@ class CLIP(nn.Module):
     """exp(min(logit_scale, logit_scale_max)), a `[] float32` scalar."""
     return jnp.exp(jnp.minimum(self.logit_scale, self.config.logit_scale_max))
 
-  def __call__(self, images: jax.Array, tokens: jax.Array
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(
+    self, images: jax.Array, tokens: jax.Array
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (zimg `[B, E]`, ztxt `[N, E]`, scale `[]`), embeddings L2-normalised."""
-    return (self.encode_image(images), self.encode_text(tokens),
-            self.logit_scale_value())
+    return (self.encode_image(images), self.encode_text(tokens), self.logit_scale_value())
 
 
 def build(model_config: ml_collections.ConfigDict) -> CLIP:

@@ -28,10 +28,9 @@ def normalize_images(images: jax.Array) -> jax.Array:
     `[..., H, W, 3] float32`: (x / 255 - CLIP_MEAN) / CLIP_STD.
   """
   if images.dtype != jnp.uint8:
-    raise ValueError(f'normalize_images expects uint8 RGB images, got {images.dtype}.')
+    raise ValueError(f"normalize_images expects uint8 RGB images, got {images.dtype}.")
   if images.ndim < 3 or images.shape[-1] != 3:
-    raise ValueError(
-        f'normalize_images expects [..., H, W, 3] images, got shape {images.shape}.')
+    raise ValueError(f"normalize_images expects [..., H, W, 3] images, got shape {images.shape}.")
   x = jnp.asarray(images, jnp.float32) / 255.0
   return (x - jnp.asarray(CLIP_MEAN, jnp.float32)) / jnp.asarray(CLIP_STD, jnp.float32)
 
@@ -43,53 +42,55 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   """'quick_gelu' | 'gelu' (exact erf form, as torch/HF 'gelu')."""
-  acts = {'quick_gelu': quick_gelu,
-          'gelu': lambda x: jax.nn.gelu(x, approximate=False)}
+  acts = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
   if name not in acts:
-    raise ValueError(f'Unknown activation {name!r}; known: {sorted(acts)}.')
+    raise ValueError(f"Unknown activation {name!r}; known: {sorted(acts)}.")
   return acts[name]
 
 
 class Mlp(nn.Module):
   """c_fc → activation → c_proj."""
+
   hidden_dim: int
-  act: str = 'quick_gelu'
+  act: str = "quick_gelu"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    x = nn.Dense(self.hidden_dim, dtype=self.dtype, name='c_fc')(x)
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="c_fc")(x)
     x = activation(self.act)(x)
-    return nn.Dense(width, dtype=self.dtype, name='c_proj')(x)
+    return nn.Dense(width, dtype=self.dtype, name="c_proj")(x)
 
 
 class ResidualBlock(nn.Module):
   """Pre-LN block: x + attn(ln_1(x)); x + mlp(ln_2(x))."""
+
   num_heads: int
   mlp_dim: int
-  act: str = 'quick_gelu'
+  act: str = "quick_gelu"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """`x` `[B, L, W]`; `mask` `[B, 1, L, L] bool` (True = attend) or None."""
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='ln_1')(x)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, deterministic=True,
-        name='attn')(y, y, mask=mask)
+      num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="attn"
+    )(y, y, mask=mask)
     x = x + y
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='ln_2')(x)
-    y = Mlp(self.mlp_dim, act=self.act, dtype=self.dtype, name='mlp')(y)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
+    y = Mlp(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(y)
     return x + y
 
 
 class Transformer(nn.Module):
   """A stack of `ResidualBlock`s named resblocks_0 … resblocks_{layers-1}."""
+
   layers: int
   num_heads: int
   mlp_dim: int
-  act: str = 'quick_gelu'
+  act: str = "quick_gelu"
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -97,8 +98,9 @@ class Transformer(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.layers):
-      x = block(self.num_heads, self.mlp_dim, act=self.act, dtype=self.dtype,
-                name=f'resblocks_{i}')(x, mask)
+      x = block(
+        self.num_heads, self.mlp_dim, act=self.act, dtype=self.dtype, name=f"resblocks_{i}"
+      )(x, mask)
     return x
 
 
@@ -108,6 +110,7 @@ class VisionTransformer(nn.Module):
   Returns `(features, embedding)`: the class token after ln_post `[B, width] float32`
   (linear-probe features) and its projection `[B, embed_dim] float32` (not normalised).
   """
+
   image_size: int
   patch_size: int
   width: int
@@ -115,7 +118,7 @@ class VisionTransformer(nn.Module):
   num_heads: int
   mlp_dim: int
   embed_dim: int
-  act: str = 'quick_gelu'
+  act: str = "quick_gelu"
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -125,25 +128,39 @@ class VisionTransformer(nn.Module):
     expected = (self.image_size, self.image_size, 3)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
       raise ValueError(
-          f'Image tower expects images of shape [B, {self.image_size}, '
-          f'{self.image_size}, 3], got {tuple(images.shape)}.')
+        f"Image tower expects images of shape [B, {self.image_size}, "
+        f"{self.image_size}, 3], got {tuple(images.shape)}."
+      )
     grid = self.image_size // self.patch_size
-    scale = self.width ** -0.5
-    x = nn.Conv(self.width, (self.patch_size, self.patch_size),
-                strides=(self.patch_size, self.patch_size), padding='VALID',
-                use_bias=False, dtype=self.dtype, name='conv1')(
-                    images.astype(self.dtype))
+    scale = self.width**-0.5
+    x = nn.Conv(
+      self.width,
+      (self.patch_size, self.patch_size),
+      strides=(self.patch_size, self.patch_size),
+      padding="VALID",
+      use_bias=False,
+      dtype=self.dtype,
+      name="conv1",
+    )(images.astype(self.dtype))
     x = x.reshape(x.shape[0], grid * grid, self.width)
-    cls = self.param('class_embedding', nn.initializers.normal(scale), (self.width,))
-    posemb = self.param('positional_embedding', nn.initializers.normal(scale),
-                        (grid * grid + 1, self.width))
+    cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
+    posemb = self.param(
+      "positional_embedding", nn.initializers.normal(scale), (grid * grid + 1, self.width)
+    )
     cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1) + posemb.astype(self.dtype)
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='ln_pre')(x)
-    x = Transformer(self.layers, self.num_heads, self.mlp_dim, act=self.act,
-                    dtype=self.dtype, remat=self.remat, name='transformer')(x)
-    features = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name='ln_post')(
-        x[:, 0].astype(jnp.float32))
-    proj = self.param('proj', nn.initializers.normal(scale),
-                      (self.width, self.embed_dim))
+    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_pre")(x)
+    x = Transformer(
+      self.layers,
+      self.num_heads,
+      self.mlp_dim,
+      act=self.act,
+      dtype=self.dtype,
+      remat=self.remat,
+      name="transformer",
+    )(x)
+    features = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="ln_post")(
+      x[:, 0].astype(jnp.float32)
+    )
+    proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim))
     return features, features @ proj

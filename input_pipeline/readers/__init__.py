@@ -19,14 +19,14 @@ import types
 from typing import Iterator
 
 _MODULES = {
-    "bp4d": "bp4d",
-    "bp4d_plus": "bp4d_plus",
-    "disfa": "disfa",
-    "raf_db": "raf_db",
-    "ferplus": "ferplus",
-    "affectnet": "affectnet",
-    "manifest": "manifest",
-    "synthface": "synthface",
+  "bp4d": "bp4d",
+  "bp4d_plus": "bp4d_plus",
+  "disfa": "disfa",
+  "raf_db": "raf_db",
+  "ferplus": "ferplus",
+  "affectnet": "affectnet",
+  "manifest": "manifest",
+  "synthface": "synthface",
 }
 
 

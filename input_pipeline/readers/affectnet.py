@@ -42,12 +42,15 @@ def layout(root: str | os.PathLike[str]) -> str:
   if any(os.path.isdir(os.path.join(root, d)) for d in NPY_DIRS.values()):
     return "npy"
   raise common.DatasetError(
-      root, "no AffectNet data: expected Manually_Annotated_file_lists/ + "
-      "Manually_Annotated_Images/, or train_set/ and val_set/ with images/ and annotations/")
+    root,
+    "no AffectNet data: expected Manually_Annotated_file_lists/ + "
+    "Manually_Annotated_Images/, or train_set/ and val_set/ with images/ and annotations/",
+  )
 
 
-def _label(code: int, num_classes: int, path: str, line: int | None, where: str,
-           skips: common.Skips) -> int | None:
+def _label(
+  code: int, num_classes: int, path: str, line: int | None, where: str, skips: common.Skips
+) -> int | None:
   """Canonical expression for an AffectNet code, None if dropped (counted)."""
   if code in DROPPED:
     skips.add(DROPPED[code], where)
@@ -70,8 +73,9 @@ def crop_box(image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray | 
   return np.ascontiguousarray(image[y0:y1, x0:x1])
 
 
-def _read_csv_layout(root: str, split: str, num_classes: int, crop: bool,
-                     skips: common.Skips) -> Iterator[dict[str, Any]]:
+def _read_csv_layout(
+  root: str, split: str, num_classes: int, crop: bool, skips: common.Skips
+) -> Iterator[dict[str, Any]]:
   path = os.path.join(root, "Manually_Annotated_file_lists", CSV_FILES[split])
   image_dir = os.path.join(root, "Manually_Annotated_Images")
   needed = CSV_COLUMNS + (BOX_COLUMNS if crop else ())
@@ -105,8 +109,9 @@ def _npy_code(path: str) -> int:
     raise common.DatasetError(path, f"cannot read an expression code: {e}") from None
 
 
-def _read_npy_layout(root: str, split: str, num_classes: int,
-                     skips: common.Skips) -> Iterator[dict[str, Any]]:
+def _read_npy_layout(
+  root: str, split: str, num_classes: int, skips: common.Skips
+) -> Iterator[dict[str, Any]]:
   base = os.path.join(root, NPY_DIRS[split])
   image_dir, ann_dir = os.path.join(base, "images"), os.path.join(base, "annotations")
   for d in (image_dir, ann_dir):
@@ -141,9 +146,15 @@ def _read_npy_layout(root: str, split: str, num_classes: int,
     yield common.make_example(image=image, path=image_path, expression=expression)
 
 
-def read(root: str | os.PathLike[str], *, split: str | None = None,
-         skips: common.Skips | None = None, num_classes: int = 8, crop: bool = False,
-         **unused: Any) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  split: str | None = None,
+  skips: common.Skips | None = None,
+  num_classes: int = 8,
+  crop: bool = False,
+  **unused: Any,
+) -> Iterator[dict[str, Any]]:
   """Yields AffectNet examples of `split` ('train'/'test', 'validation' = 'test'; None = both).
 
   crop: cut the face box (face_x/y/width/height) out of the image (csv layout only; the npy

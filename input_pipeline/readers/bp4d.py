@@ -88,11 +88,13 @@ def read_occ(path: str, aus: Sequence[int] = AUS) -> dict[int, np.ndarray]:
   for line, row in rows:
     if len(row) != len(header):
       raise common.DatasetError(
-          path, f"expected {len(header)} fields as in the header, got {len(row)}", line)
+        path, f"expected {len(header)} fields as in the header, got {len(row)}", line
+      )
     frame = common.parse_int(row[frame_col], path, line, "frame number")
     if frame in out:
       raise common.DatasetError(
-          path, f"frame {frame} listed twice (first on line {first_line[frame]})", line)
+        path, f"frame {frame} listed twice (first on line {first_line[frame]})", line
+      )
     codes = np.empty((len(aus),), np.int8)
     for j, au in enumerate(aus):
       value = common.parse_int(row[cols[au]], path, line, f"AU{au}")
@@ -102,7 +104,8 @@ def read_occ(path: str, aus: Sequence[int] = AUS) -> dict[int, np.ndarray]:
         codes[j] = -1
       else:
         raise common.DatasetError(
-            path, f"AU{au} code {value} is not 0 (absent), 1 (present) or 9 (unknown)", line)
+          path, f"AU{au} code {value} is not 0 (absent), 1 (present) or 9 (unknown)", line
+        )
     out[frame] = codes
     first_line[frame] = line
   return out
@@ -126,8 +129,15 @@ def read_intensity(path: str) -> dict[int, int]:
   return out
 
 
-def read_session_labels(root: str, subject: str, task: str, skips: common.Skips, *,
-                        aus: Sequence[int] = AUS, intensity: bool = True) -> SessionLabels:
+def read_session_labels(
+  root: str,
+  subject: str,
+  task: str,
+  skips: common.Skips,
+  *,
+  aus: Sequence[int] = AUS,
+  intensity: bool = True,
+) -> SessionLabels:
   """Occurrence (and, if present and asked for, intensity) of one session, by frame number."""
   occ = read_occ(occ_path(root, subject, task), aus)
   ints = np.full((len(occ), len(aus)), -1, np.int8)
@@ -158,14 +168,21 @@ def activity(dataset: str, task: str, where: str) -> str:
   try:
     return prompts.activity_text(dataset, task)
   except KeyError as e:
-    raise common.DatasetError(where, f"task {task!r} has no activity text in the prompt data "
-                              f"({e.args[0]})") from None
+    raise common.DatasetError(
+      where, f"task {task!r} has no activity text in the prompt data ({e.args[0]})"
+    ) from None
 
 
-def match_frames(labels: Mapping[int, Any], images: Mapping[int, Any], labels_where: str,
-                 images_where: str, skips: common.Skips, *,
-                 image_without_row: str = common.SKIP_IMAGE_WITHOUT_ROW,
-                 image_number: Callable[[int], int] = lambda f: f) -> list[tuple[int, Any]]:
+def match_frames(
+  labels: Mapping[int, Any],
+  images: Mapping[int, Any],
+  labels_where: str,
+  images_where: str,
+  skips: common.Skips,
+  *,
+  image_without_row: str = common.SKIP_IMAGE_WITHOUT_ROW,
+  image_number: Callable[[int], int] = lambda f: f,
+) -> list[tuple[int, Any]]:
   """Pairs label rows with images; counts rows without image and images without row.
 
   Args:
@@ -202,17 +219,21 @@ def subject_dirs(root: str) -> list[str]:
 
 
 def task_dirs(folder: str) -> list[str]:
-  return sorted((e.name for e in os.scandir(folder) if e.is_dir() and TASK_RE.match(e.name)),
-                key=common.natural_key)
+  return sorted(
+    (e.name for e in os.scandir(folder) if e.is_dir() and TASK_RE.match(e.name)),
+    key=common.natural_key,
+  )
 
 
 def _check_root(root: str | os.PathLike[str]) -> str:
   root = common.require_dir(
-      root, "the BP4D folder holding <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/")
+    root, "the BP4D folder holding <subject>/<task>/<frame>.jpg and AUCoding/AU_OCC/"
+  )
   common.require_dir(os.path.join(root, OCC_DIR), "AU occurrence files <subject>_<task>.csv")
   if not subject_dirs(root):
     raise common.DatasetError(
-        root, "no subject folders found; expected <subject>/<task>/<frame>.jpg (e.g. F001/T1/)")
+      root, "no subject folders found; expected <subject>/<task>/<frame>.jpg (e.g. F001/T1/)"
+    )
   return root
 
 
@@ -226,8 +247,9 @@ def subjects(root: str | os.PathLike[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
-         intensity: bool = True) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str], *, skips: common.Skips | None = None, intensity: bool = True
+) -> Iterator[dict[str, Any]]:
   """Yields every labelled BP4D frame in the common schema (subjects, tasks, frames sorted).
 
   Args:
@@ -253,8 +275,10 @@ def _iterate(root: str, skips: common.Skips, intensity: bool) -> Iterator[dict[s
       label_file = occ_path(root, subject, task)
       if not os.path.isfile(label_file):
         raise common.DatasetError(
-            label_file, f"AU occurrence file missing for frames in {frame_dir}; restore it or "
-            "move that task folder away")
+          label_file,
+          f"AU occurrence file missing for frames in {frame_dir}; restore it or "
+          "move that task folder away",
+        )
       text = activity(NAME, task, frame_dir)
       labels = read_session_labels(root, subject, task, skips, intensity=intensity)
       images = common.list_frames(frame_dir, skips)
@@ -265,11 +289,24 @@ def _iterate(root: str, skips: common.Skips, intensity: bool) -> Iterator[dict[s
         au, au_int = labels[frame]
         count += 1
         yield common.make_example(
-            image=image, path=path, subject=subject, task=task, activity_text=text, frame=frame,
-            au=au, au_intensity=au_int, fold=fold)
+          image=image,
+          path=path,
+          subject=subject,
+          task=task,
+          activity_text=text,
+          frame=frame,
+          au=au,
+          au_intensity=au_int,
+          fold=fold,
+        )
   for name in sorted(os.listdir(os.path.join(root, OCC_DIR))):
     m = _OCC_NAME_RE.match(name)
     if m and (m.group(1), m.group(2)) not in seen_sessions:
       skips.add(SKIP_LABELS_WITHOUT_FRAMES, os.path.join(root, OCC_DIR, name))
-  common.finish(NAME, skips, count, root,
-                "<subject>/<task>/<frame>.jpg frames matching rows of AUCoding/AU_OCC CSVs")
+  common.finish(
+    NAME,
+    skips,
+    count,
+    root,
+    "<subject>/<task>/<frame>.jpg frames matching rows of AUCoding/AU_OCC CSVs",
+  )

@@ -35,8 +35,9 @@ from input_pipeline.readers import folds as folds_lib
 NAME = "bp4d_plus"
 AUS: tuple[int, ...] = bp4d.AUS
 CODED_TASKS: tuple[str, ...] = ("T1", "T6", "T7", "T8")
-ALL_SUBJECTS: tuple[str, ...] = (tuple(f"F{i:03d}" for i in range(1, 83))
-                                 + tuple(f"M{i:03d}" for i in range(1, 59)))
+ALL_SUBJECTS: tuple[str, ...] = tuple(f"F{i:03d}" for i in range(1, 83)) + tuple(
+  f"M{i:03d}" for i in range(1, 59)
+)
 ZIP_DIR = "2D+3D"
 OCC_DIR = bp4d.OCC_DIR
 
@@ -84,13 +85,14 @@ def _sources(root: str) -> dict[str, tuple[str, str]]:
 
 def _check_root(root: str | os.PathLike[str]) -> tuple[str, dict[str, tuple[str, str]]]:
   root = common.require_dir(
-      root, "the BP4D+ folder holding 2D+3D/<subject>.zip (or <subject>/<task>/) and "
-      "AUCoding/AU_OCC/")
+    root, "the BP4D+ folder holding 2D+3D/<subject>.zip (or <subject>/<task>/) and AUCoding/AU_OCC/"
+  )
   common.require_dir(os.path.join(root, OCC_DIR), "AU occurrence files <subject>_<task>.csv")
   sources = _sources(root)
   if not sources:
     raise common.DatasetError(
-        root, "no subjects found; expected 2D+3D/<subject>.zip or <subject>/<task>/<frame>.jpg")
+      root, "no subjects found; expected 2D+3D/<subject>.zip or <subject>/<task>/<frame>.jpg"
+    )
   return root, sources
 
 
@@ -99,8 +101,9 @@ def subjects(root: str | os.PathLike[str]) -> list[str]:
   return list(_check_root(root)[1])
 
 
-def _zip_frames(archive: zipfile.ZipFile, where: str,
-                skips: common.Skips) -> dict[str, dict[int, str]]:
+def _zip_frames(
+  archive: zipfile.ZipFile, where: str, skips: common.Skips
+) -> dict[str, dict[int, str]]:
   """task -> {frame number -> member name} for members `[...]/<task>/<frame>.<ext>`."""
   by_task: dict[str, dict[str, str]] = {}
   for info in archive.infolist():
@@ -116,9 +119,15 @@ def _zip_frames(archive: zipfile.ZipFile, where: str,
   return out
 
 
-def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None, folds: int = 3,
-         fold_seed: int = 0, intensity: bool = True,
-         frame_offset: int | None = None) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  skips: common.Skips | None = None,
+  folds: int = 3,
+  fold_seed: int = 0,
+  intensity: bool = True,
+  frame_offset: int | None = None,
+) -> Iterator[dict[str, Any]]:
   """Yields the AU-coded BP4D+ frames in the common schema (subjects, tasks, frames sorted).
 
   Args:
@@ -133,14 +142,19 @@ def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None, fol
   root, sources = _check_root(root)
   split = parts(tuple(sources), folds=folds, fold_seed=fold_seed)
   folds_lib.log_parts(NAME, split)
-  return _iterate(root, sources, split, common.Skips() if skips is None else skips, intensity,
-                  frame_offset)
+  return _iterate(
+    root, sources, split, common.Skips() if skips is None else skips, intensity, frame_offset
+  )
 
 
-
-def _iterate(root: str, sources: dict[str, tuple[str, str]], split: folds_lib.Parts,
-             skips: common.Skips, intensity: bool,
-             frame_offset: int | None) -> Iterator[dict[str, Any]]:
+def _iterate(
+  root: str,
+  sources: dict[str, tuple[str, str]],
+  split: folds_lib.Parts,
+  skips: common.Skips,
+  intensity: bool,
+  frame_offset: int | None,
+) -> Iterator[dict[str, Any]]:
   count = 0
   for subject, (kind, src) in sources.items():
     fold = folds_lib.part_of(split, subject)
@@ -150,8 +164,11 @@ def _iterate(root: str, sources: dict[str, tuple[str, str]], split: folds_lib.Pa
       if archive is not None:
         frames_by_task = _zip_frames(archive, src, skips)
       else:
-        frames_by_task = {t: common.list_frames(os.path.join(src, t), skips)
-                          for t in bp4d.task_dirs(src) if t in CODED_TASKS}
+        frames_by_task = {
+          t: common.list_frames(os.path.join(src, t), skips)
+          for t in bp4d.task_dirs(src)
+          if t in CODED_TASKS
+        }
       for task in CODED_TASKS:
         images = frames_by_task.get(task, {})
         label_file = bp4d.occ_path(root, subject, task)
@@ -163,9 +180,15 @@ def _iterate(root: str, sources: dict[str, tuple[str, str]], split: folds_lib.Pa
         text = bp4d.activity(NAME, task, where)
         labels = bp4d.read_session_labels(root, subject, task, skips, intensity=intensity)
         offset = frame_offset if frame_offset is not None else (-1 if 0 in images else 0)
-        pairs = bp4d.match_frames(labels, images, label_file, where, skips,
-                                  image_without_row=SKIP_UNCODED_FRAME,
-                                  image_number=lambda f, o=offset: f + o)
+        pairs = bp4d.match_frames(
+          labels,
+          images,
+          label_file,
+          where,
+          skips,
+          image_without_row=SKIP_UNCODED_FRAME,
+          image_number=lambda f, o=offset: f + o,
+        )
         for frame, ref in pairs:
           if archive is not None:
             path = f"{src}:{ref}"
@@ -178,13 +201,22 @@ def _iterate(root: str, sources: dict[str, tuple[str, str]], split: folds_lib.Pa
           au, au_int = labels[frame]
           count += 1
           yield common.make_example(
-              image=image, path=path, subject=subject, task=task, activity_text=text,
-              frame=frame, au=au, au_intensity=au_int, fold=fold)
+            image=image,
+            path=path,
+            subject=subject,
+            task=task,
+            activity_text=text,
+            frame=frame,
+            au=au,
+            au_intensity=au_int,
+            fold=fold,
+          )
     except zipfile.BadZipFile as e:
       raise common.DatasetError(src, f"not a readable zip archive: {e}") from None
     finally:
       if archive is not None:
         archive.close()
   logging.info("%s: %d coded frames", NAME, count)
-  common.finish(NAME, skips, count, root,
-                "frames of T1/T6/T7/T8 listed in AUCoding/AU_OCC/<subject>_<task>.csv")
+  common.finish(
+    NAME, skips, count, root, "frames of T1/T6/T7/T8 listed in AUCoding/AU_OCC/<subject>_<task>.csv"
+  )

@@ -34,8 +34,19 @@ from PIL import Image
 
 NUM_EXPRESSIONS = 8  # len(clef_jax.prompts.expressions())
 
-FIELDS = ("image", "image/path", "subject", "task", "activity_text", "frame", "au",
-          "au_intensity", "expression", "expression/votes", "fold")
+FIELDS = (
+  "image",
+  "image/path",
+  "subject",
+  "task",
+  "activity_text",
+  "frame",
+  "au",
+  "au_intensity",
+  "expression",
+  "expression/votes",
+  "fold",
+)
 
 
 class DatasetError(ValueError):
@@ -51,6 +62,7 @@ class DatasetError(ValueError):
 @dataclasses.dataclass
 class Skips:
   """Counts of skipped items by reason, with a few example locations per reason."""
+
   counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
   max_examples: int = 3
@@ -79,29 +91,43 @@ class Skips:
       logging.warning("%s: %s", name, self.report())
 
 
-def make_example(*, image: np.ndarray, path: str, num_aus: int = 0, subject: str = "",
-                 task: str = "", activity_text: str = "", frame: int = -1,
-                 au: Sequence[int] | np.ndarray | None = None,
-                 au_intensity: Sequence[int] | np.ndarray | None = None, expression: int = -1,
-                 votes: Sequence[float] | np.ndarray | None = None, fold: int = 0) -> dict[str, Any]:
+def make_example(
+  *,
+  image: np.ndarray,
+  path: str,
+  num_aus: int = 0,
+  subject: str = "",
+  task: str = "",
+  activity_text: str = "",
+  frame: int = -1,
+  au: Sequence[int] | np.ndarray | None = None,
+  au_intensity: Sequence[int] | np.ndarray | None = None,
+  expression: int = -1,
+  votes: Sequence[float] | np.ndarray | None = None,
+  fold: int = 0,
+) -> dict[str, Any]:
   """Builds one example in the common schema, with defaults for what a dataset lacks."""
   au_arr = np.full((num_aus,), -1, np.int8) if au is None else np.asarray(au, np.int8)
-  int_arr = (np.full((len(au_arr),), -1, np.int8) if au_intensity is None
-             else np.asarray(au_intensity, np.int8))
-  votes_arr = (np.zeros((NUM_EXPRESSIONS,), np.float32) if votes is None
-               else np.asarray(votes, np.float32))
+  int_arr = (
+    np.full((len(au_arr),), -1, np.int8)
+    if au_intensity is None
+    else np.asarray(au_intensity, np.int8)
+  )
+  votes_arr = (
+    np.zeros((NUM_EXPRESSIONS,), np.float32) if votes is None else np.asarray(votes, np.float32)
+  )
   return {
-      "image": image,
-      "image/path": str(path),
-      "subject": subject,
-      "task": task,
-      "activity_text": activity_text,
-      "frame": int(frame),
-      "au": au_arr,
-      "au_intensity": int_arr,
-      "expression": int(expression),
-      "expression/votes": votes_arr,
-      "fold": int(fold),
+    "image": image,
+    "image/path": str(path),
+    "subject": subject,
+    "task": task,
+    "activity_text": activity_text,
+    "frame": int(frame),
+    "au": au_arr,
+    "au_intensity": int_arr,
+    "expression": int(expression),
+    "expression/votes": votes_arr,
+    "fold": int(fold),
   }
 
 
@@ -123,15 +149,19 @@ def decode_image(data: bytes | np.ndarray | str | os.PathLike[str]) -> np.ndarra
   return np.ascontiguousarray(arr[..., :3].astype(np.uint8))
 
 
-def load_image(path: str | os.PathLike[str] | bytes, skips: Skips | None = None, *,
-               where: str | None = None) -> np.ndarray | None:
+def load_image(
+  path: str | os.PathLike[str] | bytes, skips: Skips | None = None, *, where: str | None = None
+) -> np.ndarray | None:
   """Reads an image; on a missing/corrupt/non-image file counts a skip and returns None.
 
   `path` may also be the encoded bytes of an image (e.g. a zip member); `where` then names it
   in skips and errors.
   """
-  where = where if where is not None else (
-      "<bytes>" if isinstance(path, (bytes, bytearray)) else os.fspath(path))
+  where = (
+    where
+    if where is not None
+    else ("<bytes>" if isinstance(path, (bytes, bytearray)) else os.fspath(path))
+  )
   try:
     return decode_image(path)
   except FileNotFoundError:
@@ -145,8 +175,9 @@ def load_image(path: str | os.PathLike[str] | bytes, skips: Skips | None = None,
   return None
 
 
-def read_csv(path: str | os.PathLike[str], *, header: bool = True,
-             delimiter: str = ",") -> Iterator[tuple[int, list[str] | dict[str, str]]]:
+def read_csv(
+  path: str | os.PathLike[str], *, header: bool = True, delimiter: str = ","
+) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
   """Yields (1-based line number, row) from a CSV file; CRLF, a UTF-8 BOM and blank lines are fine.
 
   With header=True rows are dicts keyed by the stripped header names; a row with a different
@@ -168,8 +199,9 @@ def read_csv(path: str | os.PathLike[str], *, header: bool = True,
         continue
       if header:
         if len(row) != len(names):
-          raise DatasetError(path, f"expected {len(names)} fields as in the header, got {len(row)}",
-                             lineno)
+          raise DatasetError(
+            path, f"expected {len(names)} fields as in the header, got {len(row)}", lineno
+          )
         yield lineno, dict(zip(names, row))
       else:
         yield lineno, row
@@ -221,8 +253,9 @@ def require_dir(path: str | os.PathLike[str], expected: str) -> str:
   return path
 
 
-def index_frames(names: Iterable[str], where: str, skips: Skips,
-                 exts: Sequence[str] = IMAGE_EXTS) -> dict[int, str]:
+def index_frames(
+  names: Iterable[str], where: str, skips: Skips, exts: Sequence[str] = IMAGE_EXTS
+) -> dict[int, str]:
   """Maps frame number -> file name for names `<digits><ext>` (zero-padded or not).
 
   Hidden files (".DS_Store") are ignored; any other name is counted as a non-frame file. When
@@ -254,17 +287,20 @@ def index_frames(names: Iterable[str], where: str, skips: Skips,
   return dict(sorted(out.items()))
 
 
-def list_frames(folder: str | os.PathLike[str], skips: Skips,
-                exts: Sequence[str] = IMAGE_EXTS) -> dict[int, str]:
+def list_frames(
+  folder: str | os.PathLike[str], skips: Skips, exts: Sequence[str] = IMAGE_EXTS
+) -> dict[int, str]:
   """Frame number -> full path of the images `<n>.<ext>` in `folder` (see `index_frames`)."""
   folder = os.fspath(folder)
   names = [e.name for e in os.scandir(folder) if not e.is_dir()]
-  return {n: os.path.join(folder, name)
-          for n, name in index_frames(names, folder, skips, exts).items()}
+  return {
+    n: os.path.join(folder, name) for n, name in index_frames(names, folder, skips, exts).items()
+  }
 
 
-def au_columns(header: Sequence[str], path: str, line: int, aus: Sequence[int], *,
-               frame_column: str = "0") -> tuple[int, dict[int, int]]:
+def au_columns(
+  header: Sequence[str], path: str, line: int, aus: Sequence[int], *, frame_column: str = "0"
+) -> tuple[int, dict[int, int]]:
   """Locates the frame column and each needed AU column of an AU-coding CSV by header name.
 
   Header names may be `12`, `AU12` or `AU012` (any case); unknown names are ignored.
@@ -285,15 +321,17 @@ def au_columns(header: Sequence[str], path: str, line: int, aus: Sequence[int], 
       continue
     au = int(m.group(1))
     if au in cols:
-      raise DatasetError(path, f"AU{au} appears twice in the header ({header[cols[au]]!r} and "
-                         f"{name!r})", line)
+      raise DatasetError(
+        path, f"AU{au} appears twice in the header ({header[cols[au]]!r} and {name!r})", line
+      )
     cols[au] = i
   if frame_col is None:
     raise DatasetError(path, f"header has no frame-number column {frame_column!r}", line)
   missing = [au for au in aus if au not in cols]
   if missing:
-    raise DatasetError(path, "header lacks the column(s) of evaluated "
-                       + ", ".join(f"AU{a}" for a in missing), line)
+    raise DatasetError(
+      path, "header lacks the column(s) of evaluated " + ", ".join(f"AU{a}" for a in missing), line
+    )
   return frame_col, {au: cols[au] for au in aus}
 
 
@@ -301,5 +339,4 @@ def finish(name: str, skips: Skips, count: int, root: str, expected: str) -> Non
   """Logs skips at the end of a reader; DatasetError if nothing at all was yielded."""
   skips.log(name)
   if count == 0:
-    raise DatasetError(root, f"no usable examples found; expected {expected}. "
-                       + skips.report())
+    raise DatasetError(root, f"no usable examples found; expected {expected}. " + skips.report())

@@ -53,8 +53,7 @@ def read_au_file(path: str) -> np.ndarray:
   values = []
   for line, row in common.read_csv(path, header=False):
     if len(row) < 2:
-      raise common.DatasetError(path, f"expected 'frameIdx,intensity', got {','.join(row)!r}",
-                                line)
+      raise common.DatasetError(path, f"expected 'frameIdx,intensity', got {','.join(row)!r}", line)
     common.parse_int(row[0], path, line, "frameIdx")
     value = common.parse_int(row[1], path, line, "intensity")
     if not 0 <= value <= 5:
@@ -70,24 +69,31 @@ def read_subject_labels(root: str, subject: str, aus: Sequence[int] = AUS) -> np
   for au in aus:
     path = label_path(root, subject, au)
     if not os.path.isfile(path):
-      raise common.DatasetError(path, f"label file of AU{au} not found (expected "
-                                f"{LABEL_DIR}/{subject}/{subject}_au<N>.txt for AUs {list(aus)})")
+      raise common.DatasetError(
+        path,
+        f"label file of AU{au} not found (expected "
+        f"{LABEL_DIR}/{subject}/{subject}_au<N>.txt for AUs {list(aus)})",
+      )
     values = read_au_file(path)
     if first is None:
       first = (path, len(values))
     elif len(values) != first[1]:
       raise common.DatasetError(
-          path, f"has {len(values)} label lines but {first[0]} has {first[1]}; every AU file "
-          "of a subject must cover the same frames")
+        path,
+        f"has {len(values)} label lines but {first[0]} has {first[1]}; every AU file "
+        "of a subject must cover the same frames",
+      )
     columns.append(values)
   return np.stack(columns, axis=1)
 
 
 def _check_root(root: str | os.PathLike[str]) -> str:
   root = common.require_dir(
-      root, "the DISFA folder holding ActionUnit_Labels/<SN>/ and <SN>/<t>.png frame folders")
-  label_dir = common.require_dir(os.path.join(root, LABEL_DIR),
-                                 "per-subject label folders <SN>/<SN>_au<N>.txt")
+    root, "the DISFA folder holding ActionUnit_Labels/<SN>/ and <SN>/<t>.png frame folders"
+  )
+  label_dir = common.require_dir(
+    os.path.join(root, LABEL_DIR), "per-subject label folders <SN>/<SN>_au<N>.txt"
+  )
   if not any(e.is_dir() for e in os.scandir(label_dir)):
     raise common.DatasetError(label_dir, "no subject folders found; expected <SN>/<SN>_au<N>.txt")
   return root
@@ -96,12 +102,19 @@ def _check_root(root: str | os.PathLike[str]) -> str:
 def subjects(root: str | os.PathLike[str]) -> list[str]:
   """Subject ids (folders of ActionUnit_Labels/), in natural order."""
   label_dir = os.path.join(_check_root(root), LABEL_DIR)
-  return sorted((e.name for e in os.scandir(label_dir)
-                 if e.is_dir() and not e.name.startswith(".")), key=common.natural_key)
+  return sorted(
+    (e.name for e in os.scandir(label_dir) if e.is_dir() and not e.name.startswith(".")),
+    key=common.natural_key,
+  )
 
 
-def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
-         image_ext: str | None = None, occurrence_threshold: int = 2) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  skips: common.Skips | None = None,
+  image_ext: str | None = None,
+  occurrence_threshold: int = 2,
+) -> Iterator[dict[str, Any]]:
   """Yields every labelled DISFA frame in the common schema (subjects, frames sorted).
 
   Args:
@@ -123,8 +136,9 @@ def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
   return _iterate(root, common.Skips() if skips is None else skips, exts, occurrence_threshold)
 
 
-def _iterate(root: str, skips: common.Skips, exts: tuple[str, ...],
-             threshold: int) -> Iterator[dict[str, Any]]:
+def _iterate(
+  root: str, skips: common.Skips, exts: tuple[str, ...], threshold: int
+) -> Iterator[dict[str, Any]]:
   count = 0
   for subject in subjects(root):
     intensity = read_subject_labels(root, subject)
@@ -144,10 +158,22 @@ def _iterate(root: str, skips: common.Skips, exts: tuple[str, ...],
       if image is None:
         continue
       count += 1
-      yield common.make_example(image=image, path=images[t], subject=subject, frame=t,
-                                au=occurrence[t], au_intensity=intensity[t], fold=fold)
+      yield common.make_example(
+        image=image,
+        path=images[t],
+        subject=subject,
+        frame=t,
+        au=occurrence[t],
+        au_intensity=intensity[t],
+        fold=fold,
+      )
     for t in images:
       if t >= len(intensity):
         skips.add(common.SKIP_IMAGE_WITHOUT_ROW, images[t])
-  common.finish(NAME, skips, count, root, "<SN>/<t>.png frames for the lines of "
-                "ActionUnit_Labels/<SN>/<SN>_au<N>.txt")
+  common.finish(
+    NAME,
+    skips,
+    count,
+    root,
+    "<SN>/<t>.png frames for the lines of ActionUnit_Labels/<SN>/<SN>_au<N>.txt",
+  )

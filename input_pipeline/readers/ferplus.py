@@ -68,7 +68,7 @@ def majority_label(counts: Sequence[int]) -> int:
 
 def vote_distribution(counts: Sequence[int]) -> np.ndarray | None:
   """float32 [8] distribution over the emotions in canonical order, or None if all are zero."""
-  c = np.asarray(counts[:len(CLASSES)], np.float64)
+  c = np.asarray(counts[: len(CLASSES)], np.float64)
   c = np.where(c <= 1, 0.0, c)
   if c.sum() <= 0:
     return None
@@ -87,8 +87,9 @@ def _parse_counts(values: Sequence[str], path: str, line: int) -> list[int]:
   return counts
 
 
-def _label(counts: list[int], split: str, label_mode: str, where: str,
-           skips: common.Skips) -> tuple[int, np.ndarray] | None:
+def _label(
+  counts: list[int], split: str, label_mode: str, where: str, skips: common.Skips
+) -> tuple[int, np.ndarray] | None:
   """(canonical expression, votes [8]) for one row under the protocol, or None (skip counted)."""
   votes = vote_distribution(counts)
   if label_mode == "votes" and split == "train":
@@ -120,21 +121,26 @@ def layout(root: str | os.PathLike[str]) -> str:
   root = os.fspath(root)
   if os.path.isfile(os.path.join(root, "fer2013new.csv")):
     if not os.path.isfile(os.path.join(root, "fer2013.csv")):
-      raise common.DatasetError(os.path.join(root, "fer2013.csv"),
-                                "file not found (needed next to fer2013new.csv for the pixels)")
+      raise common.DatasetError(
+        os.path.join(root, "fer2013.csv"),
+        "file not found (needed next to fer2013new.csv for the pixels)",
+      )
     return "csv"
   if any(os.path.isfile(os.path.join(root, d, "label.csv")) for d in FOLDERS):
     return "folders"
   raise common.DatasetError(
-      root, "no FER+ data: expected fer2013.csv + fer2013new.csv, or the FERPlus converter's "
-      "FER2013Train/label.csv (+ FER2013Valid, FER2013Test)")
+    root,
+    "no FER+ data: expected fer2013.csv + fer2013new.csv, or the FERPlus converter's "
+    "FER2013Train/label.csv (+ FER2013Valid, FER2013Test)",
+  )
 
 
 def _pixels(value: str, path: str, line: int) -> np.ndarray:
   parts = value.split()
   if len(parts) != IMAGE_SIZE * IMAGE_SIZE:
     raise common.DatasetError(
-        path, f"pixels: expected {IMAGE_SIZE * IMAGE_SIZE} values (48x48), got {len(parts)}", line)
+      path, f"pixels: expected {IMAGE_SIZE * IMAGE_SIZE} values (48x48), got {len(parts)}", line
+    )
   try:
     arr = np.asarray([int(p) for p in parts], np.int64)
   except ValueError:
@@ -144,8 +150,9 @@ def _pixels(value: str, path: str, line: int) -> np.ndarray:
   return arr.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
 
 
-def _read_csv_layout(root: str, split: str | None, label_mode: str,
-                     skips: common.Skips) -> Iterator[dict[str, Any]]:
+def _read_csv_layout(
+  root: str, split: str | None, label_mode: str, skips: common.Skips
+) -> Iterator[dict[str, Any]]:
   fer_path = os.path.join(root, "fer2013.csv")
   new_path = os.path.join(root, "fer2013new.csv")
   fer_rows = common.read_csv(fer_path)
@@ -154,22 +161,33 @@ def _read_csv_layout(root: str, split: str | None, label_mode: str,
     new_line, new_row = new
     fer = next(fer_rows, None)
     if fer is None:
-      raise common.DatasetError(new_path, f"has more rows than {fer_path} (row {n + 1} has no "
-                                "pixels); the two files must be row-aligned", new_line)
+      raise common.DatasetError(
+        new_path,
+        f"has more rows than {fer_path} (row {n + 1} has no "
+        "pixels); the two files must be row-aligned",
+        new_line,
+      )
     fer_line, fer_row = fer
     if n == 0:
-      for p, row, cols in ((fer_path, fer_row, ("pixels", "Usage")),
-                           (new_path, new_row, ("Usage", "Image name") + VOTE_COLUMNS)):
+      for p, row, cols in (
+        (fer_path, fer_row, ("pixels", "Usage")),
+        (new_path, new_row, ("Usage", "Image name") + VOTE_COLUMNS),
+      ):
         missing = [c for c in cols if c not in row]
         if missing:
           raise common.DatasetError(p, f"header lacks column(s) {missing}", 1)
     usage = new_row["Usage"] or fer_row["Usage"]
     if usage not in USAGE:
-      raise common.DatasetError(new_path, f"Usage {usage!r} is not one of {sorted(USAGE)}",
-                                new_line)
+      raise common.DatasetError(
+        new_path, f"Usage {usage!r} is not one of {sorted(USAGE)}", new_line
+      )
     if fer_row["Usage"] and fer_row["Usage"] != usage:
-      raise common.DatasetError(new_path, f"Usage {usage!r} differs from {fer_row['Usage']!r} at "
-                                f"{fer_path}:{fer_line}; the files are not row-aligned", new_line)
+      raise common.DatasetError(
+        new_path,
+        f"Usage {usage!r} differs from {fer_row['Usage']!r} at "
+        f"{fer_path}:{fer_line}; the files are not row-aligned",
+        new_line,
+      )
     row_split = USAGE[usage]
     if split is not None and row_split != split:
       continue
@@ -182,27 +200,34 @@ def _read_csv_layout(root: str, split: str | None, label_mode: str,
     if labelled is None:
       continue
     image = common.decode_image(_pixels(fer_row["pixels"], fer_path, fer_line))
-    yield common.make_example(image=image, path=f"{fer_path}:{fer_line}",
-                              expression=labelled[0], votes=labelled[1])
+    yield common.make_example(
+      image=image, path=f"{fer_path}:{fer_line}", expression=labelled[0], votes=labelled[1]
+    )
   if next(fer_rows, None) is not None:
-    raise common.DatasetError(fer_path, f"has more rows than {new_path}; the two files must be "
-                              "row-aligned")
+    raise common.DatasetError(
+      fer_path, f"has more rows than {new_path}; the two files must be row-aligned"
+    )
 
 
-def _read_folder_layout(root: str, split: str | None, label_mode: str,
-                        skips: common.Skips) -> Iterator[dict[str, Any]]:
+def _read_folder_layout(
+  root: str, split: str | None, label_mode: str, skips: common.Skips
+) -> Iterator[dict[str, Any]]:
   for folder, folder_split in FOLDERS.items():
     if split is not None and folder_split != split:
       continue
     path = os.path.join(root, folder, "label.csv")
     if not os.path.isfile(path):
-      raise common.DatasetError(path, f"file not found (the {folder_split} split of the FERPlus "
-                                "converter layout)")
+      raise common.DatasetError(
+        path, f"file not found (the {folder_split} split of the FERPlus converter layout)"
+      )
     for line, row in common.read_csv(path, header=False):
       if len(row) != 2 + len(VOTE_COLUMNS):
         raise common.DatasetError(
-            path, f"expected 12 fields (image name, face box, {len(VOTE_COLUMNS)} vote counts), "
-            f"got {len(row)}", line)
+          path,
+          f"expected 12 fields (image name, face box, {len(VOTE_COLUMNS)} vote counts), "
+          f"got {len(row)}",
+          line,
+        )
       where = f"{path}:{line}"
       if not row[0]:
         skips.add(SKIP_EMPTY_NAME, where)
@@ -215,13 +240,19 @@ def _read_folder_layout(root: str, split: str | None, label_mode: str,
       image = common.load_image(image_path, skips)
       if image is None:
         continue
-      yield common.make_example(image=image, path=image_path, expression=labelled[0],
-                                votes=labelled[1])
+      yield common.make_example(
+        image=image, path=image_path, expression=labelled[0], votes=labelled[1]
+      )
 
 
-def read(root: str | os.PathLike[str], *, split: str | None = None,
-         skips: common.Skips | None = None, label_mode: str = "majority",
-         **unused: Any) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  split: str | None = None,
+  skips: common.Skips | None = None,
+  label_mode: str = "majority",
+  **unused: Any,
+) -> Iterator[dict[str, Any]]:
   """Yields FER+ examples of `split` ('train'/'validation'/'test'; None = all) in file order."""
   del unused
   if split is not None and split not in SPLITS:

@@ -47,8 +47,9 @@ def manifest_path(root: str | os.PathLike[str]) -> str:
     return found[0]
   if found:
     raise common.DatasetError(root, f"both {FILE_NAMES[0]} and {FILE_NAMES[1]} present; keep one")
-  raise common.DatasetError(root, f"no manifest: expected a .csv/.jsonl file or a folder with "
-                            f"{' or '.join(FILE_NAMES)}")
+  raise common.DatasetError(
+    root, f"no manifest: expected a .csv/.jsonl file or a folder with {' or '.join(FILE_NAMES)}"
+  )
 
 
 def _is_jsonl(path: str) -> bool:
@@ -100,8 +101,7 @@ def _au_columns(path: str) -> dict[int, str]:
         raise common.DatasetError(path, f"AU {n} given twice ({out[n]!r} and {k!r})", 1)
       out[n] = k
     elif k not in KNOWN and k not in ALIASES:
-      logging.warning("%s: ignoring unknown column %r (known: %s and au_<n>)", path, k,
-                      list(KNOWN))
+      logging.warning("%s: ignoring unknown column %r (known: %s and au_<n>)", path, k, list(KNOWN))
   if "path" not in keys:
     raise common.DatasetError(path, "no 'path' column", 1)
   return dict(sorted(out.items()))
@@ -139,8 +139,11 @@ def _expression(row: dict[str, Any], path: str, line: int) -> int:
     i = int(s)
     if i == -1 or 0 <= i < len(CLASSES):
       return i
-  raise common.DatasetError(path, f"expression: {v!r} is neither a name in {list(CLASSES)} nor an "
-                            f"index 0..{len(CLASSES) - 1}", line)
+  raise common.DatasetError(
+    path,
+    f"expression: {v!r} is neither a name in {list(CLASSES)} nor an index 0..{len(CLASSES) - 1}",
+    line,
+  )
 
 
 def _au_value(row: dict[str, Any], key: str, path: str, line: int) -> int:
@@ -156,8 +159,13 @@ def _au_value(row: dict[str, Any], key: str, path: str, line: int) -> int:
   raise common.DatasetError(path, f"{key}: expected 1, 0, -1 or empty, got {v!r}", line)
 
 
-def read(root: str | os.PathLike[str], *, split: str | None = None,
-         skips: common.Skips | None = None, **unused: Any) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  split: str | None = None,
+  skips: common.Skips | None = None,
+  **unused: Any,
+) -> Iterator[dict[str, Any]]:
   """Yields the manifest's examples (common schema) in file order; `split` filters the rows."""
   del unused
   if split is not None and split not in SPLITS:
@@ -189,9 +197,17 @@ def read(root: str | os.PathLike[str], *, split: str | None = None,
     if image is None:
       continue
     yield common.make_example(
-        image=image, path=image_path, num_aus=len(au_cols), subject=_text(row, "subject"),
-        task=_text(row, "task"), activity_text=_text(row, "activity_text"), frame=frame,
-        au=au, expression=expression, fold=fold)
+      image=image,
+      path=image_path,
+      num_aus=len(au_cols),
+      subject=_text(row, "subject"),
+      task=_text(row, "task"),
+      activity_text=_text(row, "activity_text"),
+      frame=frame,
+      au=au,
+      expression=expression,
+      fold=fold,
+    )
   if n == 0:
     raise common.DatasetError(path, "manifest has no rows")
 

@@ -42,9 +42,10 @@ def basic_dir(root: str | os.PathLike[str]) -> str:
 
 def _missing_label_error(root: str) -> common.DatasetError:
   return common.DatasetError(
-      os.path.join(root, "basic", LABEL_FILE),
-      "RAF-DB label file not found; point at the folder that holds basic/ "
-      "(basic/EmoLabel/list_patition_label.txt and basic/Image/aligned/)")
+    os.path.join(root, "basic", LABEL_FILE),
+    "RAF-DB label file not found; point at the folder that holds basic/ "
+    "(basic/EmoLabel/list_patition_label.txt and basic/Image/aligned/)",
+  )
 
 
 def label_file(root: str | os.PathLike[str]) -> str:
@@ -68,7 +69,8 @@ def read_labels(root: str | os.PathLike[str]) -> list[tuple[int, str, str, int]]
     m = _NAME_RE.match(name)
     if m is None:
       raise common.DatasetError(
-          path, f"image name {name!r} is neither train_<5 digits> nor test_<4 digits>", line)
+        path, f"image name {name!r} is neither train_<5 digits> nor test_<4 digits>", line
+      )
     split = m.group(1) or m.group(2)
     value = common.parse_int(label, path, line, "label")
     if not 1 <= value <= len(CLASSES):
@@ -89,9 +91,14 @@ def image_path(root: str | os.PathLike[str], name: str, variant: str = "aligned"
   raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def read(root: str | os.PathLike[str], *, split: str | None = None,
-         skips: common.Skips | None = None, variant: str = "aligned",
-         **unused: Any) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  split: str | None = None,
+  skips: common.Skips | None = None,
+  variant: str = "aligned",
+  **unused: Any,
+) -> Iterator[dict[str, Any]]:
   """Yields RAF-DB examples (common schema) of `split` ('train'/'test'; None = both) in file order."""
   del unused
   if split is not None and split not in SPLITS:

@@ -37,16 +37,20 @@ def bp4d_root(root: str | os.PathLike[str]) -> str:
     return inner
   if os.path.isdir(os.path.join(root, bp4d.OCC_DIR)):
     return root
-  raise common.DatasetError(inner, "folder not found; expected the SynthFace BP4D-like tree "
-                            "(run python -m input_pipeline.synthface --out DIR)")
+  raise common.DatasetError(
+    inner,
+    "folder not found; expected the SynthFace BP4D-like tree "
+    "(run python -m input_pipeline.synthface --out DIR)",
+  )
 
 
 def tasks() -> list[str]:
   return bp4d.tasks()
 
 
-def fold_of(subject: str, subjects: Sequence[str], *, folds: int | None = 3,
-            fold_seed: int = 0) -> int:
+def fold_of(
+  subject: str, subjects: Sequence[str], *, folds: int | None = 3, fold_seed: int = 0
+) -> int:
   """The subject's part among `subjects` (as read() assigns it; see the module docstring)."""
   if folds is None:
     return bp4d.fold_of(subject)
@@ -68,13 +72,15 @@ def read_expressions(path: str) -> dict[tuple[str, str, int], int]:
     raise common.DatasetError(path, "empty file (no header row)") from None
   missing = [c for c in _COLUMNS if c not in header]
   if missing:
-    raise common.DatasetError(path, f"header lacks column(s) {missing}; expected "
-                              f"{','.join(_COLUMNS)}", header_line)
+    raise common.DatasetError(
+      path, f"header lacks column(s) {missing}; expected {','.join(_COLUMNS)}", header_line
+    )
   col = {c: header.index(c) for c in _COLUMNS}
   for line, row in rows:
     if len(row) != len(header):
       raise common.DatasetError(
-          path, f"expected {len(header)} fields as in the header, got {len(row)}", line)
+        path, f"expected {len(header)} fields as in the header, got {len(row)}", line
+      )
     frame = common.parse_int(row[col["frame"]], path, line, "frame")
     name = row[col["expression"]]
     if name and name not in names:
@@ -86,9 +92,14 @@ def read_expressions(path: str) -> dict[tuple[str, str, int], int]:
   return out
 
 
-def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
-         intensity: bool = True, folds: int | None = 3,
-         fold_seed: int = 0) -> Iterator[dict[str, Any]]:
+def read(
+  root: str | os.PathLike[str],
+  *,
+  skips: common.Skips | None = None,
+  intensity: bool = True,
+  folds: int | None = 3,
+  fold_seed: int = 0,
+) -> Iterator[dict[str, Any]]:
   """Yields the SynthFace BP4D-like frames (bp4d.read) with `expression` filled in.
 
   Args:
@@ -101,8 +112,11 @@ def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
   inner = bp4d_root(root)
   path = os.path.join(inner, EXPRESSIONS_FILE)
   if not os.path.isfile(path):
-    raise common.DatasetError(path, "expression file not found; expected a header "
-                              f"{','.join(_COLUMNS)} written by the SynthFace generator")
+    raise common.DatasetError(
+      path,
+      "expression file not found; expected a header "
+      f"{','.join(_COLUMNS)} written by the SynthFace generator",
+    )
   examples = bp4d.read(inner, skips=skips, intensity=intensity)
   split = None
   if folds is not None:
@@ -111,8 +125,11 @@ def read(root: str | os.PathLike[str], *, skips: common.Skips | None = None,
   return _iterate(examples, read_expressions(path), split)
 
 
-def _iterate(examples: Iterator[dict[str, Any]], expressions: dict[tuple[str, str, int], int],
-             split: folds_lib.Parts | None) -> Iterator[dict[str, Any]]:
+def _iterate(
+  examples: Iterator[dict[str, Any]],
+  expressions: dict[tuple[str, str, int], int],
+  split: folds_lib.Parts | None,
+) -> Iterator[dict[str, Any]]:
   for ex in examples:
     ex["expression"] = expressions.get((ex["subject"], ex["task"], ex["frame"]), -1)
     if split is not None:

@@ -12,6 +12,18 @@ from input_pipeline.synthface.render import NO_NUISANCE, render_face, sample_ide
 from input_pipeline.synthface.writer import INT_AUS, VERSION, generate
 
 __all__ = [
-    "ACTIVITY_MIX", "AU_INDEX", "AU_REGIONS", "AUS", "INT_AUS", "Identity", "NO_NUISANCE",
-    "Nuisance", "RAF_LABELS", "TASKS", "VERSION", "generate", "render_face", "sample_identity",
+  "ACTIVITY_MIX",
+  "AU_INDEX",
+  "AU_REGIONS",
+  "AUS",
+  "INT_AUS",
+  "Identity",
+  "NO_NUISANCE",
+  "Nuisance",
+  "RAF_LABELS",
+  "TASKS",
+  "VERSION",
+  "generate",
+  "render_face",
+  "sample_identity",
 ]

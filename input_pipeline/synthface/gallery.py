@@ -53,14 +53,14 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
   width = cols * size
   names = population.subject_names(41)
   people = [population.make_subject(seed, i, names[i * 7 % 41]) for i in range(subjects)]
-  parts = [_title("SynthFace: each AU alone at intensity 0 / 3 / 5 (one subject, no nuisance)",
-                  width)]
+  parts = [
+    _title("SynthFace: each AU alone at intensity 0 / 3 / 5 (one subject, no nuisance)", width)
+  ]
   tiles = []
   for au in render.AUS:
     for x in (0, 3, 5):
       img = render.render_face(people[0].identity, {au: x}, size)
-      tiles.append(_tile(img, f"AU{au} {x}" if x else f"AU{au} " + prompts.au_name(au)[:14],
-                         size))
+      tiles.append(_tile(img, f"AU{au} {x}" if x else f"AU{au} " + prompts.au_name(au)[:14], size))
   parts.append(_grid(tiles, cols, width))
   parts.append(_title("Expressions (noisy prototypes, one row each) on several subjects", width))
   tiles = []
@@ -69,12 +69,23 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
       rng = population.rng_for(seed, 99, prompts.expression_index(e), k)
       a = population.expression_aus(rng, e, 1.0) if e != "neutral" else np.zeros(len(render.AUS))
       on = [str(au) for au, v in zip(render.AUS, a) if v >= 1.5]
-      tiles.append(_tile(render.render_face(s.identity, a, size),
-                         f"{e[:9]} " + "+".join(on) if k == 0 else "+".join(on), size))
+      tiles.append(
+        _tile(
+          render.render_face(s.identity, a, size),
+          f"{e[:9]} " + "+".join(on) if k == 0 else "+".join(on),
+          size,
+        )
+      )
     tiles += [Image.new("RGB", tiles[-1].size, _BG)] * ((cols - len(people)) % cols)
   parts.append(_grid(tiles, cols, width))
-  parts.append(_title("Episode strip: subject doing T1 (" +
-                      prompts.activity_text("bp4d", "T1") + "), frame, expression, AUs coded 1", width))
+  parts.append(
+    _title(
+      "Episode strip: subject doing T1 ("
+      + prompts.activity_text("bp4d", "T1")
+      + "), frame, expression, AUs coded 1",
+      width,
+    )
+  )
   sess = population.make_session(seed, 0, people[0], "T1", 24)
   tiles = []
   for k in range(0, 24, 2):
@@ -86,8 +97,13 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
   tiles = []
   for i in range(cols):
     im = population.make_raf_image(seed, i)
-    tiles.append(_tile(render.render_face(im.identity, im.aus, size, im.nuisance),
-                       f"{im.label} {population.RAF_LABELS[im.label - 1]}", size))
+    tiles.append(
+      _tile(
+        render.render_face(im.identity, im.aus, size, im.nuisance),
+        f"{im.label} {population.RAF_LABELS[im.label - 1]}",
+        size,
+      )
+    )
   parts.append(_grid(tiles, cols, width))
   sheet = Image.new("RGB", (width, sum(p.size[1] for p in parts)), _BG)
   y = 0
@@ -98,8 +114,10 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m input_pipeline.synthface.gallery",
-                               description="Draw a SynthFace contact sheet to a PNG file.")
+  ap = argparse.ArgumentParser(
+    prog="python -m input_pipeline.synthface.gallery",
+    description="Draw a SynthFace contact sheet to a PNG file.",
+  )
   ap.add_argument("--out", required=True, help="PNG path")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--size", type=int, default=96, help="tile side in pixels")

@@ -17,43 +17,55 @@ from input_pipeline.synthface import render
 TASKS: tuple[str, ...] = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8")
 
 # RAF-DB's label order (1-based in list_patition_label.txt); RAF has no contempt.
-RAF_LABELS: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger",
-                               "neutral")
+RAF_LABELS: tuple[str, ...] = (
+  "surprise",
+  "fear",
+  "disgust",
+  "happiness",
+  "sadness",
+  "anger",
+  "neutral",
+)
 _RAF_PRIOR = (0.10, 0.05, 0.07, 0.35, 0.15, 0.08, 0.20)
 
 # Probability of each expression for one episode of an activity (T1–T8 as in BP4D). The target
 # emotion dominates, the rest keeps the weak label honest: activity is informative, not a label.
 ACTIVITY_MIX: dict[str, dict[str, float]] = {
-    "T1": {"happiness": 0.64, "surprise": 0.14, "contempt": 0.12, "disgust": 0.05,
-           "sadness": 0.05},
-    "T2": {"sadness": 0.55, "happiness": 0.12, "surprise": 0.1, "contempt": 0.08, "disgust": 0.08,
-           "anger": 0.07},
-    "T3": {"surprise": 0.55, "fear": 0.25, "happiness": 0.1, "anger": 0.05, "disgust": 0.05},
-    "T4": {"happiness": 0.52, "contempt": 0.2, "surprise": 0.1, "sadness": 0.1, "disgust": 0.08},
-    "T5": {"fear": 0.52, "surprise": 0.23, "happiness": 0.1, "sadness": 0.1, "anger": 0.05},
-    "T6": {"sadness": 0.34, "disgust": 0.26, "anger": 0.2, "fear": 0.12, "happiness": 0.08},
-    "T7": {"anger": 0.52, "sadness": 0.15, "contempt": 0.15, "disgust": 0.1, "surprise": 0.08},
-    "T8": {"disgust": 0.6, "anger": 0.1, "sadness": 0.1, "surprise": 0.1, "happiness": 0.1},
+  "T1": {"happiness": 0.64, "surprise": 0.14, "contempt": 0.12, "disgust": 0.05, "sadness": 0.05},
+  "T2": {
+    "sadness": 0.55,
+    "happiness": 0.12,
+    "surprise": 0.1,
+    "contempt": 0.08,
+    "disgust": 0.08,
+    "anger": 0.07,
+  },
+  "T3": {"surprise": 0.55, "fear": 0.25, "happiness": 0.1, "anger": 0.05, "disgust": 0.05},
+  "T4": {"happiness": 0.52, "contempt": 0.2, "surprise": 0.1, "sadness": 0.1, "disgust": 0.08},
+  "T5": {"fear": 0.52, "surprise": 0.23, "happiness": 0.1, "sadness": 0.1, "anger": 0.05},
+  "T6": {"sadness": 0.34, "disgust": 0.26, "anger": 0.2, "fear": 0.12, "happiness": 0.08},
+  "T7": {"anger": 0.52, "sadness": 0.15, "contempt": 0.15, "disgust": 0.1, "surprise": 0.08},
+  "T8": {"disgust": 0.6, "anger": 0.1, "sadness": 0.1, "surprise": 0.1, "happiness": 0.1},
 }
 # Activity-specific AU add-ons on top of the expression (probability, AUs): pain in T6
 # (brow lowerer, cheek raiser / lid tightener, nose wrinkle / upper-lip raise), the controlled
 # smile of embarrassment in T4 (dimpler, chin raiser, lip pressor).
 ACTIVITY_ADDONS: dict[str, tuple[float, tuple[int, ...]]] = {
-    "T4": (0.5, (14, 17, 24)),
-    "T6": (0.75, (4, 6, 7, 9, 10)),
+  "T4": (0.5, (14, 17, 24)),
+  "T6": (0.75, (4, 6, 7, 9, 10)),
 }
 # Talking produces lips-part blips between and during episodes.
 TALKING_TASKS = ("T1", "T2", "T4", "T7")
 # Co-activations that make prototypes look like real expressions: {expr: [(p, au), ...]}.
 _EXTRAS: dict[str, list[tuple[float, int]]] = {
-    "happiness": [(0.5, 25), (0.3, 7), (0.15, 10)],
-    "sadness": [(0.5, 17), (0.2, 14)],
-    "surprise": [(0.9, 25)],
-    "fear": [(0.8, 25)],
-    "anger": [(0.45, 24), (0.3, 17), (0.2, 10)],
-    "disgust": [(0.6, 10), (0.4, 4), (0.6, 25)],
-    "contempt": [(0.35, 24)],
-    "neutral": [],
+  "happiness": [(0.5, 25), (0.3, 7), (0.15, 10)],
+  "sadness": [(0.5, 17), (0.2, 14)],
+  "surprise": [(0.9, 25)],
+  "fear": [(0.8, 25)],
+  "anger": [(0.45, 24), (0.3, 17), (0.2, 10)],
+  "disgust": [(0.6, 10), (0.4, 4), (0.6, 25)],
+  "contempt": [(0.35, 24)],
+  "neutral": [],
 }
 _HABIT_AUS = (1, 2, 4, 7, 10, 14, 17, 23, 24)
 _RESTING_AUS = (4, 6, 7, 17, 24)
@@ -71,21 +83,22 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
-  name: str                         # F001 … / M001 …
+  name: str  # F001 … / M001 …
   identity: render.Identity
-  expressivity: float               # scales apex intensities
-  habits: tuple[tuple[int, float], ...]   # (AU, intensity) mixed into episodes now and then
-  resting: tuple[int, float]        # (AU, trace intensity ≤ 1) always present
+  expressivity: float  # scales apex intensities
+  habits: tuple[tuple[int, float], ...]  # (AU, intensity) mixed into episodes now and then
+  resting: tuple[int, float]  # (AU, trace intensity ≤ 1) always present
 
 
 @dataclasses.dataclass(frozen=True)
 class Session:
   """One subject doing one task: per-frame AU intensities, expression and nuisance."""
+
   subject: str
   task: str
-  frames: np.ndarray                # [F] int frame numbers
-  aus: np.ndarray                   # [F, len(AUS)] float64 intensities in [0, 5]
-  expressions: tuple[str, ...]      # [F] canonical expression names
+  frames: np.ndarray  # [F] int frame numbers
+  aus: np.ndarray  # [F, len(AUS)] float64 intensities in [0, 5]
+  expressions: tuple[str, ...]  # [F] canonical expression names
   nuisance: tuple[render.Nuisance, ...]
   jpeg_quality: int
 
@@ -102,11 +115,18 @@ def subject_names(n: int) -> list[str]:
 def make_subject(seed: int, index: int, name: str) -> Subject:
   rng = rng_for(seed, _S_BP4D_SUBJECT, index)
   ident = render.sample_identity(rng, name[0])
-  habits = tuple((int(au), float(rng.uniform(1.5, 3.5)))
-                 for au in rng.choice(_HABIT_AUS, size=rng.integers(1, 3), replace=False))
+  habits = tuple(
+    (int(au), float(rng.uniform(1.5, 3.5)))
+    for au in rng.choice(_HABIT_AUS, size=rng.integers(1, 3), replace=False)
+  )
   resting = (int(rng.choice(_RESTING_AUS)), float(rng.uniform(0.0, 1.0)))
-  return Subject(name=name, identity=ident, expressivity=float(rng.uniform(0.6, 1.25)),
-                 habits=habits, resting=resting)
+  return Subject(
+    name=name,
+    identity=ident,
+    expressivity=float(rng.uniform(0.6, 1.25)),
+    habits=habits,
+    resting=resting,
+  )
 
 
 def expression_aus(rng: np.random.Generator, expression: str, strength: float) -> np.ndarray:
@@ -144,12 +164,11 @@ def _envelope(length: int, rng: np.random.Generator) -> np.ndarray:
   ramp_on = (np.arange(on) + 1) / (on + 1)
   ramp_off = (np.arange(off)[::-1] + 1) / (off + 1)
   env[:on] = ramp_on
-  env[length - off:] = np.minimum(env[length - off:], ramp_off)
+  env[length - off :] = np.minimum(env[length - off :], ramp_off)
   return env * env * (3 - 2 * env)  # smoothstep
 
 
-def make_session(seed: int, subj_index: int, subject: Subject, task: str,
-                 n_frames: int) -> Session:
+def make_session(seed: int, subj_index: int, subject: Subject, task: str, n_frames: int) -> Session:
   """Plans one task of one subject: episodes of expressions separated by neutral stretches."""
   if task not in ACTIVITY_MIX:
     raise KeyError(f"unknown task {task!r}; known: {TASKS}")
@@ -173,7 +192,7 @@ def make_session(seed: int, subj_index: int, subject: Subject, task: str,
       if rng.random() < 0.35:
         apex[render.AU_INDEX[au]] = max(apex[render.AU_INDEX[au]], x)
     env = _envelope(length, rng)[: F - t]
-    aus[t:t + len(env)] = np.maximum(aus[t:t + len(env)], env[:, None] * apex[None, :])
+    aus[t : t + len(env)] = np.maximum(aus[t : t + len(env)], env[:, None] * apex[None, :])
     for k, w in enumerate(env):
       if w >= 0.4:
         expr[t + k] = e
@@ -183,7 +202,7 @@ def make_session(seed: int, subj_index: int, subject: Subject, task: str,
       s = int(rng.integers(0, F))
       ln = int(rng.integers(1, 4))
       i25 = render.AU_INDEX[25]
-      aus[s:s + ln, i25] = np.maximum(aus[s:s + ln, i25], rng.uniform(1.0, 3.0))
+      aus[s : s + ln, i25] = np.maximum(aus[s : s + ln, i25], rng.uniform(1.0, 3.0))
   au_r, x_r = subject.resting
   aus[:, render.AU_INDEX[au_r]] = np.maximum(aus[:, render.AU_INDEX[au_r]], x_r)
   active = aus > 0
@@ -192,23 +211,39 @@ def make_session(seed: int, subj_index: int, subject: Subject, task: str,
   start = int(rng.integers(1, 600))
   frames = np.arange(start, start + F)
   # Head motion (slow), lighting of the session, sensor noise, JPEG quality.
-  r0, ra, rw, rp = rng.normal(0, 1.5), rng.uniform(0, 2), rng.uniform(0.05, 0.3), rng.uniform(0,
-                                                                                             6.3)
+  r0, ra, rw, rp = (
+    rng.normal(0, 1.5),
+    rng.uniform(0, 2),
+    rng.uniform(0.05, 0.3),
+    rng.uniform(0, 6.3),
+  )
   sx0, sy0 = rng.normal(0, 0.01, 2)
   sc0 = rng.uniform(0.97, 1.03)
   grad, gang, gain = rng.uniform(0, 0.2), rng.uniform(0, 6.3), rng.uniform(0.9, 1.08)
   noise = rng.uniform(1.0, 3.5)
   nuis = []
   for k in range(F):
-    nuis.append(render.Nuisance(
+    nuis.append(
+      render.Nuisance(
         roll=float(r0 + ra * np.sin(rw * k + rp)),
         scale=float(sc0 + 0.01 * np.sin(0.7 * rw * k)),
         shift=(float(sx0 + 0.006 * np.sin(rw * k + 1)), float(sy0 + 0.006 * np.cos(rw * k))),
-        gain=float(gain), gradient=float(grad), gradient_angle=float(gang), noise=float(noise),
-        noise_seed=int(rng.integers(2 ** 31))))
-  return Session(subject=subject.name, task=task, frames=frames, aus=aus,
-                 expressions=tuple(expr), nuisance=tuple(nuis),
-                 jpeg_quality=int(rng.integers(85, 96)))
+        gain=float(gain),
+        gradient=float(grad),
+        gradient_angle=float(gang),
+        noise=float(noise),
+        noise_seed=int(rng.integers(2**31)),
+      )
+    )
+  return Session(
+    subject=subject.name,
+    task=task,
+    frames=frames,
+    aus=aus,
+    expressions=tuple(expr),
+    nuisance=tuple(nuis),
+    jpeg_quality=int(rng.integers(85, 96)),
+  )
 
 
 def intensity_codes(aus: np.ndarray) -> np.ndarray:
@@ -230,8 +265,8 @@ def unknown_mask(seed: int, subj_index: int, task: str, shape) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class RafImage:
   identity: render.Identity
-  aus: np.ndarray                   # [len(AUS)] float64
-  label: int                        # 1..7, RAF-DB order
+  aus: np.ndarray  # [len(AUS)] float64
+  label: int  # 1..7, RAF-DB order
   nuisance: render.Nuisance
   jpeg_quality: int
 
@@ -246,11 +281,21 @@ def make_raf_image(seed: int, index: int) -> RafImage:
   if name == "neutral":
     aus = np.where(rng.random(len(aus)) < 0.1, rng.uniform(0.3, 1.3, len(aus)), 0.0)
   nuis = render.Nuisance(
-      roll=float(np.clip(rng.normal(0, 7), -20, 20)), scale=float(rng.uniform(0.88, 1.12)),
-      shift=(float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05))),
-      yaw=float(rng.uniform(-0.8, 0.8)), gain=float(rng.uniform(0.7, 1.25)),
-      gradient=float(rng.uniform(0, 0.5)), gradient_angle=float(rng.uniform(0, 6.3)),
-      tint=tuple(float(x) for x in rng.uniform(0.85, 1.15, 3)),
-      noise=float(rng.uniform(1, 7)), noise_seed=int(rng.integers(2 ** 31)))
-  return RafImage(identity=ident, aus=np.clip(aus, 0, 5), label=k + 1, nuisance=nuis,
-                  jpeg_quality=int(rng.integers(60, 96)))
+    roll=float(np.clip(rng.normal(0, 7), -20, 20)),
+    scale=float(rng.uniform(0.88, 1.12)),
+    shift=(float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05))),
+    yaw=float(rng.uniform(-0.8, 0.8)),
+    gain=float(rng.uniform(0.7, 1.25)),
+    gradient=float(rng.uniform(0, 0.5)),
+    gradient_angle=float(rng.uniform(0, 6.3)),
+    tint=tuple(float(x) for x in rng.uniform(0.85, 1.15, 3)),
+    noise=float(rng.uniform(1, 7)),
+    noise_seed=int(rng.integers(2**31)),
+  )
+  return RafImage(
+    identity=ident,
+    aus=np.clip(aus, 0, 5),
+    label=k + 1,
+    nuisance=nuis,
+    jpeg_quality=int(rng.integers(60, 96)),
+  )

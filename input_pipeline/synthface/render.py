@@ -30,69 +30,82 @@ Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalised face coo
 # Where each AU changes the face (normalised, un-jittered face coordinates; generous enough to
 # hold for every identity the sampler draws).
 AU_REGIONS: dict[int, tuple[Box, ...]] = {
-    1: ((0.30, 0.20, 0.70, 0.43),),                      # inner brows, mid forehead
-    2: ((0.10, 0.22, 0.90, 0.44),),                      # outer brows, lateral forehead
-    4: ((0.14, 0.28, 0.86, 0.47),),                      # brows, glabella
-    5: ((0.18, 0.37, 0.82, 0.52),),                      # upper lids
-    6: ((0.10, 0.40, 0.90, 0.64),),                      # lower lids, crow's feet, cheeks
-    7: ((0.18, 0.37, 0.82, 0.52),),                      # lids
-    9: ((0.33, 0.40, 0.67, 0.72),),                      # nose bridge, nostrils, upper lip
-    10: ((0.24, 0.53, 0.76, 0.78),),                     # upper lip, nasolabial furrow
-    11: ((0.22, 0.53, 0.78, 0.80),),                     # nasolabial furrow
-    12: ((0.20, 0.58, 0.80, 0.84),),                     # lip corners, cheeks beside mouth
-    14: ((0.24, 0.60, 0.76, 0.82),),                     # lip corners, dimples
-    15: ((0.24, 0.62, 0.76, 0.86),),                     # lip corners, marionette lines
-    16: ((0.28, 0.64, 0.72, 0.88),),                     # lower lip
-    17: ((0.28, 0.64, 0.72, 0.97),),                     # lower lip, chin
-    20: ((0.18, 0.60, 0.82, 0.84),),                     # mouth
-    23: ((0.24, 0.60, 0.76, 0.84),),                     # lips
-    24: ((0.24, 0.60, 0.76, 0.86),),                     # lips, skin bulges around them
-    25: ((0.26, 0.62, 0.74, 0.86),),                     # lips apart
-    26: ((0.12, 0.62, 0.88, 1.00),),                     # jaw, chin, lower lip
+  1: ((0.30, 0.20, 0.70, 0.43),),  # inner brows, mid forehead
+  2: ((0.10, 0.22, 0.90, 0.44),),  # outer brows, lateral forehead
+  4: ((0.14, 0.28, 0.86, 0.47),),  # brows, glabella
+  5: ((0.18, 0.37, 0.82, 0.52),),  # upper lids
+  6: ((0.10, 0.40, 0.90, 0.64),),  # lower lids, crow's feet, cheeks
+  7: ((0.18, 0.37, 0.82, 0.52),),  # lids
+  9: ((0.33, 0.40, 0.67, 0.72),),  # nose bridge, nostrils, upper lip
+  10: ((0.24, 0.53, 0.76, 0.78),),  # upper lip, nasolabial furrow
+  11: ((0.22, 0.53, 0.78, 0.80),),  # nasolabial furrow
+  12: ((0.20, 0.58, 0.80, 0.84),),  # lip corners, cheeks beside mouth
+  14: ((0.24, 0.60, 0.76, 0.82),),  # lip corners, dimples
+  15: ((0.24, 0.62, 0.76, 0.86),),  # lip corners, marionette lines
+  16: ((0.28, 0.64, 0.72, 0.88),),  # lower lip
+  17: ((0.28, 0.64, 0.72, 0.97),),  # lower lip, chin
+  20: ((0.18, 0.60, 0.82, 0.84),),  # mouth
+  23: ((0.24, 0.60, 0.76, 0.84),),  # lips
+  24: ((0.24, 0.60, 0.76, 0.86),),  # lips, skin bulges around them
+  25: ((0.26, 0.62, 0.74, 0.86),),  # lips apart
+  26: ((0.12, 0.62, 0.88, 1.00),),  # jaw, chin, lower lip
 }
 
-_SKIN = np.array([(255, 226, 200), (242, 198, 170), (226, 174, 140), (198, 138, 100),
-                  (160, 104, 72), (110, 72, 50)], np.float64)
-_HAIR = np.array([(28, 24, 22), (62, 42, 30), (108, 72, 42), (205, 170, 105), (140, 62, 32),
-                  (158, 156, 152)], np.float64)
-_IRIS = np.array([(90, 60, 35), (45, 30, 20), (70, 110, 165), (80, 120, 80), (125, 95, 50)],
-                 np.float64)
+_SKIN = np.array(
+  [
+    (255, 226, 200),
+    (242, 198, 170),
+    (226, 174, 140),
+    (198, 138, 100),
+    (160, 104, 72),
+    (110, 72, 50),
+  ],
+  np.float64,
+)
+_HAIR = np.array(
+  [(28, 24, 22), (62, 42, 30), (108, 72, 42), (205, 170, 105), (140, 62, 32), (158, 156, 152)],
+  np.float64,
+)
+_IRIS = np.array(
+  [(90, 60, 35), (45, 30, 20), (70, 110, 165), (80, 120, 80), (125, 95, 50)], np.float64
+)
 HAIR_STYLES = ("bald", "short", "fringe", "side", "long", "curly", "bun")
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
   """Everything that makes a person look like themselves (stable across frames)."""
-  head_w: float          # half width of the head at cheekbone level
-  head_top: float        # y of the top of the skull
-  chin_y: float          # y of the chin
-  jaw_w: float           # jaw-angle width as a fraction of head_w
+
+  head_w: float  # half width of the head at cheekbone level
+  head_top: float  # y of the top of the skull
+  chin_y: float  # y of the chin
+  jaw_w: float  # jaw-angle width as a fraction of head_w
   skin: tuple[int, int, int]
   hair_style: str
   hair_color: tuple[int, int, int]
-  hairline: float        # y of the hairline at the centre
+  hairline: float  # y of the hairline at the centre
   eye_y: float
-  eye_dx: float          # half distance between eye centres
-  eye_w: float           # half width of an eye
-  eye_h: float           # half opening of an eye at rest
-  eye_tilt: float        # outer corner up (+) or down (-)
+  eye_dx: float  # half distance between eye centres
+  eye_w: float  # half width of an eye
+  eye_h: float  # half opening of an eye at rest
+  eye_tilt: float  # outer corner up (+) or down (-)
   iris: tuple[int, int, int]
-  brow_off: float        # brow height above the eye centre
+  brow_off: float  # brow height above the eye centre
   brow_thick: float
   brow_arch: float
   brow_color: tuple[int, int, int]
   nose_y: float
   nose_w: float
   mouth_y: float
-  mouth_w: float         # half width of the mouth
-  lip_up: float          # upper lip thickness
-  lip_lo: float          # lower lip thickness
+  mouth_w: float  # half width of the mouth
+  lip_up: float  # upper lip thickness
+  lip_lo: float  # lower lip thickness
   lip_color: tuple[int, int, int]
-  glasses: int           # 0 none, 1 round, 2 rectangular
+  glasses: int  # 0 none, 1 round, 2 rectangular
   glasses_color: tuple[int, int, int]
   bg: tuple[int, int, int]
   bg2: tuple[int, int, int]
-  bg_texture: int        # 0 plain, 1 stripes, 2 diagonal, 3 checker, 4 gradient, 5 blobs
+  bg_texture: int  # 0 plain, 1 stripes, 2 diagonal, 3 checker, 4 gradient, 5 blobs
   bg_phase: float
   shirt: tuple[int, int, int]
   ear: float
@@ -102,15 +115,16 @@ class Identity:
 @dataclasses.dataclass(frozen=True)
 class Nuisance:
   """Per-image nuisance. ``noise_seed`` makes the sensor noise a function of the image."""
-  roll: float = 0.0      # degrees
+
+  roll: float = 0.0  # degrees
   scale: float = 1.0
   shift: tuple[float, float] = (0.0, 0.0)  # fraction of the image
-  yaw: float = 0.0       # -1..1, a cheap out-of-plane turn
+  yaw: float = 0.0  # -1..1, a cheap out-of-plane turn
   gain: float = 1.0
   gradient: float = 0.0  # strength of a linear lighting gradient
   gradient_angle: float = 0.0
   tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
-  noise: float = 0.0     # std of Gaussian pixel noise, in grey levels
+  noise: float = 0.0  # std of Gaussian pixel noise, in grey levels
   noise_seed: int = 0
 
 
@@ -119,8 +133,9 @@ NO_NUISANCE = Nuisance()
 
 def _mix(a, b, t: float) -> tuple[int, int, int]:
   """Colour ``a`` moved a fraction ``t`` towards colour ``b``."""
-  return tuple(min(255, max(0, int(round(float(x) + (float(y) - float(x)) * t))))
-               for x, y in zip(a, b))
+  return tuple(
+    min(255, max(0, int(round(float(x) + (float(y) - float(x)) * t)))) for x, y in zip(a, b)
+  )
 
 
 def _palette(pal: np.ndarray, t: float) -> np.ndarray:
@@ -158,21 +173,41 @@ def sample_identity(rng: np.random.Generator, sex: str, wild: bool = False) -> I
   bg = _hsv(bg_hue, u(0.1, 0.7 if wild else 0.55), u(0.3, 0.95))
   bg2 = _hsv((bg_hue + u(-0.3, 0.3)) % 1, u(0.1, 0.8), u(0.2, 1.0))
   return Identity(
-      head_w=head_w, head_top=u(0.11, 0.165), chin_y=u(0.86, 0.915),
-      jaw_w=u(0.6, 0.86) + (0.04 if sex == "M" else 0.0),
-      skin=skin, hair_style=style, hair_color=hair, hairline=u(0.23, 0.27),
-      eye_y=eye_y, eye_dx=u(0.105, 0.135), eye_w=u(0.05, 0.064), eye_h=u(0.017, 0.024),
-      eye_tilt=u(-0.006, 0.01), iris=_jitter(rng, _IRIS[rng.integers(len(_IRIS))], 10),
-      brow_off=u(0.068, 0.085), brow_thick=u(0.009, 0.02) + (0.004 if sex == "M" else 0.0),
-      brow_arch=u(0.0, 0.018), brow_color=brow_color,
-      nose_y=u(0.585, 0.625), nose_w=u(0.036, 0.054),
-      mouth_y=u(0.705, 0.735), mouth_w=u(0.075, 0.098),
-      lip_up=u(0.011, 0.018), lip_lo=u(0.014, 0.024), lip_color=lip_base,
-      glasses=int(rng.choice(3, p=[0.72, 0.14, 0.14])),
-      glasses_color=_jitter(rng, [(20, 20, 20), (90, 60, 30), (150, 150, 160)][rng.integers(3)],
-                            10),
-      bg=bg, bg2=bg2, bg_texture=int(rng.integers(6)), bg_phase=u(0, 1),
-      shirt=_hsv(u(0, 1), u(0.1, 0.8), u(0.2, 0.9)), ear=u(0.8, 1.15), blush=u(0.0, 1.0))
+    head_w=head_w,
+    head_top=u(0.11, 0.165),
+    chin_y=u(0.86, 0.915),
+    jaw_w=u(0.6, 0.86) + (0.04 if sex == "M" else 0.0),
+    skin=skin,
+    hair_style=style,
+    hair_color=hair,
+    hairline=u(0.23, 0.27),
+    eye_y=eye_y,
+    eye_dx=u(0.105, 0.135),
+    eye_w=u(0.05, 0.064),
+    eye_h=u(0.017, 0.024),
+    eye_tilt=u(-0.006, 0.01),
+    iris=_jitter(rng, _IRIS[rng.integers(len(_IRIS))], 10),
+    brow_off=u(0.068, 0.085),
+    brow_thick=u(0.009, 0.02) + (0.004 if sex == "M" else 0.0),
+    brow_arch=u(0.0, 0.018),
+    brow_color=brow_color,
+    nose_y=u(0.585, 0.625),
+    nose_w=u(0.036, 0.054),
+    mouth_y=u(0.705, 0.735),
+    mouth_w=u(0.075, 0.098),
+    lip_up=u(0.011, 0.018),
+    lip_lo=u(0.014, 0.024),
+    lip_color=lip_base,
+    glasses=int(rng.choice(3, p=[0.72, 0.14, 0.14])),
+    glasses_color=_jitter(rng, [(20, 20, 20), (90, 60, 30), (150, 150, 160)][rng.integers(3)], 10),
+    bg=bg,
+    bg2=bg2,
+    bg_texture=int(rng.integers(6)),
+    bg_phase=u(0, 1),
+    shirt=_hsv(u(0, 1), u(0.1, 0.8), u(0.2, 0.9)),
+    ear=u(0.8, 1.15),
+    blush=u(0.0, 1.0),
+  )
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -205,7 +240,7 @@ def _curve(p0, p1, p2, n: int = 9) -> np.ndarray:
   p0, p1, p2 = (np.asarray(p, np.float64) for p in (p0, p1, p2))
   c = 2 * p1 - (p0 + p2) / 2
   t = np.linspace(0, 1, n)[:, None]
-  return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * c + t ** 2 * p2
+  return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * c + t**2 * p2
 
 
 def _catmull(points: np.ndarray, n: int = 6, closed: bool = True) -> np.ndarray:
@@ -213,7 +248,7 @@ def _catmull(points: np.ndarray, n: int = 6, closed: bool = True) -> np.ndarray:
   p = np.asarray(points, np.float64)
   ext = np.concatenate([p[-1:], p, p[:2]] if closed else [p[:1], p, p[-1:]])
   k = len(ext) - 3
-  seg = np.stack([ext[i:i + k] for i in range(4)], 1)          # [k, 4, 2]
+  seg = np.stack([ext[i : i + k] for i in range(4)], 1)  # [k, 4, 2]
   out = np.einsum("tj,kjd->ktd", _catmull_basis(n), seg).reshape(-1, 2)
   return out if closed else np.concatenate([out, p[-1:]])
 
@@ -222,8 +257,9 @@ def _catmull(points: np.ndarray, n: int = 6, closed: bool = True) -> np.ndarray:
 def _catmull_basis(n: int) -> np.ndarray:
   """[n, 4] Catmull-Rom weights of the four control points at n steps."""
   t = np.linspace(0, 1, n, endpoint=False)
-  return 0.5 * np.stack([-t + 2 * t ** 2 - t ** 3, 2 - 5 * t ** 2 + 3 * t ** 3,
-                         t + 4 * t ** 2 - 3 * t ** 3, -t ** 2 + t ** 3], 1)
+  return 0.5 * np.stack(
+    [-t + 2 * t**2 - t**3, 2 - 5 * t**2 + 3 * t**3, t + 4 * t**2 - 3 * t**3, -(t**2) + t**3], 1
+  )
 
 
 class _Painter:
@@ -248,8 +284,12 @@ class _Painter:
 
   def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width: float = 0.0):
     c = self.c
-    self.d.ellipse([(cx - rx) * c, (cy - ry) * c, (cx + rx) * c, (cy + ry) * c], fill=fill,
-                   outline=outline, width=self.w(width) if outline is not None else 0)
+    self.d.ellipse(
+      [(cx - rx) * c, (cy - ry) * c, (cx + rx) * c, (cy + ry) * c],
+      fill=fill,
+      outline=outline,
+      width=self.w(width) if outline is not None else 0,
+    )
 
 
 def _rgba(col, alpha: float) -> tuple[int, int, int, int]:
@@ -271,16 +311,24 @@ def _background(p: _Painter, ident: Identity):
     for i in range(6):
       for j in range(6):
         if (i + j) % 2:
-          p.poly([(i / 6, j / 6), ((i + 1) / 6, j / 6), ((i + 1) / 6, (j + 1) / 6),
-                  (i / 6, (j + 1) / 6)], _rgba(b2, 90))
+          p.poly(
+            [
+              (i / 6, j / 6),
+              ((i + 1) / 6, j / 6),
+              ((i + 1) / 6, (j + 1) / 6),
+              (i / 6, (j + 1) / 6),
+            ],
+            _rgba(b2, 90),
+          )
   elif t == 4:
     for k in range(8):
       p.poly([(0, k / 8), (1, k / 8), (1, (k + 1) / 8), (0, (k + 1) / 8)], _rgba(b2, 20 * k))
   elif t == 5:
     rs = np.random.default_rng(int(ph * 1e6))
     for _ in range(7):
-      p.ellipse(rs.uniform(0, 1), rs.uniform(0, 1), r := rs.uniform(0.05, 0.2), r,
-                fill=_rgba(b2, 130))
+      p.ellipse(
+        rs.uniform(0, 1), rs.uniform(0, 1), r := rs.uniform(0.05, 0.2), r, fill=_rgba(b2, 130)
+      )
 
 
 def visibility(x: float) -> float:
@@ -317,30 +365,77 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
 
   # ---- hair behind the head, neck, shirt, ears ----
   if f.hair_style == "long":
-    p.poly(_catmull(np.array([(fx(cx - hw * 1.2, 0.2), ey - 0.05), (fx(cx, 0.2), f.head_top - 0.04),
-                              (fx(cx + hw * 1.2, 0.2), ey - 0.05), (fx(cx + hw * 1.25, 0.2), 0.95),
-                              (fx(cx - hw * 1.25, 0.2), 0.95)])), f.hair_color)
+    p.poly(
+      _catmull(
+        np.array(
+          [
+            (fx(cx - hw * 1.2, 0.2), ey - 0.05),
+            (fx(cx, 0.2), f.head_top - 0.04),
+            (fx(cx + hw * 1.2, 0.2), ey - 0.05),
+            (fx(cx + hw * 1.25, 0.2), 0.95),
+            (fx(cx - hw * 1.25, 0.2), 0.95),
+          ]
+        )
+      ),
+      f.hair_color,
+    )
   elif f.hair_style == "bun":
     p.ellipse(fx(cx, 0.2), f.head_top - 0.03, 0.09, 0.07, fill=f.hair_color)
-  p.poly([(fx(cx - hw * 0.5, 0.3), 0.8), (fx(cx + hw * 0.5, 0.3), 0.8),
-          (fx(cx + hw * 0.55, 0.3), 1.0), (fx(cx - hw * 0.55, 0.3), 1.0)],
-         _mix(skin, (0, 0, 0), 0.15))
-  p.poly(_catmull(np.array([(0.0, 1.05), (0.05, 0.97), (fx(cx - hw * 0.55, 0.3), 0.94),
-                            (fx(cx, 0.3), 0.97), (fx(cx + hw * 0.55, 0.3), 0.94), (0.95, 0.97),
-                            (1.0, 1.05)]), closed=True), f.shirt)
+  p.poly(
+    [
+      (fx(cx - hw * 0.5, 0.3), 0.8),
+      (fx(cx + hw * 0.5, 0.3), 0.8),
+      (fx(cx + hw * 0.55, 0.3), 1.0),
+      (fx(cx - hw * 0.55, 0.3), 1.0),
+    ],
+    _mix(skin, (0, 0, 0), 0.15),
+  )
+  p.poly(
+    _catmull(
+      np.array(
+        [
+          (0.0, 1.05),
+          (0.05, 0.97),
+          (fx(cx - hw * 0.55, 0.3), 0.94),
+          (fx(cx, 0.3), 0.97),
+          (fx(cx + hw * 0.55, 0.3), 0.94),
+          (0.95, 0.97),
+          (1.0, 1.05),
+        ]
+      ),
+      closed=True,
+    ),
+    f.shirt,
+  )
   for s in (-1, 1):
-    p.ellipse(fx(cx + s * hw * 1.0, 0.3), ey + 0.04, 0.03 * f.ear, 0.055 * f.ear,
-              fill=_mix(skin, (0, 0, 0), 0.07))
+    p.ellipse(
+      fx(cx + s * hw * 1.0, 0.3),
+      ey + 0.04,
+      0.03 * f.ear,
+      0.055 * f.ear,
+      fill=_mix(skin, (0, 0, 0), 0.07),
+    )
 
   # ---- head ----
   jaw_y = f.chin_y - 0.1 + drop * 0.6
-  head = np.array([
-      (cx - hw, ey), (cx - hw * 0.93, ey - 0.16), (cx - hw * 0.6, f.head_top + 0.035),
-      (cx, f.head_top), (cx + hw * 0.6, f.head_top + 0.035), (cx + hw * 0.93, ey - 0.16),
-      (cx + hw, ey), (cx + hw * 0.97, ey + 0.13), (cx + hw * f.jaw_w, jaw_y),
-      (cx + hw * 0.3, f.chin_y - 0.01 + drop), (cx, f.chin_y + drop),
-      (cx - hw * 0.3, f.chin_y - 0.01 + drop), (cx - hw * f.jaw_w, jaw_y),
-      (cx - hw * 0.97, ey + 0.13)])
+  head = np.array(
+    [
+      (cx - hw, ey),
+      (cx - hw * 0.93, ey - 0.16),
+      (cx - hw * 0.6, f.head_top + 0.035),
+      (cx, f.head_top),
+      (cx + hw * 0.6, f.head_top + 0.035),
+      (cx + hw * 0.93, ey - 0.16),
+      (cx + hw, ey),
+      (cx + hw * 0.97, ey + 0.13),
+      (cx + hw * f.jaw_w, jaw_y),
+      (cx + hw * 0.3, f.chin_y - 0.01 + drop),
+      (cx, f.chin_y + drop),
+      (cx - hw * 0.3, f.chin_y - 0.01 + drop),
+      (cx - hw * f.jaw_w, jaw_y),
+      (cx - hw * 0.97, ey + 0.13),
+    ]
+  )
   head[:, 0] = fx(head[:, 0], 0.3)
   p.poly(_catmull(head), f.skin)
 
@@ -349,21 +444,34 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
 
   # ---- cheeks (blush rises with AU6) ----
   for s in (-1, 1):
-    p.ellipse(fx(cx + s * f.eye_dx * 1.05), ey + 0.115 - 0.035 * A[6], 0.05, 0.035,
-              fill=_rgba(_mix(f.lip_color, skin, 0.3), 25 + 45 * f.blush + 130 * A[6]))
+    p.ellipse(
+      fx(cx + s * f.eye_dx * 1.05),
+      ey + 0.115 - 0.035 * A[6],
+      0.05,
+      0.035,
+      fill=_rgba(_mix(f.lip_color, skin, 0.3), 25 + 45 * f.blush + 130 * A[6]),
+    )
 
   # ---- forehead wrinkles: AU1 (middle), AU2 (lateral) ----
   by = ey - f.brow_off
   for k in range(3):
     y = by - 0.05 - 0.017 * k
     if A[1] > 0:
-      p.line(_curve((fx(cx - 0.06), y + 0.004), (fx(cx), y - 0.004), (fx(cx + 0.06), y + 0.004)),
-             _rgba(line_col, 230 * A[1]), 0.008)
+      p.line(
+        _curve((fx(cx - 0.06), y + 0.004), (fx(cx), y - 0.004), (fx(cx + 0.06), y + 0.004)),
+        _rgba(line_col, 230 * A[1]),
+        0.008,
+      )
     if A[2] > 0:
       for s in (-1, 1):
         x0 = cx + s * f.eye_dx
-        p.line(_curve((fx(x0 - 0.04 * s), y), (fx(x0 + 0.01 * s), y - 0.006),
-                      (fx(x0 + 0.06 * s), y + 0.006)), _rgba(line_col, 220 * A[2]), 0.008)
+        p.line(
+          _curve(
+            (fx(x0 - 0.04 * s), y), (fx(x0 + 0.01 * s), y - 0.006), (fx(x0 + 0.06 * s), y + 0.006)
+          ),
+          _rgba(line_col, 220 * A[2]),
+          0.008,
+        )
 
   # ---- eyes ----
   for s in (-1, 1):
@@ -372,8 +480,10 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
   # ---- brows: AU1 inner up, AU2 outer up, AU4 down and together, AU9 inner slightly down ----
   for s in (-1, 1):
     ex = cx + s * f.eye_dx
-    inner = (ex - s * f.eye_w * 1.05 - s * 0.016 * A[4],
-             by + 0.003 - 0.042 * A[1] + 0.032 * A[4] + 0.008 * A[9])
+    inner = (
+      ex - s * f.eye_w * 1.05 - s * 0.016 * A[4],
+      by + 0.003 - 0.042 * A[1] + 0.032 * A[4] + 0.008 * A[9],
+    )
     mid = (ex + s * 0.004, by - f.brow_arch - 0.014 * A[1] - 0.03 * A[2] + 0.018 * A[4])
     outer = (ex + s * f.eye_w * 1.3, by + 0.01 - f.brow_arch * 0.3 - 0.042 * A[2] + 0.012 * A[4])
     c = _curve(inner, mid, outer, 9)
@@ -383,8 +493,14 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
     p.poly(poly, f.brow_color)
   if A[4] > 0:  # glabella lines
     for s in (-1, 1):
-      p.line([(fx(cx + s * 0.014), by - 0.01 + 0.02 * A[4]),
-              (fx(cx + s * 0.009), by + 0.045 + 0.01 * A[4])], _rgba(line_col, 255 * A[4]), 0.011)
+      p.line(
+        [
+          (fx(cx + s * 0.014), by - 0.01 + 0.02 * A[4]),
+          (fx(cx + s * 0.009), by + 0.045 + 0.01 * A[4]),
+        ],
+        _rgba(line_col, 255 * A[4]),
+        0.011,
+      )
 
   # ---- nose ----
   _nose(p, f, A, fx, skin, line_col)
@@ -401,9 +517,15 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
         p.d.ellipse(box, outline=f.glasses_color, width=p.w(0.0045))
       else:
         p.d.rounded_rectangle(box, radius=p.w(0.014), outline=f.glasses_color, width=p.w(0.0045))
-    p.line([(fx(cx - f.eye_dx + f.eye_w * 1.6), ey - 0.012),
-            (fx(cx), ey - 0.018), (fx(cx + f.eye_dx - f.eye_w * 1.6), ey - 0.012)],
-           f.glasses_color, 0.0045)
+    p.line(
+      [
+        (fx(cx - f.eye_dx + f.eye_w * 1.6), ey - 0.012),
+        (fx(cx), ey - 0.018),
+        (fx(cx + f.eye_dx - f.eye_w * 1.6), ey - 0.012),
+      ],
+      f.glasses_color,
+      0.0045,
+    )
 
 
 def _hair_front(p: _Painter, f: Identity, fx):
@@ -413,32 +535,63 @@ def _hair_front(p: _Painter, f: Identity, fx):
     return
   if st == "fringe":
     hl += 0.01
-  cap_top = [(cx - hw * 1.04, f.eye_y - 0.1), (cx - hw * 0.97, f.eye_y - 0.2),
-             (cx - hw * 0.62, top + 0.02), (cx, top - 0.018), (cx + hw * 0.62, top + 0.02),
-             (cx + hw * 0.97, f.eye_y - 0.2), (cx + hw * 1.04, f.eye_y - 0.1)]
+  cap_top = [
+    (cx - hw * 1.04, f.eye_y - 0.1),
+    (cx - hw * 0.97, f.eye_y - 0.2),
+    (cx - hw * 0.62, top + 0.02),
+    (cx, top - 0.018),
+    (cx + hw * 0.62, top + 0.02),
+    (cx + hw * 0.97, f.eye_y - 0.2),
+    (cx + hw * 1.04, f.eye_y - 0.1),
+  ]
   if st == "side":
-    line = [(cx + hw * 0.9, f.eye_y - 0.12), (cx + hw * 0.4, hl - 0.01), (cx - hw * 0.2, hl + 0.01),
-            (cx - hw * 0.8, hl + 0.03), (cx - hw * 0.95, f.eye_y - 0.12)]
+    line = [
+      (cx + hw * 0.9, f.eye_y - 0.12),
+      (cx + hw * 0.4, hl - 0.01),
+      (cx - hw * 0.2, hl + 0.01),
+      (cx - hw * 0.8, hl + 0.03),
+      (cx - hw * 0.95, f.eye_y - 0.12),
+    ]
   elif st == "fringe":
-    line = [(cx + hw * 0.95, f.eye_y - 0.12), (cx + hw * 0.6, hl + 0.005), (cx, hl + 0.012),
-            (cx - hw * 0.6, hl + 0.005), (cx - hw * 0.95, f.eye_y - 0.12)]
+    line = [
+      (cx + hw * 0.95, f.eye_y - 0.12),
+      (cx + hw * 0.6, hl + 0.005),
+      (cx, hl + 0.012),
+      (cx - hw * 0.6, hl + 0.005),
+      (cx - hw * 0.95, f.eye_y - 0.12),
+    ]
   else:
-    line = [(cx + hw * 0.92, f.eye_y - 0.13), (cx + hw * 0.55, hl - 0.015), (cx, hl - 0.02),
-            (cx - hw * 0.55, hl - 0.015), (cx - hw * 0.92, f.eye_y - 0.13)]
+    line = [
+      (cx + hw * 0.92, f.eye_y - 0.13),
+      (cx + hw * 0.55, hl - 0.015),
+      (cx, hl - 0.02),
+      (cx - hw * 0.55, hl - 0.015),
+      (cx - hw * 0.92, f.eye_y - 0.13),
+    ]
   pts = np.array(cap_top + line)
   pts[:, 0] = fx(pts[:, 0], 0.25)
   p.poly(_catmull(pts, 5), f.hair_color)
   if st == "curly":
     for k in range(11):
       t = math.pi * (k / 10)
-      p.ellipse(fx(cx - math.cos(t) * hw * 0.98, 0.25), f.eye_y - 0.12 - math.sin(t)
-                * (f.eye_y - 0.12 - top + 0.01), 0.035, 0.035, fill=f.hair_color)
+      p.ellipse(
+        fx(cx - math.cos(t) * hw * 0.98, 0.25),
+        f.eye_y - 0.12 - math.sin(t) * (f.eye_y - 0.12 - top + 0.01),
+        0.035,
+        0.035,
+        fill=f.hair_color,
+      )
   if st == "long":
     for s in (-1, 1):
-      p.poly([(fx(cx + s * hw * 1.04, 0.25), f.eye_y - 0.12),
-              (fx(cx + s * hw * 0.96, 0.25), f.eye_y - 0.12),
-              (fx(cx + s * hw * 1.02, 0.25), f.eye_y + 0.2),
-              (fx(cx + s * hw * 1.12, 0.25), f.eye_y + 0.2)], f.hair_color)
+      p.poly(
+        [
+          (fx(cx + s * hw * 1.04, 0.25), f.eye_y - 0.12),
+          (fx(cx + s * hw * 0.96, 0.25), f.eye_y - 0.12),
+          (fx(cx + s * hw * 1.02, 0.25), f.eye_y + 0.2),
+          (fx(cx + s * hw * 1.12, 0.25), f.eye_y + 0.2),
+        ],
+        f.hair_color,
+      )
 
 
 def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
@@ -477,8 +630,11 @@ def _eye(p: _Painter, f: Identity, A, s: int, fx, skin, line_col):
     o = outer + [s * 0.01, 0.0]
     for ang in (-30, 0, 30):
       t = math.radians(ang)
-      p.line([(fx(o[0]), o[1]), (fx(o[0] + s * 0.04 * math.cos(t)), o[1] + 0.04 * math.sin(t))],
-             _rgba(line_col, 250 * A[6]), 0.009)
+      p.line(
+        [(fx(o[0]), o[1]), (fx(o[0] + s * 0.04 * math.cos(t)), o[1] + 0.04 * math.sin(t))],
+        _rgba(line_col, 250 * A[6]),
+        0.009,
+      )
   # AU7: the tensed lower lid bulges (bright band) over a shadow line, both straight.
   if A[7] > 0:
     band = np.stack([lo[:, 0], ey + (lo[:, 1] - ey) * 0.3], 1)
@@ -494,25 +650,55 @@ def _nose(p: _Painter, f: Identity, A, fx, skin, line_col):
   lift = 0.012 * A[9] + 0.006 * A[10]
   wide = nw * (1 + 0.22 * A[9] + 0.08 * A[10])
   for s in (-1, 1):
-    p.line([(fx(cx + s * 0.016, 1.2), ey + 0.02), (fx(cx + s * wide * 0.72, 1.4), ny - 0.03 - lift)],
-           _rgba(line_col, 70), 0.005)
-  p.ellipse(fx(cx, 1.6), ny - 0.006 - lift * 0.5, wide * 0.55, 0.02,
-            fill=_rgba(_mix(skin, (255, 255, 255), 0.25), 120))
+    p.line(
+      [(fx(cx + s * 0.016, 1.2), ey + 0.02), (fx(cx + s * wide * 0.72, 1.4), ny - 0.03 - lift)],
+      _rgba(line_col, 70),
+      0.005,
+    )
+  p.ellipse(
+    fx(cx, 1.6),
+    ny - 0.006 - lift * 0.5,
+    wide * 0.55,
+    0.02,
+    fill=_rgba(_mix(skin, (255, 255, 255), 0.25), 120),
+  )
   for s in (-1, 1):
-    p.ellipse(fx(cx + s * wide * 0.72, 1.4), ny - 0.004 - lift, wide * 0.32, 0.016,
-              outline=_rgba(line_col, 150), width=0.004)
-    p.ellipse(fx(cx + s * wide * 0.42, 1.5), ny + 0.006 - lift, wide * 0.19, 0.0065,
-              fill=_mix(skin, (30, 15, 12), 0.75))
+    p.ellipse(
+      fx(cx + s * wide * 0.72, 1.4),
+      ny - 0.004 - lift,
+      wide * 0.32,
+      0.016,
+      outline=_rgba(line_col, 150),
+      width=0.004,
+    )
+    p.ellipse(
+      fx(cx + s * wide * 0.42, 1.5),
+      ny + 0.006 - lift,
+      wide * 0.19,
+      0.0065,
+      fill=_mix(skin, (30, 15, 12), 0.75),
+    )
   # AU9: wrinkles across the bridge, shadow along the nose sides.
   if A[9] > 0:
     for k in range(3):
       y = ey + 0.035 + 0.017 * k
-      p.line(_curve((fx(cx - 0.03, 1.2), y + 0.006), (fx(cx, 1.2), y - 0.004),
-                    (fx(cx + 0.03, 1.2), y + 0.006)), _rgba(line_col, 255 * A[9]), 0.008)
+      p.line(
+        _curve(
+          (fx(cx - 0.03, 1.2), y + 0.006), (fx(cx, 1.2), y - 0.004), (fx(cx + 0.03, 1.2), y + 0.006)
+        ),
+        _rgba(line_col, 255 * A[9]),
+        0.008,
+      )
     for s in (-1, 1):
-      p.poly([(fx(cx + s * 0.02, 1.2), ey + 0.03), (fx(cx + s * 0.035, 1.2), ey + 0.03),
-              (fx(cx + s * wide * 0.95, 1.4), ny - 0.02 - lift),
-              (fx(cx + s * wide * 0.6, 1.4), ny - 0.025 - lift)], _rgba(line_col, 110 * A[9]))
+      p.poly(
+        [
+          (fx(cx + s * 0.02, 1.2), ey + 0.03),
+          (fx(cx + s * 0.035, 1.2), ey + 0.03),
+          (fx(cx + s * wide * 0.95, 1.4), ny - 0.02 - lift),
+          (fx(cx + s * wide * 0.6, 1.4), ny - 0.025 - lift),
+        ],
+        _rgba(line_col, 110 * A[9]),
+      )
 
 
 def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
@@ -528,8 +714,7 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   # AU14 and AU24 leave the lip outline alone: they are drawn as layers over it, each on its own
   # pixels with an opacity proportional to the AU, so their pixel change grows with intensity.
   cw = f.mouth_w * (1 + 0.22 * A[12] + 0.32 * A[20] - 0.3 * A[23])
-  corner_y = (my - 0.04 * A[12] + 0.04 * A[15] + 0.006 * A[20] + drop * 0.25
-              + 0.008 * A[17])
+  corner_y = my - 0.04 * A[12] + 0.04 * A[15] + 0.006 * A[20] + drop * 0.25 + 0.008 * A[17]
   center_y = my + 0.004 * A[12] - 0.026 * A[17] - 0.003 * A[10]
   s25 = min(1.0, 3 * A[25])
   gap = (0.02 * A[25] + 0.05 * A[26] * s25) * (1 - A[24]) * (1 - 0.6 * A[23]) * (1 - 0.5 * A[17])
@@ -538,12 +723,12 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   thin = max(0.12, 1 - 0.45 * A[23] - 0.3 * A[20])
   ut, lt = f.lip_up * thin, f.lip_lo * thin * (1 + 0.6 * A[17])
   x = np.linspace(-1, 1, 15)
-  prof = 1 - x ** 2
+  prof = 1 - x**2
   line_y = corner_y + (center_y - corner_y) * prof
-  ui = line_y - (gap / 2 + 0.012 * A[10]) * prof ** 0.7
-  li = line_y + (gap / 2 + lo_extra) * prof ** 0.7
-  bow = 0.004 * np.exp(-((np.abs(x) - 0.35) / 0.2) ** 2)
-  uo = ui - ut * (0.3 + 0.7 * np.sqrt(prof)) - bow - up_raise * prof ** 0.5
+  ui = line_y - (gap / 2 + 0.012 * A[10]) * prof**0.7
+  li = line_y + (gap / 2 + lo_extra) * prof**0.7
+  bow = 0.004 * np.exp(-(((np.abs(x) - 0.35) / 0.2) ** 2))
+  uo = ui - ut * (0.3 + 0.7 * np.sqrt(prof)) - bow - up_raise * prof**0.5
   lo = li + lt * (0.3 + 0.7 * np.sqrt(prof)) + 0.5 * lo_extra * prof
   xs = fx(cx + cw * x, 1.1)
 
@@ -555,23 +740,46 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   chin_y = f.chin_y + drop
   if A[17] > 0:
     boss_y = chin_y - 0.05 - 0.012 * A[17]
-    p.ellipse(fx(cx), boss_y, 0.058, 0.034,
-              fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 210 * A[17]))
-    p.line(_curve((fx(cx - 0.06), boss_y + 0.012), (fx(cx), boss_y + 0.04),
-                  (fx(cx + 0.06), boss_y + 0.012)), _rgba(line_col, 200 * A[17]), 0.012)
+    p.ellipse(
+      fx(cx), boss_y, 0.058, 0.034, fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 210 * A[17])
+    )
+    p.line(
+      _curve(
+        (fx(cx - 0.06), boss_y + 0.012), (fx(cx), boss_y + 0.04), (fx(cx + 0.06), boss_y + 0.012)
+      ),
+      _rgba(line_col, 200 * A[17]),
+      0.012,
+    )
     rs = np.random.default_rng(7)
     for _ in range(9):
-      p.ellipse(fx(cx + rs.uniform(-0.035, 0.035)), boss_y + rs.uniform(-0.012, 0.012),
-                0.006, 0.005, fill=_rgba(line_col, 200 * A[17]))
-    p.line(_curve((fx(cx - 0.055), lo.max() + 0.016), (fx(cx), lo.max() + 0.008),
-                  (fx(cx + 0.055), lo.max() + 0.016)), _rgba(line_col, 255 * A[17]), 0.013)
+      p.ellipse(
+        fx(cx + rs.uniform(-0.035, 0.035)),
+        boss_y + rs.uniform(-0.012, 0.012),
+        0.006,
+        0.005,
+        fill=_rgba(line_col, 200 * A[17]),
+      )
+    p.line(
+      _curve(
+        (fx(cx - 0.055), lo.max() + 0.016),
+        (fx(cx), lo.max() + 0.008),
+        (fx(cx + 0.055), lo.max() + 0.016),
+      ),
+      _rgba(line_col, 255 * A[17]),
+      0.013,
+    )
   # Nasolabial furrows: deepened by AU11 and AU10, a little by AU12 and AU9.
   fold = min(1.0, A[11] + 0.8 * A[10] + 0.5 * A[12] + 0.3 * A[9])
   for s in (-1, 1):
-    p.line(_curve((fx(cx + s * (f.nose_w + 0.014), 1.3), f.nose_y - 0.01),
-                  (fx(cx + s * (f.nose_w + 0.035)), (f.nose_y + corner_y) / 2 + 0.005),
-                  (fx(cx + s * (f.mouth_w + 0.018)), corner_y + 0.025)),
-           _rgba(line_col, 35 + 200 * fold), 0.005 + 0.003 * fold)
+    p.line(
+      _curve(
+        (fx(cx + s * (f.nose_w + 0.014), 1.3), f.nose_y - 0.01),
+        (fx(cx + s * (f.nose_w + 0.035)), (f.nose_y + corner_y) / 2 + 0.005),
+        (fx(cx + s * (f.mouth_w + 0.018)), corner_y + 0.025),
+      ),
+      _rgba(line_col, 35 + 200 * fold),
+      0.005 + 0.003 * fold,
+    )
   # AU24: bright skin bulges above and below the pressed lips, each with a shadow beyond it (on
   # skin, clear of the lips and of each other).
   if A[24] > 0:
@@ -609,8 +817,11 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
     p.line(P(lo), border, 0.008)
     for k in (2, 4, 7, 10, 12):
       for y0, dy in ((uo[k] - 0.004, -0.024), (lo[k] + 0.004, 0.024)):
-        p.line([(xs[k], y0), (xs[k] + 0.1 * x[k] * abs(dy), y0 + dy)],
-               _rgba(line_col, 240 * A[23]), 0.008)
+        p.line(
+          [(xs[k], y0), (xs[k] + 0.1 * x[k] * abs(dy), y0 + dy)],
+          _rgba(line_col, 240 * A[23]),
+          0.008,
+        )
   # Corners: AU14 dimples, AU15 marionette lines, AU12 cheek creases, AU20 stretch lines.
   for s, i in ((-1, 0), (1, -1)):
     c = (xs[i], line_y[i])
@@ -618,19 +829,42 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
       # A dark pit tucking the corner in, a crease arcing round it and a bright bulge beyond the
       # crease (dark and bright parts do not overlap, so they never cancel).
       p.ellipse(c[0] + s * 0.006, c[1], 0.013, 0.014, fill=_rgba(line_col, 250 * A[14]))
-      p.line(_curve((c[0] + s * 0.014, c[1] - 0.03), (c[0] + s * 0.04, c[1]),
-                    (c[0] + s * 0.014, c[1] + 0.03)), _rgba(line_col, 255 * A[14]), 0.012)
-      p.ellipse(c[0] + s * 0.052, c[1], 0.012, 0.024,
-                fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 230 * A[14]))
+      p.line(
+        _curve(
+          (c[0] + s * 0.014, c[1] - 0.03), (c[0] + s * 0.04, c[1]), (c[0] + s * 0.014, c[1] + 0.03)
+        ),
+        _rgba(line_col, 255 * A[14]),
+        0.012,
+      )
+      p.ellipse(
+        c[0] + s * 0.052,
+        c[1],
+        0.012,
+        0.024,
+        fill=_rgba(_mix(skin, (255, 255, 255), 0.45), 230 * A[14]),
+      )
     if A[15] > 0:
-      p.line([(c[0] + s * 0.002, c[1] + 0.002), (c[0] + s * 0.012, c[1] + 0.05)],
-             _rgba(line_col, 250 * A[15]), 0.009)
+      p.line(
+        [(c[0] + s * 0.002, c[1] + 0.002), (c[0] + s * 0.012, c[1] + 0.05)],
+        _rgba(line_col, 250 * A[15]),
+        0.009,
+      )
     if A[12] > 0:
-      p.line(_curve((c[0] + s * 0.006, c[1] - 0.016), (c[0] + s * 0.02, c[1] - 0.002),
-                    (c[0] + s * 0.012, c[1] + 0.012)), _rgba(line_col, 220 * A[12]), 0.007)
+      p.line(
+        _curve(
+          (c[0] + s * 0.006, c[1] - 0.016),
+          (c[0] + s * 0.02, c[1] - 0.002),
+          (c[0] + s * 0.012, c[1] + 0.012),
+        ),
+        _rgba(line_col, 220 * A[12]),
+        0.007,
+      )
     if A[20] > 0:
-      p.line([(c[0] + s * 0.004, c[1]), (c[0] + s * 0.03, c[1] + 0.004)],
-             _rgba(line_col, 200 * A[20]), 0.005)
+      p.line(
+        [(c[0] + s * 0.004, c[1]), (c[0] + s * 0.03, c[1] + 0.004)],
+        _rgba(line_col, 200 * A[20]),
+        0.005,
+      )
 
 
 def canvas_scale(size: int) -> int:
@@ -638,8 +872,9 @@ def canvas_scale(size: int) -> int:
   return max(2, math.ceil(192 / size))
 
 
-def render_face(ident: Identity, aus, size: int = 112,
-                nuisance: Nuisance = NO_NUISANCE) -> np.ndarray:
+def render_face(
+  ident: Identity, aus, size: int = 112, nuisance: Nuisance = NO_NUISANCE
+) -> np.ndarray:
   """Renders one face.
 
   Args:
@@ -667,13 +902,14 @@ def render_face(ident: Identity, aus, size: int = 112,
     # Inverse map: output pixel -> input pixel, rotating/scaling about the centre.
     ox, oy = c / 2 + n.shift[0] * c, c / 2 + n.shift[1] * c
     coeffs = (cos, sin, c / 2 - cos * ox - sin * oy, -sin, cos, c / 2 + sin * ox - cos * oy)
-    im = im.transform(im.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR,
-                      fillcolor=ident.bg)
-  if (n.gain == 1.0 and n.gradient == 0.0 and n.tint == (1.0, 1.0, 1.0) and n.noise == 0.0):
+    im = im.transform(
+      im.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=ident.bg
+    )
+  if n.gain == 1.0 and n.gradient == 0.0 and n.tint == (1.0, 1.0, 1.0) and n.noise == 0.0:
     return np.asarray(im, np.uint8)
   x = np.asarray(im, np.float32)
   g = np.linspace(-1, 1, size, dtype=np.float32)
-  ramp = (math.cos(n.gradient_angle) * g[None, :] + math.sin(n.gradient_angle) * g[:, None])
+  ramp = math.cos(n.gradient_angle) * g[None, :] + math.sin(n.gradient_angle) * g[:, None]
   light = n.gain * (1 + n.gradient * ramp)
   x = x * light[..., None] * np.asarray(n.tint, np.float32)
   if n.noise > 0:

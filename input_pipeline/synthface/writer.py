@@ -72,14 +72,17 @@ def _check_args(subjects: int, frames_per_task: int, raf_train: int, raf_test: i
   if raf_train < 0 or raf_test < 0:
     raise ValueError(f"--raf-train/--raf-test must be ≥ 0, got {raf_train}/{raf_test}")
   if raf_train > 99999 or raf_test > 9999:
-    raise ValueError("RAF-DB names allow at most 99999 train (5 digits) and 9999 test "
-                     f"(4 digits) images, got {raf_train}/{raf_test}")
+    raise ValueError(
+      "RAF-DB names allow at most 99999 train (5 digits) and 9999 test "
+      f"(4 digits) images, got {raf_train}/{raf_test}"
+    )
   if size < 16:
     raise ValueError(f"--size must be ≥ 16 px, got {size}")
 
 
-def _plan_bp4d(root: pathlib.Path, seed: int, n_subjects: int,
-               frames_per_task: int) -> tuple[list[list[_Item]], dict[str, Any]]:
+def _plan_bp4d(
+  root: pathlib.Path, seed: int, n_subjects: int, frames_per_task: int
+) -> tuple[list[list[_Item]], dict[str, Any]]:
   """Writes the BP4D label files; returns rendering jobs (one per session) and counts."""
   bp = root / "BP4D"
   occ_dir = bp / "AUCoding" / "AU_OCC"
@@ -98,39 +101,65 @@ def _plan_bp4d(root: pathlib.Path, seed: int, n_subjects: int,
       inten = np.where(unk, 9, inten)
       n_unknown += int(unk.sum())
       n_cells += unk.size
-      _write_text(occ_dir / f"{name}_{task}.csv",
-                  [header] + [",".join(map(str, [fr, *row])) for fr, row in zip(sess.frames, occ)])
+      _write_text(
+        occ_dir / f"{name}_{task}.csv",
+        [header] + [",".join(map(str, [fr, *row])) for fr, row in zip(sess.frames, occ)],
+      )
       for au in INT_AUS:
         col = inten[:, render.AU_INDEX[au]]
-        _write_text(bp / "AUCoding" / "AU_INT" / f"AU{au:02d}" / f"{name}_{task}_AU{au:02d}.csv",
-                    [f"{fr},{c}" for fr, c in zip(sess.frames, col)])
+        _write_text(
+          bp / "AUCoding" / "AU_INT" / f"AU{au:02d}" / f"{name}_{task}_AU{au:02d}.csv",
+          [f"{fr},{c}" for fr, c in zip(sess.frames, col)],
+        )
       expr_lines += [f"{name},{task},{fr},{e}" for fr, e in zip(sess.frames, sess.expressions)]
       (bp / name / task).mkdir(parents=True, exist_ok=True)
-      jobs.append([(f"BP4D/{name}/{task}/{fr}.jpg", subj.identity, sess.aus[k], sess.nuisance[k],
-                    sess.jpeg_quality) for k, fr in enumerate(sess.frames)])
+      jobs.append(
+        [
+          (
+            f"BP4D/{name}/{task}/{fr}.jpg",
+            subj.identity,
+            sess.aus[k],
+            sess.nuisance[k],
+            sess.jpeg_quality,
+          )
+          for k, fr in enumerate(sess.frames)
+        ]
+      )
       n_frames += len(sess.frames)
   _write_text(bp / "SynthFace_expressions.csv", expr_lines)
-  return jobs, {"bp4d_frames": n_frames, "bp4d_unknown_cells": n_unknown,
-                "bp4d_label_cells": n_cells}
+  return jobs, {
+    "bp4d_frames": n_frames,
+    "bp4d_unknown_cells": n_unknown,
+    "bp4d_label_cells": n_cells,
+  }
 
 
-def _plan_raf(root: pathlib.Path, seed: int, raf_train: int, raf_test: int,
-              chunk: int = 100) -> tuple[list[list[_Item]], dict[str, Any]]:
+def _plan_raf(
+  root: pathlib.Path, seed: int, raf_train: int, raf_test: int, chunk: int = 100
+) -> tuple[list[list[_Item]], dict[str, Any]]:
   """Writes the RAF label list; returns rendering jobs and counts."""
   img_dir = root / "RAF" / "basic" / "Image" / "aligned"
   img_dir.mkdir(parents=True, exist_ok=True)
   lines, items = [], []
   names = [f"train_{i + 1:05d}" for i in range(raf_train)] + [
-      f"test_{i + 1:04d}" for i in range(raf_test)]
+    f"test_{i + 1:04d}" for i in range(raf_test)
+  ]
   counts = [0] * len(population.RAF_LABELS)
   for idx, stem in enumerate(names):
     im = population.make_raf_image(seed, idx)
     lines.append(f"{stem}.jpg {im.label}")
     counts[im.label - 1] += 1
-    items.append((f"RAF/basic/Image/aligned/{stem}_aligned.jpg", im.identity, im.aus,
-                  im.nuisance, im.jpeg_quality))
+    items.append(
+      (
+        f"RAF/basic/Image/aligned/{stem}_aligned.jpg",
+        im.identity,
+        im.aus,
+        im.nuisance,
+        im.jpeg_quality,
+      )
+    )
   _write_text(root / "RAF" / "basic" / "EmoLabel" / "list_patition_label.txt", lines)
-  jobs = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+  jobs = [items[i : i + chunk] for i in range(0, len(items), chunk)]
   return jobs, {"raf_label_counts": dict(zip(population.RAF_LABELS, counts))}
 
 
@@ -138,14 +167,24 @@ def _prepare_target(out: pathlib.Path, overwrite: bool):
   if out.exists() and not out.is_dir():
     raise FileExistsError(f"{out} exists and is not a directory")
   if out.is_dir() and any(out.iterdir()) and not overwrite:
-    raise FileExistsError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) "
-                          "to replace it")
+    raise FileExistsError(
+      f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+    )
 
 
-def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, subjects: int = 41,
-             frames_per_task: int = 40, raf_train: int = 2400, raf_test: int = 600,
-             size: int = 112, progress: bool = True, overwrite: bool = False,
-             workers: int | None = None) -> dict[str, Any]:
+def generate(
+  out_dir: str | os.PathLike[str],
+  *,
+  seed: int = 0,
+  subjects: int = 41,
+  frames_per_task: int = 40,
+  raf_train: int = 2400,
+  raf_test: int = 600,
+  size: int = 112,
+  progress: bool = True,
+  overwrite: bool = False,
+  workers: int | None = None,
+) -> dict[str, Any]:
   """Generates SynthFace into ``out_dir`` and returns the summary (also in synthface.json).
 
   The tree is built in a temporary folder beside ``out_dir`` and renamed into place only when
@@ -176,8 +215,9 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, subjects: int = 
     jobs = [(str(tmp), size, j) for j in bp_jobs + raf_jobs if j]
     total = sum(len(j[2]) for j in jobs)
     workers = workers or min(2, os.cpu_count() or 1)
-    with tqdm.tqdm(total=total, unit="img", desc="SynthFace", disable=not progress,
-                   file=sys.stderr) as bar:
+    with tqdm.tqdm(
+      total=total, unit="img", desc="SynthFace", disable=not progress, file=sys.stderr
+    ) as bar:
       if workers <= 1:
         for j in jobs:
           bar.update(_render_job(j))
@@ -187,11 +227,22 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, subjects: int = 
           for n in pool.imap_unordered(_render_job, jobs):
             bar.update(n)
     summary = {
-        "generator": "synthface", "version": VERSION, "seed": seed, "subjects": subjects,
-        "frames_per_task": frames_per_task, "raf_train": raf_train, "raf_test": raf_test,
-        "size": size, "tasks": list(population.TASKS), "aus": list(render.AUS),
-        "int_aus": list(INT_AUS), "occurrence": "intensity code >= 2; 9 = unknown",
-        "raf_labels": list(population.RAF_LABELS), "images": total, **bp_counts, **raf_counts,
+      "generator": "synthface",
+      "version": VERSION,
+      "seed": seed,
+      "subjects": subjects,
+      "frames_per_task": frames_per_task,
+      "raf_train": raf_train,
+      "raf_test": raf_test,
+      "size": size,
+      "tasks": list(population.TASKS),
+      "aus": list(render.AUS),
+      "int_aus": list(INT_AUS),
+      "occurrence": "intensity code >= 2; 9 = unknown",
+      "raf_labels": list(population.RAF_LABELS),
+      "images": total,
+      **bp_counts,
+      **raf_counts,
     }
     with open(tmp / "synthface.json", "w", encoding="utf-8", newline="\n") as f:
       json.dump(summary, f, indent=1, sort_keys=True)
@@ -211,8 +262,9 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, subjects: int = 
 
 def main(argv: Sequence[str] | None = None) -> int:
   ap = argparse.ArgumentParser(
-      prog="python -m input_pipeline.synthface",
-      description="Generate SynthFace (BP4D-like and RAF-DB-like trees) into --out.")
+    prog="python -m input_pipeline.synthface",
+    description="Generate SynthFace (BP4D-like and RAF-DB-like trees) into --out.",
+  )
   ap.add_argument("--out", required=True, help="target folder (created)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--subjects", type=int, default=41)
@@ -225,14 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
   a = ap.parse_args(argv)
   try:
-    s = generate(a.out, seed=a.seed, subjects=a.subjects, frames_per_task=a.frames_per_task,
-                 raf_train=a.raf_train, raf_test=a.raf_test, size=a.size, progress=not a.quiet,
-                 overwrite=a.overwrite, workers=a.workers)
+    s = generate(
+      a.out,
+      seed=a.seed,
+      subjects=a.subjects,
+      frames_per_task=a.frames_per_task,
+      raf_train=a.raf_train,
+      raf_test=a.raf_test,
+      size=a.size,
+      progress=not a.quiet,
+      overwrite=a.overwrite,
+      workers=a.workers,
+    )
   except (ValueError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not a.quiet:
-    print(f"SynthFace v{s['version']}: {s['bp4d_frames']} BP4D-like frames "
-          f"({s['subjects']} subjects x 8 tasks), {s['raf_train']}+{s['raf_test']} RAF-like "
-          f"images at {s['size']} px -> {s['out']}")
+    print(
+      f"SynthFace v{s['version']}: {s['bp4d_frames']} BP4D-like frames "
+      f"({s['subjects']} subjects x 8 tasks), {s['raf_train']}+{s['raf_test']} RAF-like "
+      f"images at {s['size']} px -> {s['out']}"
+    )
   return 0
