@@ -11,12 +11,18 @@ the environment says this is one of several processes, or with explicit
 import logging as std_logging
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+# TensorFlow (used by TFDS and the TensorBoard writer only) prints a screen of C++ and oneDNN
+# start-up chatter before the first line of ours; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-MODES = ("pretrain", "finetune", "linear_probe", "zeroshot")
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from clef_jax import MODES  # noqa: E402
+
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

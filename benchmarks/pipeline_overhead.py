@@ -86,11 +86,11 @@ class Loop:
     from clef_jax import models  # pylint: disable=g-import-not-at-top
     from clef_jax import sharding  # pylint: disable=g-import-not-at-top
     from clef_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    from clef_jax import train  # pylint: disable=g-import-not-at-top
+    from clef_jax import objectives  # pylint: disable=g-import-not-at-top
 
     self.jax, self.sharding, self.data_lib = jax, sharding, data_lib
     tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
-    objective, self.keys, _ = train.build_objective(config, models.build(config.model), tok, data)
+    objective, self.keys = objectives.build(config, models.build(config.model), tok, data)
     self.state, self.step, self.mesh = tt.build_state_and_step(config, objective)
 
   def to_device(self, host_batch):

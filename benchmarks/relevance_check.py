@@ -19,12 +19,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+from clef_jax import models  # pylint: disable=g-import-not-at-top
 from clef_jax import visualize  # pylint: disable=g-import-not-at-top
 from input_pipeline import augment  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthface  # pylint: disable=g-import-not-at-top
@@ -54,11 +54,7 @@ def main() -> None:
   config, model, params = visualize.load_run(args.workdir)
   size = config.model.image_size
   if args.random:
-    params = model.init(
-      jax.random.key(args.seed),
-      jnp.zeros((1, size, size, 3)),
-      jnp.zeros((1, config.model.context_length), jnp.int32),
-    )["params"]
+    params = models.init(model, jax.random.key(args.seed))
   tok = tok_lib.get(config.tokenizer, context_length=config.model.context_length)
   aus = [int(a) for a in args.aus.split(",") if a]
   unknown = [a for a in aus if a not in render.AU_REGIONS]

@@ -29,6 +29,7 @@ W/results.json. The file's "Reading" section is kept between runs (it is written
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -46,18 +47,19 @@ sys.path.insert(0, str(ROOT))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import optax  # pylint: disable=g-import-not-at-top
 
 from clef_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 from clef_jax import datasets as data_lib  # pylint: disable=g-import-not-at-top
-from clef_jax import evaluate  # pylint: disable=g-import-not-at-top
+from clef_jax import evaluators  # pylint: disable=g-import-not-at-top
 from clef_jax import losses  # pylint: disable=g-import-not-at-top
 from clef_jax import models  # pylint: disable=g-import-not-at-top
 from clef_jax import objectives  # pylint: disable=g-import-not-at-top
-from clef_jax import optim  # pylint: disable=g-import-not-at-top
 from clef_jax import sharding  # pylint: disable=g-import-not-at-top
 from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 from clef_jax import train  # pylint: disable=g-import-not-at-top
+from clef_jax.evaluators import common as eval_common  # pylint: disable=g-import-not-at-top
+from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-at-top
+from clef_jax import trainer  # pylint: disable=g-import-not-at-top
 from configs import common  # pylint: disable=g-import-not-at-top
 from configs import finetune_au  # pylint: disable=g-import-not-at-top
 from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
@@ -188,12 +190,7 @@ def row_params(s, root: str, row: str, fold: int, config) -> dict[str, Any]:
   """The CLIP towers of a row: a finished pretraining, or the model's init (seed = fold)."""
   if PRETRAIN_ROWS[row] is None:
     model = models.build(config.model)
-    size = config.model.image_size
-    p = jax.jit(model.init)(
-      jax.random.key(1000 + fold),
-      jnp.zeros((1, size, size, 3)),
-      jnp.zeros((1, config.model.context_length), jnp.int32),
-    )["params"]
+    p = jax.jit(models.init, static_argnums=0)(model, jax.random.key(1000 + fold))
     return jax.tree.map(np.asarray, p)
   _, p = ckpt_lib.load_params(pretrain_workdir(root, row, fold))
   return {k: p[k] for k in objectives.MODEL_KEYS}
@@ -210,19 +207,19 @@ def embed_row(s, root: str, data_dir: str, row: str, fold: int) -> dict[str, np.
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.reshard(params, sharding.infer_sharding(params, config.sharding_rules, mesh))
   model = models.build(config.model)
-  obj = objectives.embedding_objective(config, model)
+  fns = eval_common.make_predict_fns(objectives.embedding_objective(config, model))
   out = {}
   data = data_lib.setup(config)
   for split, src in (("au_train", data.train), ("au_test", data.test)):
-    e = evaluate.embed_source(
-      obj, params, config, data, src, mesh, ("au", "subject_id", "activity_id", "expression")
+    e = eval_common.embed_source(
+      fns, params, config, data, src, mesh, ("au", "subject_id", "activity_id", "expression")
     )
     out.update({f"{split}/{k}": v for k, v in e.items()})
   rconfig = au_config(s, data_dir, fold)
   rconfig.data.config = "raf"
   rdata = data_lib.setup(rconfig)
   for split, src in (("raf_train", rdata.train), ("raf_test", rdata.test)):
-    e = evaluate.embed_source(obj, params, rconfig, rdata, src, mesh, ("expression",))
+    e = eval_common.embed_source(fns, params, rconfig, rdata, src, mesh, ("expression",))
     out.update({f"{split}/{k}": v for k, v in e.items()})
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez(path + ".tmp.npz", **out)
@@ -236,44 +233,29 @@ def embed_row(s, root: str, data_dir: str, row: str, fold: int) -> dict[str, np.
 
 
 class HeadFitter:
-  """Fits one stage-2 objective on frozen image embeddings, compiled once per head variant.
-
-  The AU class-balancing weights are an argument of the jitted step (not a constant of the
-  objective), so every fold and label fraction reuses the same compiled step.
+  """Fits one stage-2 objective on frozen image embeddings with the trainer's own step (the
+  logit-scale clamp included), compiled once per head variant: the image tower is skipped
+  (`Objective.on_features`), the text tower, logit scales and heads train. The AU
+  class-balancing weights travel in the batch (`au_pos_weight`), so every fold and label
+  fraction reuses the same compiled step.
   """
 
   def __init__(self, s, config, tok, labels: Sequence):
-    self.s, self.config, self.tok, self.labels = s, config, tok, list(labels)
+    self.s, self.tok, self.labels = s, tok, list(labels)
+    self.config = config = copy.deepcopy(config)
+    with config.unlocked():
+      config.batch_size = s["head_batch"]
+      config.accum_steps = 1
+      config.optim.lr = s["head_lr"]
+      config.optim.total_steps = s["head_steps"]
+      config.optim.warmup_steps = s["head_steps"] // 10
+      config.optim.freeze = ("visual/.*",)
     self.model = models.build(config.model)
-    self.obj = objectives.finetune_objective(config, self.model, tok, labels)
-    self.ocfg = {
-      **config.optim.to_dict(),
-      "lr": s["head_lr"],
-      "total_steps": s["head_steps"],
-      "warmup_steps": s["head_steps"] // 10,
-      "freeze": (),
-    }
-    self._tx = None
-    self._step = None
-    self._predict = jax.jit(
-      lambda p, z: self.obj.predict(p, z, self.obj.embed_texts(p, jax.random.key(0)))
-    )
-
-  def _make_step(self, tx):
-    def step(trainable, opt_state, visual, z, batch, rng, pos_weight):
-      obj = objectives.finetune_objective(
-        self.config, self.model, self.tok, self.labels, pos_weight=pos_weight
-      )
-
-      def loss(t):
-        p = {**t, "visual": visual}
-        return obj.loss(p, z, obj.embed_texts(p, rng), batch, rng)
-
-      (l, _), g = jax.value_and_grad(loss, has_aux=True)(trainable)
-      updates, opt_state = tx.update(g, opt_state, trainable)
-      return optax.apply_updates(trainable, updates), opt_state, l
-
-    return jax.jit(step)
+    self.obj = objectives.finetune_objective(config, self.model, tok, labels).on_features()
+    self.fns = evaluators.make_predict_fns(self.obj)
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.spec = trainer.state_spec(config, self.obj, self.mesh)
+    self._step = trainer.jit_train_step(config, self.obj, self.spec, self.mesh)
 
   def fit(
     self,
@@ -284,36 +266,33 @@ class HeadFitter:
     pos_weight: np.ndarray | None = None,
   ) -> dict[str, Any]:
     """params: CLIP towers; z [N, D]; labels {'au': [N, J]} or {'label': [N]}; -> fitted params."""
-    rng = jax.random.key(seed)
-    r_heads, rng = jax.random.split(rng)
-    trainable = {k: v for k, v in params.items() if k != "visual"}
-    trainable["heads"] = self.obj.init_heads(r_heads)
-    visual = params["visual"]
-    if self._step is None:
-      self._tx, _ = optim.make_optimizer(self.ocfg, trainable)
-      self._step = self._make_step(self._tx)
-    opt_state = self._tx.init(trainable)
-    order = np.random.default_rng(seed)
-    bs = min(self.s["head_batch"], len(z))
-    pw = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
-    loss = jnp.float32(0)
-    for i in range(self.s["head_steps"]):
-      idx = order.choice(len(z), bs, replace=False)
-      batch = {k: jnp.asarray(v[idx]) for k, v in labels.items()}
-      batch["mask"] = jnp.ones((bs,), bool)
-      trainable, opt_state, loss = self._step(
-        trainable, opt_state, visual, jnp.asarray(z[idx]), batch, jax.random.fold_in(rng, i), pw
-      )
-    if not np.isfinite(float(loss)):
-      raise FloatingPointError(f"stage-2 head fit diverged (loss {float(loss)})")
-    return {**trainable, "visual": visual}
+    with jax.set_mesh(self.mesh):
+      state = trainer.init_state(self.spec, self.config, init=params)
+      order = np.random.default_rng(seed)
+      shards = self.mesh.size  # the batch splits over every device of the mesh
+      bs = min(self.s["head_batch"], len(z)) // shards * shards
+      if not bs:
+        raise ValueError(f"{len(z)} training embeddings do not fill one batch on {shards} devices")
+      metrics = {"loss": np.float32(0)}
+      for _ in range(self.s["head_steps"]):
+        idx = order.choice(len(z), bs, replace=False)
+        batch = {k: v[idx] for k, v in labels.items()}
+        batch.update(z=z[idx].astype(np.float32), mask=np.ones((bs,), bool))
+        batch = sharding.global_batch(batch, self.mesh)
+        if pos_weight is not None:
+          batch["au_pos_weight"] = jnp.asarray(pos_weight, jnp.float32)
+        state, metrics = self._step(state, batch)
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"stage-2 head fit diverged (loss {loss})")
+    return jax.device_get(state["params"])
 
   def predict(self, params, z: np.ndarray) -> np.ndarray:
-    return np.asarray(self._predict(params, jnp.asarray(z)))
+    return np.asarray(self.fns.label_logits(params, jnp.asarray(z, jnp.float32)))
 
 
 def mean_f1(pred: np.ndarray, label: np.ndarray, aus: Sequence[int]) -> tuple[float, dict]:
-  res = evaluate.au_results("", pred, label, aus)
+  res = eval_common.au_results(pred, label, aus)
   return res["au_f1/mean"], {k.split("/")[-1]: v for k, v in res.items() if "AU" in k}
 
 
@@ -325,12 +304,14 @@ def identity_probe(e: dict[str, np.ndarray], s) -> float:
   tr_idx = np.flatnonzero(tr)
   if len(tr_idx) > 3000:
     tr_idx = np.sort(rng.choice(tr_idx, 3000, replace=False))
-  pred = evaluate.logistic_probe(z[tr_idx], subj[tr_idx], z[te], seed=s["seed"], balanced=False)
+  pred = linear_probe_au.logistic_probe(
+    z[tr_idx], subj[tr_idx], z[te], seed=s["seed"], balanced=False
+  )
   return float(np.mean(pred == subj[te]))
 
 
 def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-  names = evaluate.canonical_names()
+  names = eval_common.expressions()
   return np.array(
     [classes.index(names[i]) if i >= 0 and names[i] in classes else -1 for i in expr], np.int64
   )
@@ -402,8 +383,8 @@ def run_cells(
           if head == "I+N+D" and not part:
             out["au_f1_per_au"] = per_au
             # AU -> FER: the AU-fine-tuned text tower names the expressions of RAF-like faces.
-            zc = evaluate.classify_by_text(
-              fitter.obj, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
+            zc = eval_common.classify_by_text(
+              fitter.fns, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
             )
             keep = fte >= 0
             out["zeroshot/au_to_fer"] = float(
@@ -459,10 +440,10 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
   ytr = fer_labels(e["raf_train/expression"], seen)
   keep = ytr >= 0
   fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ytr[keep]}, s["seed"] + fold)
-  zc = evaluate.classify_by_text(
-    fitter.obj, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
+  zc = eval_common.classify_by_text(
+    fitter.fns, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
   )
-  names = evaluate.canonical_names()
+  names = eval_common.expressions()
   y = np.array([names[i] if i >= 0 else "" for i in e["raf_test/expression"]])
   test = np.isin(y, unseen)
   z, y = e["raf_test/z"][test], y[test]

@@ -6,7 +6,7 @@
 
 Both sides do the same work per step on the same batch (uint8 images [B, S, S, 3], activity ids
 [B]) and the same architecture:
-  ours   `clef_jax.train.make_train_step` jitted with `donate_argnums=(0,)` as the trainer does,
+  ours   `clef_jax.trainer.jit_train_step` (donated state), exactly the trainer's step,
          with `configs/pretrain.py` and `pretrain.objective='clip'`: normalise the images, image
          tower on B images, text tower on the K=8 BP4D activity texts, each image against its
          activity's text in CLIP's symmetric InfoNCE, backward, global-norm clip 1.0, AdamW
@@ -48,11 +48,10 @@ import numpy as np
 
 from clef_jax import models
 from clef_jax import objectives
-from clef_jax import optim
 from clef_jax import prompts
 from clef_jax import sharding
 from clef_jax import tokenizer as tokenizer_lib
-from clef_jax import train
+from clef_jax import trainer
 from configs import pretrain as pretrain_config
 
 BATCH_KEYS = ("image", "activity_id", "subject_id", "index", "mask")
@@ -102,37 +101,10 @@ def bench_config(
 def build_state_and_step(
   config: ml_collections.ConfigDict, objective: objectives.Objective
 ) -> tuple[Any, Callable, jax.sharding.Mesh]:
-  """(state, jitted step, mesh) exactly as `clef_jax.train.train_and_evaluate` makes them."""
+  """(state, jitted step, mesh) from the trainer core, as `clef_jax.train` makes them."""
   mesh = sharding.make_mesh(config.mesh)
-  model = objective.model
-  size = config.model.image_size
-
-  def init_params(rng):
-    r_model, r_heads = jax.random.split(rng)
-    params = model.init(
-      r_model,
-      jnp.zeros((1, size, size, 3), jnp.float32),
-      jnp.zeros((1, config.model.context_length), jnp.int32),
-    )["params"]
-    return {**params, "heads": objective.init_heads(r_heads)}
-
-  rng = jax.random.key(config.seed)
-  tx, schedule = optim.make_optimizer(config.optim, jax.eval_shape(init_params, rng))
-
-  def init_state(params):
-    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  abstract = jax.eval_shape(lambda r: init_state(init_params(r)), rng)
-  state_sh = sharding.infer_sharding(abstract, config.sharding_rules, mesh)
-  with jax.set_mesh(mesh):
-    params = jax.jit(init_params, out_shardings=state_sh["params"])(rng)
-    state = jax.jit(init_state, out_shardings=state_sh)(params)
-  step = jax.jit(
-    train.make_train_step(config, objective, tx, schedule, None),
-    donate_argnums=(0,),
-    out_shardings=(state_sh, sharding.replicated(mesh)),
-  )
-  return state, step, mesh
+  state, spec = trainer.create_train_state(config, objective, mesh)
+  return state, trainer.jit_train_step(config, objective, spec, mesh), mesh
 
 
 def random_batch(

@@ -96,12 +96,6 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
 
-  def reached_preemption(self, step: int) -> bool:
-    return self._manager.reached_preemption(step)
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

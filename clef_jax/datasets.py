@@ -16,6 +16,7 @@ import numpy as np
 
 from input_pipeline import pipeline
 from input_pipeline import sampler as sampler_lib
+from input_pipeline import schema
 from input_pipeline import sources
 
 LABEL_KEYS = ("subject", "task", "activity_text", "frame", "fold", "expression", "au")
@@ -147,6 +148,37 @@ def restrict(data: Data, indices: np.ndarray) -> Data:
   """The same Data with the training source restricted to `indices` of it."""
   table = {k: v[indices] for k, v in data.train_table.items()}
   return dataclasses.replace(data, train=Subset(data.train, indices), train_table=table)
+
+
+def canonical_expressions() -> list[str]:
+  """The project's expression order (the label schema every prepared dataset stores)."""
+  return schema.expressions()
+
+
+def for_finetune(config, data: Data) -> Data:
+  """The training examples a fine-tuning run uses: the `finetune.classes` subset (FER) and a
+  seeded `data.label_fraction` share of them (label-scarce runs)."""
+  fc = config.finetune
+  keep = np.ones(len(data.train), bool)
+  if fc.task == "fer" and fc.classes:
+    unknown = [c for c in fc.classes if c not in data.classes]
+    if unknown:
+      raise ValueError(
+        f"config.finetune.classes {unknown} are not classes of {data.name} ({data.classes})"
+      )
+    names = canonical_expressions()
+    keep &= np.isin(data.train_table["expression"], [names.index(c) for c in fc.classes])
+  fraction = config.data.label_fraction
+  if not 0 < fraction <= 1:
+    raise ValueError(f"config.data.label_fraction={fraction}: expected (0, 1]")
+  idx = np.flatnonzero(keep)
+  if fraction < 1:
+    n = max(1, int(round(len(idx) * fraction)))
+    idx = np.sort(np.random.default_rng(config.seed).choice(idx, n, replace=False))
+  if len(idx) == len(data.train):
+    return data
+  logging.info("fine-tuning on %d of %d training examples", len(idx), len(data.train))
+  return restrict(data, idx)
 
 
 def make_sampler(config, data: Data) -> sampler_lib.ActivityBatchSampler:

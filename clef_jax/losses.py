@@ -7,10 +7,19 @@ True = real row) so that padded rows of the last batch are neither anchors nor p
 negatives; anchors without any positive are left out of the mean, and a batch with nothing left
 gives a loss of 0 (never NaN). Logit scales and temperatures are passed in by the caller.
 
-Stage 1 (pretraining):
-  ``L = λ_PI · supcon_from_mask(z, pairing_mask(...)) + λ_PA · image_activity_loss(...)``.
-Stage 2 (fine-tuning):
-  ``L = fer_text_loss | au_bce(au_logits | au_prompt_pair_logits) + λ_DN · description_name_loss``.
+Which function is which loss of METHOD.md:
+  stage 0 (CLIP InfoNCE on captions)   ``clip_loss``
+  stage 1  ``L = λ_PI · L_II' + λ_PA · L_IA``
+    L_II' (PI, image–image SupCon)     ``supcon_from_mask(z, pairing_mask(pairing, ...), τ)``
+                                       (``supcon(z, labels, τ)``: the same with label equality)
+    L_IA (PA, image–activity text)     ``image_activity_loss``
+  stage 2  ``L = L_IN + λ_DN · L_DN``
+    L_IN, FER                          ``softmax_ce`` on the logits ``s·<f(x_i), t_c>``
+    L_IN, AU                           ``au_bce`` on ``au_logits`` (per-AU bias) or
+                                       ``au_prompt_pair_logits`` (au_head=prompt_pair), weighted
+                                       by ``au_pos_weight``
+    L_DN (description–name)            ``description_name_loss``
+  linear-head baseline (I)             ``softmax_ce`` / ``au_bce`` on the head's logits
 """
 
 from __future__ import annotations
@@ -187,34 +196,6 @@ def pairing_mask(
   return pos & ~jnp.eye(n, dtype=bool)
 
 
-def nt_xent(
-  z1: ArrayLike, z2: ArrayLike, temperature: float, mask: ArrayLike | None = None
-) -> jax.Array:
-  """SimCLR's NT-Xent over the ``2B`` views (Chen et al. 2020).
-
-  ``ℓ_i = -log( exp(z_i·z_{t(i)}/τ) / Σ_{a≠i} exp(z_i·z_a/τ) )`` with ``t(i)`` the twin view,
-  averaged over all ``2B`` views; equal to ``supcon`` with ``pairing='instance'``.
-
-  Args:
-    z1, z2: ``[B, D]`` L2-normalised embeddings of the two views (row ``b`` of each is image b).
-    temperature: τ > 0.
-    mask: optional ``[B] bool`` over images, False for padding.
-
-  Returns:
-    Scalar float32.
-  """
-  z1, z2 = _f32(z1), _f32(z2)
-  _check_2d("z1", z1)
-  if z1.shape != z2.shape:
-    raise ValueError(f"z1 and z2 differ in shape: {z1.shape} vs {z2.shape}")
-  b = z1.shape[0]
-  valid = _row_mask(mask, b)
-  ids = jnp.tile(jnp.arange(b), 2)
-  return supcon_from_mask(
-    jnp.concatenate([z1, z2]), ids[:, None] == ids[None, :], temperature, jnp.tile(valid, 2)
-  )
-
-
 # --------------------------------------------------------------------------------------------
 # Stage 1: image–activity text (L_IA), and plain CLIP.
 # --------------------------------------------------------------------------------------------
@@ -357,33 +338,6 @@ def softmax_ce(
   targets = (1.0 - label_smoothing) * targets + label_smoothing / c
   per_row = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1)
   return _safe_mean(per_row, valid & known)
-
-
-def fer_text_loss(
-  zimg: ArrayLike,
-  zclass: ArrayLike,
-  labels: ArrayLike,
-  scale: ArrayLike,
-  mask: ArrayLike | None = None,
-  label_smoothing: float = 0.0,
-) -> jax.Array:
-  """L_IN for FER: cross-entropy over text-similarity logits ``s·<f(x_i), t_c>``.
-
-  Args:
-    zimg: ``[N, D]`` L2-normalised image embeddings.
-    zclass: ``[C, D]`` L2-normalised class-name text embeddings ``t_c``.
-    labels: ``[N] int`` or ``[N, C]`` soft targets (see ``softmax_ce``).
-    scale: scalar logit scale ``s``.
-    mask: optional ``[N] bool``.
-    label_smoothing: α as in ``softmax_ce``.
-
-  Returns:
-    Scalar float32.
-  """
-  zimg, zclass = _f32(zimg), _f32(zclass)
-  _check_2d("zimg", zimg)
-  _check_2d("zclass", zclass)
-  return softmax_ce(_f32(scale) * (zimg @ zclass.T), labels, mask, label_smoothing)
 
 
 def description_name_loss(

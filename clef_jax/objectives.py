@@ -40,11 +40,10 @@ def model_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def logit_scale(params: dict[str, Any], model_config) -> jax.Array:
   """s = exp(min(logit_scale, logit_scale_max)), CLIP's clipped temperature."""
-  return jnp.exp(jnp.minimum(params["logit_scale"], model_config.logit_scale_max))
+  return models.logit_scale(params["logit_scale"], model_config.logit_scale_max)
 
 
-def _normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+_normalize = models.l2_normalize
 
 
 class ProjectionHead(nn.Module):
@@ -72,8 +71,16 @@ class Objective:
   text_fn: Callable[[Callable[[jax.Array], jax.Array], dict[str, jax.Array], jax.Array], dict]
   loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   predict_fn: Callable[..., jax.Array] | None = None
+  frozen_features: bool = False  # batches carry embeddings ('z') instead of images
+
+  def on_features(self) -> "Objective":
+    """The same objective on precomputed image embeddings: `images(batch)` is `batch['z']`
+    [n, D] and the image tower is skipped (stage-2 heads fitted on frozen features)."""
+    return dataclasses.replace(self, images=lambda b: b["z"], frozen_features=True)
 
   def embed_images(self, params, images: jax.Array) -> jax.Array:
+    if self.frozen_features:
+      return images
     x = models.normalize_images(images)
     return self.model.apply({"params": model_params(params)}, x, method=self.model.encode_image)
 
@@ -90,11 +97,11 @@ class Objective:
     return self.text_fn(lambda t: self.encode_tokens(params, t), toks, rng)
 
   def loss(self, params, zimg, ztxt, batch, rng):
-    return self.loss_fn(self, params, zimg, ztxt, batch, rng)
+    return self.loss_fn(params, zimg, ztxt, batch, rng)
 
   def predict(self, params, zimg, ztxt):
     """Logits used by evaluators: FER [n, C] or AU [n, J]."""
-    return self.predict_fn(self, params, zimg, ztxt)
+    return self.predict_fn(params, zimg, ztxt)
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,8 +202,8 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
     del rng
     return {"activities": encode(toks["activities"])}
 
-  def loss_fn(obj, params, zimg, ztxt, batch, rng):
-    del obj, rng
+  def loss_fn(params, zimg, ztxt, batch, rng):
+    del rng  # the loss is deterministic given the batch
     scale = logit_scale(params, mc)
     mask = _repeat_views(batch["mask"], batch)
     act = _repeat_views(batch["activity_id"], batch)
@@ -228,8 +235,7 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
       aux.update({f"pa_{k}": v for k, v in pa_aux.items()})
     return loss, aux
 
-  def predict_fn(obj, params, zimg, ztxt):
-    del obj
+  def predict_fn(params, zimg, ztxt):
     return logit_scale(params, mc) * zimg @ ztxt["activities"].T
 
   return Objective(
@@ -337,8 +343,8 @@ def finetune_objective(
     s_au = jnp.exp(params["heads"]["au_logit_scale"])
     return losses.au_logits(zimg, cls, s_au, params["heads"]["au_bias"])
 
-  def loss_fn(obj, params, zimg, ztxt, batch, rng):
-    del obj, rng
+  def loss_fn(params, zimg, ztxt, batch, rng):
+    del rng  # the description template is drawn in text_fn
     logits = logits_fn(params, zimg, ztxt, train=True)
     mask = batch["mask"]
     if task == "fer":
@@ -349,7 +355,9 @@ def finetune_objective(
       )
       aux = {"loss_in": l_in, "accuracy": acc}
     else:
-      l_in = losses.au_bce(logits, batch["au"], pw, mask)
+      # A batch may carry its own `au_pos_weight` [J] (heads refitted on many label sets
+      # under one compiled step); otherwise the weights of the training labels.
+      l_in = losses.au_bce(logits, batch["au"], batch.get("au_pos_weight", pw), mask)
       aux = {"loss_in": l_in}
     loss = l_in
     if use_dn and "names" in ztxt:
@@ -361,8 +369,7 @@ def finetune_objective(
     aux["logit_scale"] = logit_scale(params, mc)
     return loss, aux
 
-  def predict_fn(obj, params, zimg, ztxt):
-    del obj
+  def predict_fn(params, zimg, ztxt):
     return logits_fn(params, zimg, ztxt, train=False)
 
   return Objective(
@@ -380,7 +387,7 @@ def finetune_objective(
 def embedding_objective(config, model) -> Objective:
   """An objective that only embeds (for zero-shot evaluation): no label texts, no loss."""
 
-  def no_loss(obj, params, zimg, ztxt, batch, rng):
+  def no_loss(params, zimg, ztxt, batch, rng):
     raise ValueError("the embedding objective has no loss; it is for evaluation only")
 
   return Objective(
@@ -392,3 +399,62 @@ def embedding_objective(config, model) -> Objective:
     text_fn=lambda encode, toks, rng: {},
     loss_fn=no_loss,
   )
+
+
+# ------------------------------------------------------------------------------------------
+# Per mode: which objective, which batch keys, which labels.
+# ------------------------------------------------------------------------------------------
+
+PRETRAIN_KEYS = ("image", "activity_id", "subject_id", "index", "mask")
+
+
+def trained_labels(config, data) -> list:
+  """The labels a fine-tuning run classifies: FER class names (`finetune.classes` or all the
+  dataset's) or the dataset's AU numbers."""
+  fc = config.finetune
+  if fc.task == "fer":
+    classes = list(fc.classes) or list(data.classes)
+    unknown = [c for c in classes if c not in data.classes]
+    if unknown:
+      raise ValueError(
+        f"config.finetune.classes {unknown} are not classes of {data.name} ({data.classes})"
+      )
+    return classes
+  if fc.task == "au":
+    if not data.aus:
+      raise ValueError(f"dataset {data.name}/{data.builder_config} has no AU labels")
+    return list(data.aus)
+  raise ValueError(f"config.finetune.task={fc.task!r}: expected 'fer' or 'au'")
+
+
+def build(config, model, tokenizer, data) -> tuple[Objective, tuple[str, ...]]:
+  """(objective, batch keys) of `config.mode` on `data` (already restricted for fine-tuning)."""
+  if config.mode == "pretrain":
+    return pretrain_objective(config, model, tokenizer, data.activity_texts), PRETRAIN_KEYS
+  if config.mode == "zeroshot":
+    return embedding_objective(config, model), ("image", "mask")
+  labels = trained_labels(config, data)
+  pos_weight = None
+  if config.finetune.task == "au":
+    pos_weight = losses.au_pos_weight(data.train_table["au"])
+    keys = ("image", "au", "mask")
+  else:
+    keys = ("image", "expression", "mask")
+  obj = finetune_objective(config, model, tokenizer, labels, pos_weight=pos_weight)
+  return obj, keys
+
+
+def class_label_map(classes: Sequence[str], canonical: Sequence[str]) -> np.ndarray:
+  """[len(canonical)] int32: canonical expression id -> index in `classes` (-1 if absent)."""
+  lut = np.full((len(canonical),), -1, np.int32)
+  for i, c in enumerate(classes):
+    lut[list(canonical).index(c)] = i
+  return lut
+
+
+def with_class_labels(batch: dict[str, jax.Array], label_map) -> dict[str, jax.Array]:
+  """Adds `label` (trained-class id, -1 if none) from the canonical `expression` of a batch."""
+  if label_map is None or "expression" not in batch:
+    return batch
+  e = batch["expression"]
+  return {**batch, "label": jnp.where(e >= 0, jnp.asarray(label_map)[jnp.clip(e, 0)], -1)}

@@ -23,7 +23,6 @@ norm is taken over the trainable parameters only.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clef_jax.sharding import path_str, tree_paths
+from clef_jax.sharding import compile_regexes, full_match_any, path_str, tree_paths
 
 PyTree = Any
 
@@ -93,35 +92,19 @@ def _config_dict(optim_config: Any) -> dict[str, Any]:
       f"optim: need 0 <= b1, b2 < 1 and eps > 0, got "
       f"b1={cfg['b1']}, b2={cfg['b2']}, eps={cfg['eps']}"
     )
-  cfg["freeze"] = _regexes(cfg["freeze"], "optim.freeze")
+  cfg["freeze"] = compile_regexes(cfg["freeze"], "optim.freeze")
   no_decay = DEFAULT_NO_DECAY if cfg["no_decay"] is None else cfg["no_decay"]
-  cfg["no_decay"] = _regexes(no_decay, "optim.no_decay")
+  cfg["no_decay"] = compile_regexes(no_decay, "optim.no_decay")
   mults = []
   for i, pair in enumerate(cfg["lr_mults"] or ()):
     if isinstance(pair, str) or len(pair) != 2:
       raise ValueError(f"optim.lr_mults[{i}] {pair!r}: expected a (regex, multiplier) pair")
-    (pattern,) = _regexes([pair[0]], f"optim.lr_mults[{i}]")
+    (pattern,) = compile_regexes([pair[0]], f"optim.lr_mults[{i}]")
     if not isinstance(pair[1], (int, float)) or pair[1] < 0:
       raise ValueError(f"optim.lr_mults[{i}] {pair!r}: the multiplier must be a number >= 0")
     mults.append((pattern, float(pair[1])))
   cfg["lr_mults"] = mults
   return cfg
-
-
-def _regexes(regexes: Sequence[str] | str, where: str) -> list[re.Pattern]:
-  if isinstance(regexes, str):
-    regexes = [regexes]
-  compiled = []
-  for i, r in enumerate(regexes or ()):
-    try:
-      compiled.append(re.compile(r))
-    except (re.error, TypeError) as e:
-      raise ValueError(f"{where}[{i}] {r!r}: bad regex ({e})") from None
-  return compiled
-
-
-def _matches(patterns: Sequence[re.Pattern], name: str) -> bool:
-  return any(p.fullmatch(name) for p in patterns)
 
 
 def _map_names(fn: Callable[[str], Any], tree: PyTree) -> PyTree:
@@ -131,8 +114,8 @@ def _map_names(fn: Callable[[str], Any], tree: PyTree) -> PyTree:
 
 def trainable_mask(params: PyTree, freeze: Sequence[str] | str) -> PyTree:
   """Tree of bools: False where a `freeze` regex full-matches the name."""
-  patterns = _regexes(freeze, "freeze")
-  return _map_names(lambda n: not _matches(patterns, n), params)
+  patterns = compile_regexes(freeze, "freeze")
+  return _map_names(lambda n: not full_match_any(patterns, n), params)
 
 
 def param_labels(params: PyTree, freeze: Sequence[str] | str) -> PyTree:
@@ -142,8 +125,8 @@ def param_labels(params: PyTree, freeze: Sequence[str] | str) -> PyTree:
 
 def decay_mask(params: PyTree, no_decay: Sequence[str] | str | None = None) -> PyTree:
   """Tree of bools: True where weight decay applies (`DEFAULT_NO_DECAY`)."""
-  patterns = _regexes(DEFAULT_NO_DECAY if no_decay is None else no_decay, "no_decay")
-  return _map_names(lambda n: not _matches(patterns, n), params)
+  patterns = compile_regexes(DEFAULT_NO_DECAY if no_decay is None else no_decay, "no_decay")
+  return _map_names(lambda n: not full_match_any(patterns, n), params)
 
 
 def make_schedule(
@@ -219,9 +202,9 @@ def make_optimizer(
     return next((m for p, m in cfg["lr_mults"] if p.fullmatch(name)), 1.0)
 
   def decays(name: str) -> bool:
-    return not _matches(cfg["no_decay"], name)
+    return not full_match_any(cfg["no_decay"], name)
 
-  frozen = [n for n in names if _matches(cfg["freeze"], n)]
+  frozen = [n for n in names if full_match_any(cfg["freeze"], n)]
   logging.info("optim: %d/%d parameter arrays frozen: %s", len(frozen), len(names), frozen[:20])
   logging.info("optim: no weight decay on %s", [n for n in names if not decays(n)][:50])
   for p, m in cfg["lr_mults"]:

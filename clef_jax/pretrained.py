@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from clef_jax import models
 from clef_jax.models import variants
@@ -153,7 +154,8 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()) ->
       'visual/proj' or 'text/.*'); matching params keep their `init` value.
 
   Returns:
-    A nested dict with `init`'s structure.
+    A nested dict with `init`'s structure, empty subtrees (an objective without heads has
+    `heads: {}`) included.
 
   Raises:
     ValueError naming every param missing from `loaded`, every unexpected loaded
@@ -161,13 +163,21 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()) ->
   """
   patterns = [re.compile(p) for p in dont_load]
   skip = lambda name: any(p.fullmatch(name) for p in patterns)
-  flat_loaded, flat_init = flatten(loaded), flatten(init)
-  missing = [k for k in flat_init if k not in flat_loaded and not skip(k)]
-  unexpected = [k for k in flat_loaded if k not in flat_init and not skip(k)]
+  flat_loaded, flat_init = _flatten(loaded), _flatten(init)
+  is_param = lambda v: v is not traverse_util.empty_node  # an empty subtree holds no param
+  missing = [
+    k for k, v in flat_init.items() if is_param(v) and k not in flat_loaded and not skip(k)
+  ]
+  unexpected = [
+    k for k, v in flat_loaded.items() if is_param(v) and k not in flat_init and not skip(k)
+  ]
   mismatched = [
     f"{k} (checkpoint {tuple(np.shape(flat_loaded[k]))} vs model {tuple(np.shape(v))})"
     for k, v in flat_init.items()
-    if k in flat_loaded and not skip(k) and tuple(np.shape(flat_loaded[k])) != tuple(np.shape(v))
+    if is_param(v)
+    and k in flat_loaded
+    and not skip(k)
+    and tuple(np.shape(flat_loaded[k])) != tuple(np.shape(v))
   ]
   _raise_if_any("merge_params", missing, unexpected, mismatched)
   unused = [
@@ -175,32 +185,13 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = ()) ->
   ]
   if unused:
     warnings.warn(f"merge_params: dont_load pattern(s) {unused} matched no parameter.")
-  merged = {k: (v if skip(k) else flat_loaded[k]) for k, v in flat_init.items()}
-  return unflatten(merged)
+  merged = {k: (v if skip(k) or not is_param(v) else flat_loaded[k]) for k, v in flat_init.items()}
+  return traverse_util.unflatten_dict(merged, sep="/")
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested dict → {'a/b/c': leaf}."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(flatten(value, name + "/"))
-    else:
-      out[name] = value
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """{'a/b/c': leaf} → nested dict."""
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Nested dict → {'a/b/c': leaf}; an empty subtree stays as traverse_util.empty_node."""
+  return traverse_util.flatten_dict(dict(tree), sep="/", keep_empty_nodes=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -391,7 +382,7 @@ def _apply_rules(
   for rule in rules:
     flat[rule.dst] = np.ascontiguousarray(rule.fn(state[rule.src]), dtype=np.float32)
   flat["logit_scale"] = flat["logit_scale"].reshape(())
-  return unflatten(flat)
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # --------------------------------------------------------------------------- #
@@ -451,14 +442,9 @@ def _check_against_model(params: Params, config: ml_collections.ConfigDict, what
   """Raises ValueError naming params whose names/shapes differ from the model's."""
   c = config
   model = models.build(c)
-  shapes = jax.eval_shape(
-    lambda: model.init(
-      jax.random.key(0),
-      jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32),
-      jnp.zeros((1, c.context_length), jnp.int32),
-    )
-  )["params"]
-  ref, got = flatten(shapes), flatten(params)
+  shapes = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+  ref = traverse_util.flatten_dict(shapes, sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
   missing = [k for k in ref if k not in got]
   unexpected = [k for k in got if k not in ref]
   mismatched = [
@@ -573,45 +559,22 @@ def _read_hf_weights(path: str, what: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a .safetensors file as numpy (bf16 via ml_dtypes)."""
+  """All tensors of a .safetensors file as numpy arrays, in their stored dtypes.
+
+  BF16 tensors come as `ml_dtypes.bfloat16` arrays: safetensors builds numpy arrays by dtype name,
+  and numpy knows 'bfloat16' once ml_dtypes has registered it. A file safetensors cannot parse
+  (truncated, not safetensors) is a ValueError naming the path.
+  """
+  import ml_dtypes  # noqa: F401  # registers the name 'bfloat16' with numpy
+  import safetensors  # pylint: disable=g-import-not-at-top
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
 
   try:
     return safetensors.numpy.load_file(path)
-  except TypeError:  # numpy lacks bfloat16: read the (simple) format directly.
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
-
-    dtypes = {
-      "F64": np.float64,
-      "F32": np.float32,
-      "F16": np.float16,
-      "BF16": ml_dtypes.bfloat16,
-      "I64": np.int64,
-      "I32": np.int32,
-      "I16": np.int16,
-      "I8": np.int8,
-      "U8": np.uint8,
-      "BOOL": np.bool_,
-    }
-    with open(path, "rb") as f:
-      header_len = int.from_bytes(f.read(8), "little")
-      header = json.loads(f.read(header_len))
-      data = f.read()
-    out = {}
-    for name, info in header.items():
-      if name == "__metadata__":
-        continue
-      if info["dtype"] not in dtypes:
-        raise ValueError(
-          f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}."
-        ) from None
-      start, end = info["data_offsets"]
-      out[name] = (
-        np.frombuffer(data[start:end], dtypes[info["dtype"]])
-        .reshape(info["shape"])
-        .astype(np.float32)
-      )
-    return out
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+  except TypeError as e:  # a dtype numpy has no name for, even with ml_dtypes
+    raise ValueError(f"{path}: a tensor has a dtype numpy cannot hold ({e})") from None
 
 
 # --------------------------------------------------------------------------- #

@@ -1,8 +1,14 @@
-"""Label names, descriptions, templates and activity texts, kept as editable data.
+"""Label texts, kept as editable data: names, descriptions, templates, intensity words.
 
 The texts live in ``clef_jax/data/prompts.json``; a user may point ``CLEF_PROMPTS`` (or the
-``path`` argument) at an edited copy. Everything here returns plain Python strings/lists, so the
-input pipeline may use it without importing any model code.
+``path`` argument) at an edited copy. The file holds only texts, keyed by label: the label schema
+(the expression order = the ids stored in prepared datasets, AU numbers) is
+``input_pipeline.schema``, and the activity texts are facts of each dataset
+(``input_pipeline/data/activities.json``, frozen into prepared records). ``expressions``,
+``expression_index``, ``activities`` and ``activity_text`` are re-exported from there, so callers
+need one import. A prompts copy that still carries ``expressions``, ``activities``,
+``activity_template`` or ``expression_prototypes`` is accepted only where they equal the
+pipeline's (editing them here would silently change nothing, or relabel data).
 """
 
 from __future__ import annotations
@@ -13,20 +19,58 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+from input_pipeline import activities as activities_lib
+from input_pipeline import schema
+
 DEFAULT_PATH = pathlib.Path(__file__).parent / "data" / "prompts.json"
 
 _REQUIRED_KEYS = (
-  "expressions",
   "expression_descriptions",
-  "expression_prototypes",
   "au_names",
   "au_descriptions",
   "name_templates",
   "au_negative_templates",
   "description_templates",
-  "activities",
-  "activity_template",
 )
+# Keys older prompt files carried that now live in input_pipeline: {key: where it lives now}.
+_MOVED_KEYS = {
+  "expressions": "input_pipeline/schema.py (EXPRESSIONS)",
+  "activities": "input_pipeline/data/activities.json",
+  "activity_template": "input_pipeline/data/activities.json",
+  "expression_prototypes": "input_pipeline/synthface/population.py (EXPRESSION_PROTOTYPES)",
+}
+
+
+def _moved_value(key: str) -> Any:
+  """The pipeline's value of a moved key, in the shape older prompt files stored it."""
+  if key == "expressions":
+    return schema.expressions()
+  if key == "expression_prototypes":
+    from input_pipeline.synthface import population  # pylint: disable=import-outside-toplevel
+
+    return {k: list(v) for k, v in population.EXPRESSION_PROTOTYPES.items()}
+  raw = activities_lib.raw()
+  return raw["template"] if key == "activity_template" else raw["datasets"]
+
+
+def _short(value: Any, limit: int = 240) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _check_moved(path: str, data: dict[str, Any]) -> None:
+  for key, home in _MOVED_KEYS.items():
+    if key not in data:
+      continue
+    have, want = data[key], _moved_value(key)
+    if key == "expression_prototypes" and isinstance(have, dict):
+      have = {k: list(v) for k, v in have.items()}
+    if have != want:
+      raise ValueError(
+        f"{path}: key {key!r} = {_short(have)} differs from the pipeline's {_short(want)}; it "
+        f"is no longer read from the prompts file (it lives in {home}, and prepared datasets "
+        f"store it). Remove the key from {path}"
+      )
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,7 +85,8 @@ def _load(path: str) -> dict[str, Any]:
   missing = [k for k in _REQUIRED_KEYS if k not in data]
   if missing:
     raise KeyError(f"{path}: prompt data lacks key(s) {missing}")
-  for name in data["expressions"]:
+  _check_moved(path, data)
+  for name in schema.EXPRESSIONS:
     if name not in data["expression_descriptions"]:
       raise KeyError(f"{path}: expression_descriptions has no entry for {name!r}")
   return data
@@ -53,25 +98,14 @@ def data(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
   return _load(str(path))
 
 
-def expressions(path=None) -> list[str]:
-  """Canonical expression order: neutral, happiness, sadness, surprise, fear, disgust, anger, contempt."""
-  return list(data(path)["expressions"])
-
-
-def expression_index(name: str, path=None) -> int:
-  names = expressions(path)
-  if name not in names:
-    raise KeyError(f"unknown expression {name!r}; known: {names}")
-  return names.index(name)
+# The label schema (input_pipeline.schema): neutral, happiness, sadness, surprise, fear, disgust,
+# anger, contempt; expression_index('happiness') == 1.
+expressions = schema.expressions
+expression_index = schema.expression_index
 
 
 def expression_description(name: str, path=None) -> str:
   return data(path)["expression_descriptions"][name]
-
-
-def expression_prototype(name: str, path=None) -> list[int]:
-  """EMFACS prototype AU numbers of an expression (e.g. happiness -> [6, 12])."""
-  return list(data(path)["expression_prototypes"][name])
 
 
 def au_name(au: int | str, path=None) -> str:
@@ -101,20 +135,9 @@ def fill(templates_: Sequence[str], text: str) -> list[str]:
   return [t.format(text) for t in templates_]
 
 
-def activities(dataset: str, path=None) -> dict[str, str]:
-  """Task id -> full activity text, e.g. 'T1' -> 'Talk to ... joke. The target emotion is ...'."""
-  d = data(path)
-  if dataset not in d["activities"]:
-    raise KeyError(f"no activity texts for dataset {dataset!r}; known: {sorted(d['activities'])}")
-  tmpl = d["activity_template"]
-  return {task: tmpl.format(**v) for task, v in d["activities"][dataset].items()}
-
-
-def activity_text(dataset: str, task: str, path=None) -> str:
-  acts = activities(dataset, path)
-  if task not in acts:
-    raise KeyError(f"no activity text for {dataset} task {task!r}; known: {sorted(acts)}")
-  return acts[task]
+# Activity texts (input_pipeline.activities): activities('bp4d') -> {'T1': 'Talk to ...', ...}.
+activities = activities_lib.activities
+activity_text = activities_lib.activity_text
 
 
 def all_texts(path=None) -> list[str]:
@@ -123,11 +146,11 @@ def all_texts(path=None) -> list[str]:
   out: list[str] = []
   tmpls = d["name_templates"] + d["au_negative_templates"] + d["description_templates"]
   words = [w for w in d.get("intensity_words", []) if w]
-  names = list(d["expressions"]) + list(d["au_names"].values())
+  names = schema.expressions() + list(d["au_names"].values())
   descs = list(d["expression_descriptions"].values()) + list(d["au_descriptions"].values())
   for t in tmpls:
     out += [t.format(x) for x in names + descs]
     out += [t.format(f"{x} {w}") for x in d["au_names"].values() for w in words]
-  for ds in d["activities"]:
-    out += list(activities(ds, path).values())
+  for ds in activities_lib.datasets():
+    out += list(activities_lib.activities(ds).values())
   return out

@@ -157,6 +157,26 @@ def param_path_str(keypath: Sequence[Any]) -> str:
   return path_str(keypath[last_attr + 1 :])
 
 
+def compile_regexes(regexes: Sequence[str] | str, where: str) -> list[re.Pattern[str]]:
+  """Compiles config regexes over leaf names (one string or a list); a bad one is a ValueError
+  naming `where[i]` (e.g. 'optim.freeze[2]')."""
+  if isinstance(regexes, str):
+    regexes = [regexes]
+  compiled = []
+  for i, r in enumerate(regexes or ()):
+    try:
+      compiled.append(re.compile(r))
+    except (re.error, TypeError) as e:
+      raise ValueError(f"{where}[{i}] {r!r}: bad regex ({e})") from None
+  return compiled
+
+
+def full_match_any(patterns: Sequence[re.Pattern[str]], name: str) -> bool:
+  """Whether any pattern full-matches the leaf name (the rule for every name regex here:
+  sharding rules, optim.freeze / lr_mults / no_decay, dont_load)."""
+  return any(p.fullmatch(name) for p in patterns)
+
+
 def tree_paths(tree: PyTree) -> list[str]:
   """Slash-joined names of the leaves of `tree`, in `jax.tree.leaves` order."""
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -283,10 +303,7 @@ def _parse_rules(rules: Sequence[Sequence[Any]]) -> list[tuple[str, re.Pattern[s
     if isinstance(rule, str) or len(rule) != 2:
       raise ValueError(f"sharding rule #{i} {rule!r}: expected a (regex, tactic) pair")
     regex, tactic = rule
-    try:
-      pattern = re.compile(regex)
-    except (re.error, TypeError) as e:
-      raise ValueError(f"sharding rule #{i} {rule!r}: bad regex ({e})") from None
+    (pattern,) = compile_regexes([regex], f"sharding rule #{i} {rule!r}: regex")
     try:
       parsed.append((regex, pattern, parse_tactic(tactic)))
     except ValueError as e:

@@ -1,8 +1,10 @@
-"""The one training loop: pretrain, finetune and linear_probe differ only by config.
+"""The one training loop, built on `clef_jax.trainer`: every mode is a run of it.
 
-Sections, top to bottom: setup (workdir, writers) → mesh → data → model and objective →
-optimizer and sharded state → checkpoint restore / pretrained init → jitted step → loop
-(log, checkpoint, evaluate, SIGTERM) → final evaluation and results.json.
+pretrain, finetune and linear_probe differ only by config (objective, frozen params, data);
+zeroshot is a run with no training steps that evaluates `config.init` with the config's
+zero-shot evaluators. Sections, top to bottom: setup (workdir, init, writers) → mesh, data,
+model, objective → state (restore or init) → evaluators → loop (log, checkpoint, evaluate,
+SIGTERM) → final evaluation, results.json and curves.png.
 """
 
 from __future__ import annotations
@@ -17,47 +19,42 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from clef_jax import MODES
 from clef_jax import checkpoint as ckpt_lib
 from clef_jax import datasets as data_lib
-from clef_jax import evaluate
-from clef_jax import losses
+from clef_jax import evaluators
 from clef_jax import models
 from clef_jax import objectives
-from clef_jax import optim
 from clef_jax import pretrained
 from clef_jax import sharding
 from clef_jax import tokenizer as tokenizer_lib
+from clef_jax import trainer
 from clef_jax import writers
-
-TRAIN_MODES = ("pretrain", "finetune", "linear_probe")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs config.mode in workdir; returns the final results dict."""
+  """Runs config.mode in workdir (resuming if it holds checkpoints); returns the final results."""
+  if config.mode not in MODES:
+    raise ValueError(f"config.mode={config.mode!r}: expected one of {MODES}")
   if config.mode == "zeroshot":
-    return zeroshot(config, workdir)
-  if config.mode not in TRAIN_MODES:
-    raise ValueError(f"unknown mode {config.mode!r}; known: {TRAIN_MODES + ('zeroshot',)}")
+    return evaluate_init(config, workdir)
   return train_and_evaluate(config, workdir)
 
 
 # ------------------------------------------------------------------------------------------
-# Model construction, shared with the evaluators.
+# Setup shared by training and zero-shot runs.
 # ------------------------------------------------------------------------------------------
 
 
-def resolve_init(config, resuming_from: str | None = None) -> tuple[Any, Any] | None:
+def resolve_init(config, resuming_from: str | None = None) -> dict[str, Any] | None:
   """Loads `config.init` (if any) and fixes config.model to the checkpoint's architecture.
 
   `resuming_from`: a workdir with checkpoints (and its config.json); then nothing is loaded.
-
   Compute settings (dtype, remat) and the image size come from the config; the image
-  positional embedding is resampled when the sizes differ.
+  positional embedding is resampled when the sizes differ. Returns the loaded params or None.
   """
   if not config.init:
     return None
@@ -79,7 +76,7 @@ def resolve_init(config, resuming_from: str | None = None) -> tuple[Any, Any] | 
   )
   with config.unlocked():
     config.model = mc
-  return mc, params
+  return params
 
 
 def check_tokenizer(config, tok) -> None:
@@ -96,93 +93,78 @@ def check_tokenizer(config, tok) -> None:
     )
 
 
-def build_objective(config, model, tok, data: data_lib.Data):
-  """(objective, batch keys, data) for config.mode; data may be restricted (label subsets)."""
-  if config.mode == "pretrain":
-    keys = ("image", "activity_id", "subject_id", "index", "mask")
-    return objectives.pretrain_objective(config, model, tok, data.activity_texts), keys, data
-  fc = config.finetune
-  rng = np.random.default_rng(config.seed)
-  table = data.train_table
-  keep = np.ones(len(data.train), bool)
-  if fc.task == "fer":
-    classes = list(fc.classes) or list(data.classes)
-    unknown = [c for c in classes if c not in data.classes]
-    if unknown:
-      raise ValueError(
-        f"config.finetune.classes {unknown} are not classes of {data.name} ({data.classes})"
-      )
-    keep &= np.isin(table["expression"], [evaluate.canonical_index(c) for c in classes])
-    labels, keys = classes, ("image", "expression", "mask")
-  elif fc.task == "au":
-    if not data.aus:
-      raise ValueError(f"dataset {data.name}/{data.builder_config} has no AU labels")
-    labels, keys = data.aus, ("image", "au", "mask")
-  else:
-    raise ValueError(f"config.finetune.task={fc.task!r}: expected 'fer' or 'au'")
-  if not 0 < config.data.label_fraction <= 1:
-    raise ValueError(f"config.data.label_fraction={config.data.label_fraction}: expected (0, 1]")
-  idx = np.flatnonzero(keep)
-  if config.data.label_fraction < 1:
-    n = max(1, int(round(len(idx) * config.data.label_fraction)))
-    idx = np.sort(rng.choice(idx, n, replace=False))
-  if len(idx) < len(data.train):
-    logging.info("fine-tuning on %d of %d training examples", len(idx), len(data.train))
-    data = data_lib.restrict(data, idx)
-  pos_weight = None
-  if fc.task == "au":
-    pos_weight = losses.au_pos_weight(data.train_table["au"])
-  obj = objectives.finetune_objective(config, model, tok, labels, pos_weight=pos_weight)
-  return obj, keys, data
+def _build(config, workdir: str):
+  """mesh, tokenizer, data, model, objective, batch keys and label map of the run."""
+  mesh = sharding.make_mesh(config.mesh)
+  tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
+  check_tokenizer(config, tok)
+  data = data_lib.setup(config)
+  if config.mode in ("finetune", "linear_probe"):
+    data = data_lib.for_finetune(config, data)
+  model = models.build(config.model)
+  objective, keys = objectives.build(config, model, tok, data)
+  label_map = None
+  if config.mode in ("finetune", "linear_probe") and config.finetune.task == "fer":
+    classes = objectives.trained_labels(config, data)
+    label_map = objectives.class_label_map(classes, data_lib.canonical_expressions())
+  ctx = evaluators.Context(
+    config=config,
+    data=data,
+    mesh=mesh,
+    tok=tok,
+    fns=evaluators.make_predict_fns(objective),
+    workdir=workdir,
+  )
+  return mesh, data, objective, keys, label_map, ctx
 
 
-def label_lookup(config, data) -> jnp.ndarray | None:
-  """FER: canonical expression index -> position among the trained classes (-1 if absent)."""
-  if config.mode == "pretrain" or config.finetune.task != "fer":
-    return None
-  classes = list(config.finetune.classes) or list(data.classes)
-  lut = np.full((len(evaluate.canonical_names()),), -1, np.int32)
-  for i, c in enumerate(classes):
-    lut[evaluate.canonical_index(c)] = i
-  return lut
-
-
-def with_labels(batch, lut):
-  if lut is None or "expression" not in batch:
-    return batch
-  e = batch["expression"]
-  return {**batch, "label": jnp.where(e >= 0, jnp.asarray(lut)[jnp.clip(e, 0)], -1)}
+def _finish(workdir, writer, step, results, config, is_main) -> dict[str, Any]:
+  results = {"step": step, **results}
+  if is_main:
+    writers.write_results(workdir, results, config)
+  writer.write_scalars(step, {k: v for k, v in results.items() if isinstance(v, (int, float))})
+  writer.close()
+  if is_main:
+    writers.plot_curves(workdir)
+  return results
 
 
 # ------------------------------------------------------------------------------------------
-# The step.
+# Zero-shot: a run with no training steps.
 # ------------------------------------------------------------------------------------------
 
 
-def make_train_step(config, objective, tx, schedule, lut):
-  base_rng = jax.random.key(config.seed)
-  accum = int(config.accum_steps)
-  max_scale = config.model.logit_scale_max
+def evaluate_init(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """mode=zeroshot: the config's zero-shot evaluators on the weights of `config.init`."""
+  if not config.init:
+    raise ValueError(
+      "mode=zeroshot classifies with trained weights: pass "
+      "--config.init=clef:WORKDIR (or hf:DIR / openai:FILE)"
+    )
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  loaded = resolve_init(config)
+  if is_main:
+    writers.write_config(workdir, config)
+  writer = writers.MetricWriter(workdir, is_main)
+  mesh, _, _, _, _, ctx = _build(config, workdir)
+  evs = evaluators.build(config, ctx, zero_shot_only=True)
+  if not evs:
+    raise ValueError(
+      f"mode=zeroshot: config.evals has no zero-shot evaluator (types "
+      f"{sorted(t for t, c in evaluators.REGISTRY.items() if c.zero_shot)}); it has "
+      f"{sorted((n, e.type) for n, e in config.evals.items())}"
+    )
+  params = {k: v for k, v in loaded.items() if k in objectives.MODEL_KEYS}
+  params = sharding.reshard(params, sharding.infer_sharding(params, config.sharding_rules, mesh))
+  results = evaluators.run(evs, params, final=True)
+  return _finish(workdir, writer, 0, results, config, is_main)
 
-  def train_step(state, batch):
-    step = state["step"]
-    rng = jax.random.fold_in(base_rng, step)
-    batch = with_labels(batch, lut)
-    (loss, aux), grads = objectives.grad_fn(objective, state["params"], batch, rng, accum)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    params["logit_scale"] = jnp.minimum(params["logit_scale"], max_scale)  # CLIP's clamp
-    metrics = {
-      "loss": loss,
-      **aux,
-      "lr": schedule(step),
-      "l2_grads": optax.tree.norm(grads),
-      "l2_updates": optax.tree.norm(updates),
-      "l2_params": optax.tree.norm(params),
-    }
-    return {"params": params, "opt": opt, "step": step + 1}, metrics
 
-  return train_step
+# ------------------------------------------------------------------------------------------
+# Training.
+# ------------------------------------------------------------------------------------------
 
 
 class _Preemption:
@@ -204,6 +186,23 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _check_finite(m: dict[str, Any], step: int, last_good: int, where: str) -> None:
+  if not all(np.isfinite(v).all() for v in jax.tree.leaves(m)):
+    bad = sorted(k for k, v in m.items() if not np.isfinite(v).all())
+    raise FloatingPointError(
+      f"non-finite {bad} at step {step}; stopping. The last good checkpoint is step "
+      f"{last_good} in {where} (a rerun resumes from it)."
+    )
+
+
+def progress_line(step: int, total: int, m: dict[str, float], sps: float, ips: float) -> str:
+  """One console line per log step: step, loss and its terms, speed, ETA."""
+  terms = " ".join(f"{k[5:]} {m[k]:.4f}" for k in sorted(m) if k.startswith("loss_"))
+  eta = _fmt_time((total - step) / max(sps, 1e-9))
+  loss = f"loss {m['loss']:.4f}" + (f" ({terms})" if terms else "")
+  return f"step {step}/{total}  {loss}  {sps:.2f} steps/s  {ips:.1f} img/s  ETA {eta}"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per config in workdir (resuming if it holds checkpoints); returns final results."""
   # ---------------------------------------------------------------- setup
@@ -213,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   resuming = os.path.isfile(os.path.join(workdir, "config.json")) and ckpt_lib.has_checkpoint(
     os.path.join(workdir, "checkpoints")
   )
-  init_loaded = resolve_init(config, workdir if resuming else None)
+  loaded = resolve_init(config, workdir if resuming else None)
   if config.optim.total_steps < 0:
     with config.unlocked():
       config.optim.total_steps = config.total_steps
@@ -228,40 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.device_count(),
   )
 
-  # ---------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(config.mesh)
-  repl = sharding.replicated(mesh)
-
-  # ---------------------------------------------------------------- data, model, objective
-  tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
-  check_tokenizer(config, tok)
-  data = data_lib.setup(config)
-  model = models.build(config.model)
-  objective, keys, data = build_objective(config, model, tok, data)
-  lut = label_lookup(config, data)
-
-  # ---------------------------------------------------------------- optimizer, state
-  rng = jax.random.key(config.seed)
-
-  def init_params(rng):
-    r_model, r_heads = jax.random.split(rng)
-    size = config.model.image_size
-    params = model.init(
-      r_model,
-      jnp.zeros((1, size, size, 3), jnp.float32),
-      jnp.zeros((1, config.model.context_length), jnp.int32),
-    )["params"]
-    return {**params, "heads": objective.init_heads(r_heads)}
-
-  abstract_params = jax.eval_shape(init_params, rng)
-  tx, schedule = optim.make_optimizer(config.optim, abstract_params)
-
-  def init_state(params):
-    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  abstract_state = jax.eval_shape(lambda r: init_state(init_params(r)), rng)
-  state_sh = sharding.infer_sharding(abstract_state, config.sharding_rules, mesh)
-  param_sh = state_sh["params"]
+  # ---------------------------------------------------------------- mesh, data, objective
+  mesh, data, objective, keys, label_map, ctx = _build(config, workdir)
+  spec = trainer.state_spec(config, objective, mesh)
 
   # ---------------------------------------------------------------- restore or init
   train_iter = data_lib.train_iterator(config, data, keys)
@@ -270,35 +238,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     every_steps=config.checkpoint_every_steps,
     keep=config.keep_checkpoints,
   )
-  target = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh
-  )
-  restored = ckpt.restore(target, train_iter)
+  restored = ckpt.restore(spec.abstract, train_iter)
   with jax.set_mesh(mesh):
     if restored is not None:
       state, first = restored
       logging.info("Resumed from %s at step %d.", ckpt.directory, first)
     else:
       first = 0
-      params = jax.jit(init_params, out_shardings=param_sh)(rng)
-      if init_loaded is not None:
-        params_host = jax.device_get(params)
-        _, loaded = init_loaded
-        merged = pretrained.merge_params(
-          {**loaded, "heads": params_host["heads"]}, params_host, config.dont_load
-        )
-        merged.setdefault("heads", params_host["heads"])  # merge_params drops empty subtrees
-        params = sharding.reshard(merged, param_sh)
-        logging.info("Initialised from %s (kept init for %s).", config.init, list(config.dont_load))
-      state = jax.jit(init_state, out_shardings=state_sh)(params)
+      state = trainer.init_state(spec, config, loaded)
+  del loaded
   writers.log_parameter_overview(state["params"])
-
-  step_fn = jax.jit(
-    make_train_step(config, objective, tx, schedule, lut),
-    donate_argnums=(0,),
-    out_shardings=(state_sh, repl),
-  )
-  evaluator = evaluate.Evaluators(config, model, objective, data, mesh, tok, workdir)
+  step_fn = trainer.jit_train_step(config, objective, spec, mesh, label_map)
+  evs = evaluators.build(config, ctx)
 
   # ---------------------------------------------------------------- loop
   total = int(config.total_steps)
@@ -306,28 +257,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   preempt = _Preemption()
   last_good = first
   t_log, s_log = time.time(), first
-  metrics = None
   try:
     with jax.set_mesh(mesh):
       for step in range(first + 1, total + 1):
+        host = next(train_iter)
         batch = sharding.global_batch(
-          {k: v for k, v in next(train_iter).items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh
+          {k: v for k, v in host.items() if k in data_lib.NUMERIC_BATCH_KEYS}, mesh
         )
-        if config.transfer_guard:
-          with jax.transfer_guard("disallow"):
-            state, metrics = step_fn(state, batch)
-        else:
+        with jax.transfer_guard("disallow" if config.transfer_guard else "allow"):
           state, metrics = step_fn(state, batch)
         log_now = step % config.log_every_steps == 0 or step == total or step == first + 1
         save_now = ckpt.should_save(step) or step == total or preempt.requested
         if log_now or save_now:
           m = jax.device_get(metrics)
-          if not all(np.isfinite(v).all() for v in jax.tree.leaves(m)):
-            bad = sorted(k for k, v in m.items() if not np.isfinite(v).all())
-            raise FloatingPointError(
-              f"non-finite {bad} at step {step}; stopping. The last good checkpoint is step "
-              f"{last_good} in {ckpt.directory} (a rerun resumes from it)."
-            )
+          _check_finite(m, step, last_good, ckpt.directory)
           if log_now:
             now = time.time()
             sps = (step - s_log) / max(now - t_log, 1e-9)
@@ -335,22 +278,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             m = {k: float(np.asarray(v)) for k, v in m.items()}
             m.update({"steps_per_sec": sps, "images_per_sec": sps * images_per_step})
             writer.write_scalars(step, m)
-            eta = (total - step) / max(sps, 1e-9)
-            logging.info(
-              "step %d/%d loss %.4f  %.2f steps/s  %.1f img/s  ETA %s",
-              step,
-              total,
-              m["loss"],
-              sps,
-              sps * images_per_step,
-              _fmt_time(eta),
-            )
-          if save_now and ckpt.save(
-            step, state, train_iter, force=(step == total or preempt.requested)
-          ):
+            logging.info("%s", progress_line(step, total, m, sps, sps * images_per_step))
+          force = step == total or preempt.requested
+          if save_now and ckpt.save(step, state, train_iter, force=force):
             last_good = step
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
-          writer.write_scalars(step, evaluator.run(state["params"]))
+        if step < total:
+          res = evaluators.run(evs, state["params"], step=step)
+          if res:
+            writer.write_scalars(step, res)
+            t_log = time.time()  # evaluation time is not training speed
         if preempt.requested:
           logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved.", step)
           ckpt.close()
@@ -361,13 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.close()
 
   # ---------------------------------------------------------------- final evaluation
-  results = evaluator.run(state["params"]) if config.evals else {}
-  results = {"step": total, **results}
-  if is_main:
-    writers.write_results(workdir, results, config)
-  writer.write_scalars(total, {k: v for k, v in results.items() if isinstance(v, (int, float))})
-  writer.close()
-  return results
+  results = evaluators.run(evs, state["params"], final=True) if evs else {}
+  return _finish(workdir, writer, total, results, config, is_main)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -376,82 +307,3 @@ def _fmt_time(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
   return f"{h}:{m:02d}:{s:02d}"
-
-
-# ------------------------------------------------------------------------------------------
-# Zero-shot: no training, classify by prompts.
-# ------------------------------------------------------------------------------------------
-
-ZEROSHOT_PROTOCOLS = ("prompts", "unseen_expressions", "au_to_fer")
-
-
-def zeroshot(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """mode=zeroshot: expression recognition from prompts with the weights of `config.init`.
-
-  protocol 'prompts' (a pretrained checkpoint) and 'au_to_fer' (an AU-fine-tuned one) classify
-  every test image over all the dataset's classes; 'unseen_expressions' (a checkpoint
-  fine-tuned on `zeroshot.seen`) reports accuracy on test images of `zeroshot.unseen`, predicting
-  over all classes and over the unseen ones only.
-  """
-  zc = config.zeroshot
-  if zc.protocol not in ZEROSHOT_PROTOCOLS:
-    raise ValueError(
-      f"config.zeroshot.protocol={zc.protocol!r}: expected one of {ZEROSHOT_PROTOCOLS}"
-    )
-  if not config.init:
-    raise ValueError(
-      "mode=zeroshot classifies with trained weights: pass "
-      "--config.init=clef:WORKDIR (or hf:DIR / openai:FILE)"
-    )
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  _, loaded = resolve_init(config)
-  if jax.process_index() == 0:
-    writers.write_config(workdir, config)
-  mesh = sharding.make_mesh(config.mesh)
-  tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
-  check_tokenizer(config, tok)
-  data = data_lib.setup(config)
-  model = models.build(config.model)
-  objective = objectives.embedding_objective(config, model)
-  loaded = {k: v for k, v in loaded.items() if k in objectives.MODEL_KEYS}
-  params = sharding.reshard(loaded, sharding.infer_sharding(loaded, config.sharding_rules, mesh))
-  classes = list(data.classes)
-  if not classes:
-    raise ValueError(f"dataset {data.name}/{data.builder_config} has no expression classes")
-  zcls = evaluate.classify_by_text(objective, params, tok, classes, zc.texts, mesh)
-  e = evaluate.embed_source(objective, params, config, data, data.test, mesh, ("expression",))
-  names = evaluate.canonical_names()
-  expr = np.array([names[i] if i >= 0 else "" for i in e["expression"]])
-  results: dict[str, Any] = {"zeroshot/protocol": zc.protocol, "zeroshot/texts": zc.texts}
-  if zc.protocol == "unseen_expressions":
-    bad = [c for c in list(zc.seen) + list(zc.unseen) if c not in classes]
-    if bad:
-      raise ValueError(
-        f"config.zeroshot seen/unseen {bad} are not classes of {data.name} ({classes})"
-      )
-    results["zeroshot/split"] = f"seen={list(zc.seen)} unseen={list(zc.unseen)}"
-    logging.info("zero-shot split: seen %s, unseen %s", list(zc.seen), list(zc.unseen))
-    keep = np.isin(expr, list(zc.unseen))
-    if not keep.any():
-      raise ValueError(f"no test image of the unseen classes {list(zc.unseen)} in {data.name}")
-    z, y = e["z"][keep], expr[keep]
-    pred_all = np.asarray(classes)[(z @ zcls.T).argmax(-1)]
-    uidx = [classes.index(c) for c in zc.unseen]
-    pred_unseen = np.asarray(classes)[np.asarray(uidx)[(z @ zcls[uidx].T).argmax(-1)]]
-    results["zeroshot/unseen_accuracy_all_classes"] = float(np.mean(pred_all == y))
-    results["zeroshot/unseen_accuracy_unseen_only"] = float(np.mean(pred_unseen == y))
-    results["zeroshot/num_examples"] = int(keep.sum())
-    results["zeroshot/chance_unseen_only"] = 1.0 / len(uidx)
-  else:
-    keep = np.isin(expr, classes)
-    label = np.array([classes.index(c) for c in expr[keep]], np.int64)
-    pred = (e["z"][keep] @ zcls.T).argmax(-1)
-    results.update(evaluate.fer_results("zeroshot/", pred, label, classes, workdir))
-    results["zeroshot/chance"] = 1.0 / len(classes)
-  logging.info(
-    "zero-shot results: %s", {k: v for k, v in results.items() if not isinstance(v, list)}
-  )
-  if jax.process_index() == 0:
-    writers.write_results(workdir, results, config)
-  return results

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from scipy import ndimage
 
 from clef_jax import checkpoint as ckpt_lib
 from clef_jax import models
@@ -210,10 +211,10 @@ def embed_split(
     {'z': [N, D] float32, 'subject': [N] str, 'behaviour': [N] str, 'behaviour_kind': str,
      'split': resolved split name}.
   """
-  from clef_jax import evaluate  # pylint: disable=g-import-not-at-top
   from clef_jax import objectives  # pylint: disable=g-import-not-at-top
   from clef_jax import sharding  # pylint: disable=g-import-not-at-top
   from clef_jax import datasets  # pylint: disable=g-import-not-at-top
+  from clef_jax.evaluators import common as eval_common  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 
   data = _open_data(config)
@@ -224,10 +225,10 @@ def embed_split(
   kind, behaviour = behaviour_labels(table, data.aus)
   mesh = sharding.make_mesh(config.mesh)
   placed = sharding.reshard(params, sharding.infer_sharding(params, config.sharding_rules, mesh))
-  objective = objectives.embedding_objective(config, model)
+  fns = eval_common.make_predict_fns(objectives.embedding_objective(config, model))
   shards = jax.device_count()
   batch = max(shards, (64 // shards) * shards)
-  e = evaluate.embed_source(objective, placed, config, data, source, mesh, (), batch)
+  e = eval_common.embed_source(fns, placed, config, data, source, mesh, (), batch)
   return {
     "z": e["z"].astype(np.float32),
     "subject": np.asarray(table["subject"]).astype(str),
@@ -380,40 +381,24 @@ def embeddings_main(
 # ------------------------------------------------------------------------------------------
 
 
-def _reflect_index(i: int, n: int) -> int:
-  """scipy.ndimage 'reflect' (half-sample symmetric) index into [0, n)."""
-  period = 2 * n
-  i %= period
-  return i if i < n else period - 1 - i
+def gaussian_blur(maps: np.ndarray | jax.Array, sigma: float) -> np.ndarray:
+  """Gaussian smoothing of `[..., H, W]` maps over H and W, on the host: `float32` numpy.
 
-
-@functools.lru_cache(maxsize=32)
-def blur_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
-  """`[n, n] float32` B with (B @ v) = 1-D Gaussian filter of v (scipy.ndimage, mode='reflect')."""
-  b = np.zeros((n, n), np.float64)
+  `scipy.ndimage.gaussian_filter` with mode='reflect' (half-sample symmetric borders) and
+  truncate=4 (radius round(4 sigma)); sigma <= 0 leaves the maps as they are.
+  """
+  a = np.asarray(maps, np.float32)
+  if a.ndim < 2:
+    raise ValueError(f"maps must be [..., H, W], got shape {a.shape}")
   if sigma <= 0:
-    return np.eye(n, dtype=np.float32)
-  radius = int(truncate * sigma + 0.5)
-  offsets = np.arange(-radius, radius + 1)
-  kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-  kernel /= kernel.sum()
-  for i in range(n):
-    for d, w in zip(offsets, kernel):
-      b[i, _reflect_index(i + d, n)] += w
-  return b.astype(np.float32)
-
-
-def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
-  """Separable Gaussian smoothing of `[..., H, W]` maps (reflect borders, like scipy)."""
-  h, w = maps.shape[-2:]
-  bh, bw = jnp.asarray(blur_matrix(h, float(sigma))), jnp.asarray(blur_matrix(w, float(sigma)))
-  return jnp.einsum("ij,...jk,lk->...il", bh, maps, bw)
+    return a
+  sigmas = (0.0,) * (a.ndim - 2) + (float(sigma), float(sigma))
+  return ndimage.gaussian_filter(a, sigma=sigmas, mode="reflect", truncate=4.0)
 
 
 def _cosines(model, params, x: jax.Array, ztxt: jax.Array) -> jax.Array:
   """cos(f(x), t) for one CLIP-normalised image x `[H, W, 3]` and prompts ztxt `[T, D]` → [T]."""
-  z = model.apply({"params": params}, x[None], method="encode_image")[0]
-  z = z / jnp.maximum(jnp.linalg.norm(z), 1e-12)
+  z = models.l2_normalize(model.apply({"params": params}, x[None], method="encode_image")[0])
   return ztxt @ z
 
 
@@ -433,10 +418,6 @@ def _integrated_gradients(
   return jax.lax.map(one, x)
 
 
-def _unit(z: jax.Array) -> jax.Array:
-  return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-
-
 def text_embeddings(model, params, tokens: np.ndarray) -> jax.Array:
   """`[T, L]` or `[T, K, L]` int32 tokens → `[T, D]` unit prompt embeddings.
 
@@ -448,8 +429,8 @@ def text_embeddings(model, params, tokens: np.ndarray) -> jax.Array:
     raise ValueError(f"tokens must be int [T, L] or [T, K, L] with T >= 1, got {tokens.shape}")
   flat = tokens.reshape(-1, tokens.shape[-1])
   z = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))(params, flat)
-  z = _unit(z).reshape(*tokens.shape[:-1], -1)
-  return _unit(z.mean(1)) if tokens.ndim == 3 else z
+  z = models.l2_normalize(z).reshape(*tokens.shape[:-1], -1)
+  return models.l2_normalize(z.mean(1)) if tokens.ndim == 3 else z
 
 
 def integrated_gradients(
@@ -509,10 +490,10 @@ def default_sigma(image_size: int) -> float:
 def to_relevance(attributions: np.ndarray, sigma: float) -> np.ndarray:
   """Signed `[..., H, W]` attributions → non-negative maps that sum to 1 (positive part,
   Gaussian blur; an all-zero map becomes uniform)."""
-  a = gaussian_blur(jnp.maximum(jnp.asarray(attributions, jnp.float32), 0.0), sigma)
+  a = gaussian_blur(np.maximum(np.asarray(attributions, np.float32), 0.0), sigma)
   total = a.sum(axis=(-2, -1), keepdims=True)
-  uniform = jnp.full_like(a, 1.0 / (a.shape[-1] * a.shape[-2]))
-  return np.asarray(jnp.where(total > 0, a / jnp.where(total > 0, total, 1.0), uniform))
+  uniform = np.full_like(a, 1.0 / (a.shape[-1] * a.shape[-2]))
+  return np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform).astype(np.float32)
 
 
 def relevance_maps(

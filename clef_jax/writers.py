@@ -1,7 +1,8 @@
-"""Run outputs: config.json, metrics (clu writers + metrics.jsonl), results.json and results.md.
+"""Run outputs: config.json, metrics (TensorBoard + metrics.jsonl), results.json, results.md,
+curves.png.
 
-The clu default writer gives TensorBoard event files and log lines (process 0; other processes
-only log). `metrics.jsonl` holds one JSON object per logged step with at least `step` and
+Scalars go to TensorBoard event files (clu's SummaryWriter) and `metrics.jsonl`, on process 0
+only; the console gets one progress line per log step from the training loop, not the scalars. `metrics.jsonl` holds one JSON object per logged step with at least `step` and
 `loss`; evaluation results are written on lines of their own, and after a resume a step may
 appear again: `read_metrics` merges the lines of a step, later values superseding earlier ones.
 """
@@ -34,15 +35,14 @@ def write_config(workdir: str, config) -> None:
 
 
 class MetricWriter:
-  """clu's default writer (TensorBoard + logging) plus the metrics.jsonl file."""
+  """TensorBoard (clu, asynchronous) plus the metrics.jsonl file; a no-op off process 0."""
 
   def __init__(self, workdir: str, is_main: bool = True):
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
     _hide_accelerators_from_tf()
-    self._writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=True
-    )
+    writers = [metric_writers.SummaryWriter(workdir)] if is_main else []
+    self._writer = metric_writers.AsyncMultiWriter(writers)
     self._jsonl = os.path.join(workdir, "metrics.jsonl") if is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -72,6 +72,46 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
       if line.strip():
         m = json.loads(line)
         out.setdefault(int(m["step"]), {}).update(m)
+  return out
+
+
+def plot_curves(workdir: str, out_name: str = "curves.png") -> str | None:
+  """Plots the logged losses (`loss` and every `loss_*` term) and the learning rate of
+  metrics.jsonl against the step, as `workdir/curves.png`; returns its path (None: no rows)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return None
+  rows = read_metrics(workdir)
+  steps = [s for s in sorted(rows) if "loss" in rows[s]]
+  if not steps:
+    return None
+  keys = sorted({k for s in steps for k in rows[s] if k == "loss" or k.startswith("loss_")})
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  has_lr = any("lr" in rows[s] for s in steps)
+  fig, axes = plt.subplots(1, 2 if has_lr else 1, figsize=(11 if has_lr else 6, 3.6), squeeze=False)
+  ax = axes[0, 0]
+  for k in keys:
+    xs = [s for s in steps if k in rows[s]]
+    ax.plot(xs, [rows[s][k] for s in xs], label=k, lw=1.4 if k == "loss" else 1.0)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.set_title(os.path.basename(os.path.normpath(workdir)) + ": losses")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if has_lr:
+    xs = [s for s in steps if "lr" in rows[s]]
+    axes[0, 1].plot(xs, [rows[s]["lr"] for s in xs], color="tab:gray")
+    axes[0, 1].set_xlabel("step")
+    axes[0, 1].set_title("learning rate")
+    axes[0, 1].grid(alpha=0.3)
+  fig.tight_layout()
+  out = os.path.join(workdir, out_name)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
   return out
 
 

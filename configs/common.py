@@ -15,14 +15,11 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from clef_jax import MODES
 from clef_jax.models import variants
-
-MODES = ("pretrain", "finetune", "linear_probe", "zeroshot")
 
 # The embedded tokenizer's vocabulary size; kept in sync with clef_jax/tokenizer.py by a test.
 EMBEDDED_VOCAB_SIZE = 4096
-
-_KNOWN_ARGS = ("variant", "tiny", "init", "task", "dataset", "protocol", "image_size", "fold")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -26,9 +26,14 @@ def get_config(arg=None):
   c.data.two_views = True
   c.data.sampler.enabled = True
   # Evaluators at the end of pretraining (and every eval_every_steps): a linear probe for AU
-  # occurrence on held-out subjects, and zero-shot activity classification from the texts.
+  # occurrence on held-out subjects.
   c.evals.au_probe = ml_collections.ConfigDict(dict(type="linear_probe_au", max_train=4000))
+  # Zero-shot (also what `--config.mode=zeroshot --config.init=SPEC` runs): the test frames
+  # against the activity texts, and the RAF-like test set against expression-name prompts.
   c.evals.activity = ml_collections.ConfigDict(dict(type="zeroshot_activity"))
+  c.evals.expressions = ml_collections.ConfigDict(
+    dict(type="zeroshot_fer", protocol="prompts", texts="names", data=dict(config="raf"))
+  )
   if args.tiny:
     c.evals.au_probe.max_train = 200
   return common.finalize(c, args)

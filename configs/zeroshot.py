@@ -16,8 +16,9 @@ def get_config(arg=None):
   c = common.base("zeroshot", args)
   c.total_steps = 0
   c.data.config = "raf"
-  c.zeroshot = ml_collections.ConfigDict(
+  c.evals.zeroshot = ml_collections.ConfigDict(
     dict(
+      type="zeroshot_fer",
       protocol=args.protocol,  # 'prompts' | 'unseen_expressions' | 'au_to_fer'
       texts="names",  # 'names' | 'descriptions' | 'both' (mean of the two, renormalised)
       seen=("happiness", "sadness", "surprise", "neutral"),

@@ -15,7 +15,8 @@ one split per subject part, `part1`, `part2`, `part3`; evaluation fold f trains 
 `train` / `test` (+ `validation` for FER+; AffectNet's validation set is its `test`).
 
 Metadata (`builder.info.metadata`, saved with the dataset): aus, classes (the expression names
-the dataset uses, canonical order), expressions (the canonical index space), subjects, tasks,
+the dataset uses, canonical order), expressions (the canonical index space) and schema_version
+(input_pipeline.schema, checked when the dataset is opened), subjects, tasks,
 activities {task: text}, parts {k: subjects}, skips {reason: count}, stats per split
 (examples, expression histogram [8], AU positives / known [J]), image_size, reader options.
 
@@ -45,8 +46,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from clef_jax import prompts
 from input_pipeline import readers
+from input_pipeline import schema
 from input_pipeline.readers import common
 
 DEFAULT_IMAGE_SIZE = 112
@@ -110,20 +111,30 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # here; the builders live in this file (no checksums.tsv next to it: nothing downloads).
     return epath.Path(__file__)
 
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
+    """What the builder reads under the config named `config`."""
+    raise TypeError(f"{cls.__name__} must define spec()")
+
+  @classmethod
+  def expected_aus(cls, config: str) -> list[int] | None:
+    """The AU numbers of the `au` vector under `config`, or None where the data decides."""
+    spec = cls.spec(config)
+    return list(readers.get(spec.reader).AUS) if spec.kind == AU_KIND else []
+
   def _spec(self) -> _Spec:
-    raise TypeError(f"{type(self).__name__} must define _spec()")
+    return type(self).spec(self.builder_config.name)
 
   def _options(self) -> dict[str, Any]:
     return dict(self.builder_config.options)
 
   def _num_aus(self) -> int | None:
     """J of the au vectors, or None where the data decides (manifest)."""
-    spec = self._spec()
-    return len(readers.get(spec.reader).AUS) if spec.kind == AU_KIND else 0
+    aus = self.expected_aus(self.builder_config.name)
+    return None if aus is None else len(aus)
 
   def _aus(self, root: str) -> list[int]:
-    spec = self._spec()
-    return list(readers.get(spec.reader).AUS) if spec.kind == AU_KIND else []
+    return list(self.expected_aus(self.builder_config.name) or [])
 
   def _classes(self) -> list[str]:
     spec = self._spec()
@@ -132,8 +143,8 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     module = readers.get(spec.reader)
     used = set(module.TO_CANONICAL)
     if dict(self._options()).get("num_classes") == 7:
-      used.discard(prompts.expression_index("contempt"))
-    return [e for i, e in enumerate(prompts.expressions()) if i in used]
+      used.discard(schema.expression_index("contempt"))
+    return [e for i, e in enumerate(schema.EXPRESSIONS) if i in used]
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -250,7 +261,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     md = self.info.metadata
     md["aus"] = self._aus(root)
     md["classes"] = self._classes()
-    md["expressions"] = prompts.expressions()
+    md.update(schema.metadata())
     md["subjects"] = sorted(subjects, key=common.natural_key)
     md["tasks"] = sorted(tasks, key=common.natural_key)
     md["activities"] = {t: activities[t] for t in md["tasks"] if t in activities}
@@ -302,7 +313,8 @@ class Bp4d(_FaceBuilder):
   (AUCoding/AU_INT/ optional).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("bp4d", AU_KIND)
 
 
@@ -317,7 +329,8 @@ class Bp4dPlus(_FaceBuilder):
   seed<N> picks the seed of the subject-exclusive 3-fold split (printed while preparing).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("bp4d_plus", AU_KIND)
 
 
@@ -330,7 +343,8 @@ class Disfa(_FaceBuilder):
   extracted frames <SN>/<index>.png (0-based; split the videos into frames first).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("disfa", AU_KIND)
 
 
@@ -347,7 +361,8 @@ class RafDb(_FaceBuilder):
   and basic/Image/aligned/ or basic/Image/original/).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("raf_db", FER_KIND, splits=("train", "test"))
 
 
@@ -364,7 +379,8 @@ class Ferplus(_FaceBuilder):
   converter's FER2013Train/, FER2013Valid/, FER2013Test/ folders with label.csv and PNGs).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("ferplus", FER_KIND, splits=("train", "validation", "test"))
 
 
@@ -381,7 +397,8 @@ class Affectnet(_FaceBuilder):
   Manually_Annotated_Images/ (or train_set/ and val_set/ with images/ and annotations/).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("affectnet", FER_KIND, splits=("train", "test"))
 
 
@@ -396,15 +413,16 @@ class Synthface(_FaceBuilder):
   (the BP4D-like tree, and RAF/ for the RAF-like part).
   """
 
-  def _spec(self) -> _Spec:
-    if _base_name(self.builder_config.name) == "raf":
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
+    if _base_name(config) == "raf":
       return _Spec("raf_db", FER_KIND, subdir="RAF", splits=("train", "test"))
     return _Spec("synthface", AU_KIND)
 
   def _classes(self) -> list[str]:
     if _base_name(self.builder_config.name) == "raf":
       return super()._classes()
-    return prompts.expressions()  # the BP4D-like part labels expressions too
+    return schema.expressions()  # the BP4D-like part labels expressions too
 
 
 class Manifest(_FaceBuilder):
@@ -417,17 +435,19 @@ class Manifest(_FaceBuilder):
   relative to that folder or absolute).
   """
 
-  def _spec(self) -> _Spec:
+  @classmethod
+  def spec(cls, config: str) -> _Spec:
     return _Spec("manifest", AU_KIND)
 
-  def _num_aus(self) -> int | None:
+  @classmethod
+  def expected_aus(cls, config: str) -> list[int] | None:
     return None  # the manifest's au_<n> columns decide; metadata['aus'] lists them
 
   def _aus(self, root: str) -> list[int]:
     return readers.get("manifest").aus(root)
 
   def _classes(self) -> list[str]:
-    return prompts.expressions()
+    return schema.expressions()
 
   def _read_all(self, root: str, skips: common.Skips) -> Iterator[tuple[str, dict[str, Any]]]:
     module = readers.get("manifest")
@@ -478,6 +498,11 @@ def make_config(
     )
   full = base if size == DEFAULT_IMAGE_SIZE else f"{base}_{size}px"
   return dataclasses.replace(proto, name=full, image_size=size)
+
+
+def expected_aus(dataset: str, config: str | None = None) -> list[int] | None:
+  """The AU numbers a prepared `dataset` (under `config`) stores, or None where its data decides."""
+  return builder_class(dataset).expected_aus(make_config(dataset, config).name)
 
 
 def builder_class(dataset: str) -> type[_FaceBuilder]:

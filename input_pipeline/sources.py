@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders
+from input_pipeline import schema
 from input_pipeline.readers import folds
 
 FER_DATASETS = ("raf_db", "ferplus", "affectnet")
@@ -49,7 +50,10 @@ def _prepared(
       f"input_pipeline.prepare --dataset={name}{cfg} --manual_dir=<your {name} folder> "
       f"--data_dir={os.fspath(data_dir)}`"
     )
-  return tfds.builder_from_directory(path)
+  b = tfds.builder_from_directory(path)
+  # The label schema it was prepared with must be this code's: expression ids are stored.
+  schema.check(dict(b.info.metadata or {}), path, aus=builders.expected_aus(name, config))
+  return b
 
 
 def open_source(
@@ -84,14 +88,19 @@ def info(name: str, data_dir: str | os.PathLike[str], config: str | None = None)
   Keys: aus (AU numbers of the `au` vector), classes (expression names the dataset uses),
   expressions (the canonical index space of `expression`), subjects, tasks, activities
   {task: text}, parts {k: subjects}, skips {reason: count}, stats per split, image_size,
-  options, num_examples {split: n}, path.
+  options, num_examples {split: n}, path, schema_version.
+
+  Opening (here and in open_source) checks the stored label schema against
+  input_pipeline.schema (`schema.check`): a dataset prepared with another expression order or AU
+  list is a ValueError naming its path.
   """
   b = _prepared(name, data_dir, config)
   out = dict(b.info.metadata or {})
+  path = dataset_dir(name, data_dir, config)
   for key, default in (("aus", []), ("classes", []), ("subjects", []), ("tasks", [])):
     out.setdefault(key, default)
   out["num_examples"] = {s: int(v.num_examples) for s, v in b.info.splits.items()}
-  out["path"] = dataset_dir(name, data_dir, config)
+  out["path"] = path
   return out
 
 

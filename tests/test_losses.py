@@ -215,21 +215,21 @@ def test_pairing_mask_errors():
     losses.pairing_mask("activity_cross_subject", instance_ids=inst, activity_ids=inst)
 
 
-def test_nt_xent_matches_reference_and_instance_supcon():
+def test_instance_pairing_is_simclr_nt_xent():
+  # pairing='instance' (the SimCLR baseline of L_II'): SupCon whose only positive is the twin
+  # view is NT-Xent over the 2B views, padded images (mask) left out as anchors and negatives.
   rng = np.random.default_rng(5)
   z1, z2 = _unit(rng, 5), _unit(rng, 5)
-  got = losses.nt_xent(z1, z2, TAU)
-  np.testing.assert_allclose(got, ref_nt_xent(z1, z2, TAU), rtol=1e-5)
+  z = np.concatenate([z1, z2])
   pos = losses.pairing_mask("instance", instance_ids=np.tile(np.arange(5), 2))
   np.testing.assert_allclose(
-    got, losses.supcon_from_mask(np.concatenate([z1, z2]), pos, TAU), rtol=1e-6
+    losses.supcon_from_mask(z, pos, TAU), ref_nt_xent(z1, z2, TAU), rtol=1e-5
   )
   mask = np.array([1, 1, 0, 1, 0], bool)
   np.testing.assert_allclose(
-    losses.nt_xent(z1, z2, TAU, mask), ref_nt_xent(z1, z2, TAU, mask), rtol=1e-5
-  )
-  np.testing.assert_allclose(
-    losses.nt_xent(z1, z2, TAU, mask), losses.nt_xent(z1[mask], z2[mask], TAU), rtol=1e-6
+    losses.supcon_from_mask(z, pos, TAU, np.tile(mask, 2)),
+    ref_nt_xent(z1, z2, TAU, mask),
+    rtol=1e-5,
   )
 
 
@@ -298,7 +298,8 @@ def test_clip_and_description_name_loss_match_reference():
 # ------------------------------------------------------------------------------------------
 
 
-def test_fer_text_loss_hard_soft_and_smoothing():
+def test_fer_l_in_softmax_ce_hard_soft_and_smoothing():
+  # L_IN for FER: cross-entropy over the text-similarity logits s·<f(x_i), t_c>.
   rng = np.random.default_rng(9)
   zimg, zcls = _unit(rng, 6), _unit(rng, 4)
   logits = SCALE * zimg @ zcls.T
@@ -307,10 +308,10 @@ def test_fer_text_loss_hard_soft_and_smoothing():
   onehot = np.eye(4)[np.maximum(labels, 0)]
   known = mask & (labels >= 0)
   np.testing.assert_allclose(
-    losses.fer_text_loss(zimg, zcls, labels, SCALE, mask), ref_ce(logits, onehot, known), rtol=1e-5
+    losses.softmax_ce(logits, labels, mask), ref_ce(logits, onehot, known), rtol=1e-5
   )
   np.testing.assert_allclose(
-    losses.fer_text_loss(zimg, zcls, labels, SCALE, mask, label_smoothing=0.2),
+    losses.softmax_ce(logits, labels, mask, label_smoothing=0.2),
     ref_ce(logits, 0.8 * onehot + 0.05, known),
     rtol=1e-5,
   )
@@ -318,15 +319,12 @@ def test_fer_text_loss_hard_soft_and_smoothing():
   votes[2] = 0  # no votes -> left out
   dist = votes / np.maximum(votes.sum(1, keepdims=True), 1)
   np.testing.assert_allclose(
-    losses.fer_text_loss(zimg, zcls, votes, SCALE),
-    ref_ce(logits, dist, votes.sum(1) > 0),
-    rtol=1e-5,
-  )
-  np.testing.assert_allclose(
-    losses.softmax_ce(logits, labels, mask), ref_ce(logits, onehot, known), rtol=1e-5
+    losses.softmax_ce(logits, votes), ref_ce(logits, dist, votes.sum(1) > 0), rtol=1e-5
   )
   with pytest.raises(ValueError, match="labels must have shape"):
     losses.softmax_ce(logits, labels[:3])
+  with pytest.raises(ValueError, match="label_smoothing"):
+    losses.softmax_ce(logits, labels, label_smoothing=1.0)
 
 
 def test_au_logits_and_prompt_pair():
@@ -404,10 +402,15 @@ def test_losses_on_eight_devices_match_single_device():
     )
     return {
       "supcon": losses.supcon_from_mask(z1, pos, TAU, mask),
-      "nt_xent": losses.nt_xent(z1, z2, TAU, mask),
+      "instance": losses.supcon_from_mask(
+        jnp.concatenate([z1, z2]),
+        losses.pairing_mask("instance", instance_ids=jnp.tile(jnp.arange(n), 2)),
+        TAU,
+        jnp.tile(mask, 2),
+      ),
       "image_activity": losses.image_activity_loss(z1, ztext, act, SCALE, mask)[0],
       "clip": losses.clip_loss(z1, z2, SCALE, mask)[0],
-      "fer": losses.fer_text_loss(z1, ztext, jnp.maximum(act, 0), SCALE, mask),
+      "fer": losses.softmax_ce(SCALE * z1 @ ztext.T, jnp.maximum(act, 0), mask),
       "au": losses.au_bce(losses.au_logits(z1, ztext[:3], SCALE, 0.1), au_labels, w, mask),
     }
 

@@ -133,11 +133,17 @@ def _check_run_files(workdir: str, mode: str, steps: int = STEPS) -> dict:
   results = _read(workdir, "results.json")
   assert results["step"] == steps
   assert os.path.isfile(os.path.join(workdir, "results.md"))
+  with open(os.path.join(workdir, "curves.png"), "rb") as f:  # the losses and lr, plotted
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   return results
 
 
 def _in_unit_range(results: dict, prefix: str) -> None:
-  vals = {k: v for k, v in results.items() if k.startswith(prefix) and isinstance(v, float)}
+  vals = {
+    k: v
+    for k, v in results.items()
+    if k.startswith(prefix) and isinstance(v, float) and not k.endswith("/eval_seconds")
+  }
   assert vals, f"no {prefix}* metrics in {sorted(results)}"
   for k, v in vals.items():
     assert 0.0 <= v <= 1.0, (k, v)
@@ -261,7 +267,7 @@ def _zeroshot(root, protocol: str, init_workdir: str, name: str):
     "zeroshot", root, name, f"tiny,protocol={protocol}", init=f"clef:{init_workdir}"
   )
   assert _read(workdir, "results.json") == json.loads(json.dumps(results))
-  assert _read(workdir, "config.json")["zeroshot"]["protocol"] == protocol
+  assert _read(workdir, "config.json")["evals"]["zeroshot"]["protocol"] == protocol
   assert results["zeroshot/protocol"] == protocol
   return workdir, results
 
@@ -388,6 +394,33 @@ def test_run_folds_errors(tmp_path):
     run_folds.write_tables(str(tmp_path), [1, 2])
 
 
+def test_zeroshot_mode_on_the_pretrain_config(root, pretrain):
+  """The promised usage, on the command line: `--config.mode=zeroshot` with the pretrain config
+  evaluates `init` with that config's zero-shot evaluators (activity texts on its BP4D-like test
+  frames, expression-name prompts on the RAF-like test set) and trains nothing. (:tiny and the
+  data folder keep it small; the old code died with AttributeError: 'zeroshot'.)"""
+  workdir = str(root / "zeroshot_from_pretrain_config")
+  cmd = [
+    sys.executable,
+    "main.py",
+    "--config=configs/pretrain.py:tiny",
+    "--config.mode=zeroshot",
+    f"--config.init=clef:{pretrain[0]}",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={root / 'data'}",
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = _read(workdir, "results.json")
+  assert results["step"] == 0
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert results["activity/chance"] == pytest.approx(1 / 8)
+  _in_unit_range(results, "activity/")
+  classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
+  _check_fer(results, "expressions/", classes, _expressions(root, "test"), workdir)
+  assert not any(k.startswith("au_probe/") for k in results)  # needs training labels: not zero-shot
+
+
 def test_run_folds_cli_runs_main_per_fold(root, pretrain):
   """Two folds through scripts/run_folds.py -> main.py subprocesses (the command-line test).
 
@@ -404,7 +437,7 @@ def test_run_folds_cli_runs_main_per_fold(root, pretrain):
     "--",
     f"--config.init=clef:{pretrain[0]}",
     f"--config.data.data_dir={root / 'data'}",
-    "--config.zeroshot.texts=both",
+    "--config.evals.zeroshot.texts=both",
   ]
   proc = subprocess.run(
     cmd,

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 import warnings
 
 import jax
@@ -309,6 +310,19 @@ def test_hf_bfloat16_weights_and_overrides(tmp_path):
   np.testing.assert_array_equal(params["text"]["text_projection"], ref)
 
 
+def test_hf_corrupt_safetensors_names_the_file(tmp_path):
+  model = _hf_model()
+  model.save_pretrained(tmp_path)
+  path = tmp_path / "model.safetensors"
+  data = path.read_bytes()
+  path.write_bytes(b"\xff" * 8 + data[8:64])  # a header length beyond the file
+  with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable safetensors"):
+    pretrained.load(f"hf:{tmp_path}")
+  path.write_bytes(data[: len(data) // 2])  # truncated: tensors not fully covered
+  with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable safetensors"):
+    pretrained.load(f"hf:{tmp_path}")
+
+
 def test_load_at_other_image_size(tmp_path):
   model = _hf_model(image_size=32, patch_size=8)
   model.save_pretrained(tmp_path)
@@ -370,6 +384,22 @@ def test_merge_params():
     pretrained.merge_params(
       loaded, init, dont_load=("visual/proj", "logit_scale", "text/extra", "nothing/.*")
     )
+
+
+def test_merge_params_keeps_empty_subtrees():
+  # An objective without heads has `heads: {}`; it survives the merge whether or not the loaded
+  # params carry it, and holds no parameter that could be missing or unexpected.
+  init = {"visual": {"w": np.zeros(3)}, "heads": {}, "text": {"empty": {}, "a": np.zeros(2)}}
+  for loaded in (
+    {"visual": {"w": np.ones(3)}, "text": {"a": np.ones(2)}},
+    {"visual": {"w": np.ones(3)}, "heads": {}, "text": {"a": np.ones(2), "empty": {}}},
+  ):
+    merged = pretrained.merge_params(loaded, init)
+    assert merged["heads"] == {} and merged["text"]["empty"] == {}
+    assert sorted(merged) == ["heads", "text", "visual"]
+    np.testing.assert_array_equal(merged["visual"]["w"], 1.0)
+  with pytest.raises(ValueError, match="heads/linear"):
+    pretrained.merge_params(init, {**init, "heads": {"linear": np.zeros(2)}})
 
 
 def test_spec_errors_and_register_loader(tmp_path):

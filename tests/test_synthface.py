@@ -215,7 +215,7 @@ def test_render_shapes_and_errors():
 def test_expressions_are_noisy_prototypes():
   rng = np.random.default_rng(0)
   for name in prompts.expressions():
-    proto = [au for au in prompts.expression_prototype(name) if au in render.AU_INDEX]
+    proto = [au for au in population.expression_prototype(name) if au in render.AU_INDEX]
     samples = np.stack([population.expression_aus(rng, name, 1.0) for _ in range(200)])
     on = samples >= 1.5
     for au in proto:

@@ -142,7 +142,15 @@ def test_resume_after_sigkill_is_exact(straight, tiny_data_dir, tmp_path):
   logged_before = max(writers.read_metrics(workdir))
   proc = _launch(workdir, tiny_data_dir)
   _finish(proc, workdir)
-  assert "Resumed from" in _log(workdir)
+  log = _log(workdir)
+  assert "Resumed from" in log
+  # The console: one progress line per logged step (the scalars go to metrics.jsonl and
+  # TensorBoard only; clu's logging writer used to print each step's metrics a second time),
+  # and none of TensorFlow's C++/oneDNN start-up chatter.
+  last = [l for l in log.splitlines() if f"step {TOTAL}/{TOTAL}" in l]
+  assert len(last) == 1 and "loss " in last[0] and "img/s" in last[0] and "ETA" in last[0], last
+  assert not [l for l in log.splitlines() if f"[{TOTAL}]" in l and "loss=" in l]
+  assert "oneDNN custom operations" not in log
   _assert_same_params(straight, workdir)
   want, got = writers.read_metrics(straight), writers.read_metrics(workdir)
   for step in range(resumed_from + 1, TOTAL + 1):

@@ -2,6 +2,8 @@
 
 from clef_jax.models.clip import build
 from clef_jax.models.clip import CLIP
+from clef_jax.models.clip import init
+from clef_jax.models.clip import logit_scale
 from clef_jax.models.clip import l2_normalize
 from clef_jax.models.variants import check_config
 from clef_jax.models.variants import model_config
@@ -13,6 +15,8 @@ from clef_jax.models.vit import normalize_images
 __all__ = [
   "build",
   "CLIP",
+  "init",
+  "logit_scale",
   "l2_normalize",
   "check_config",
   "model_config",

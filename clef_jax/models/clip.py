@@ -95,7 +95,7 @@ class CLIP(nn.Module):
 
   def logit_scale_value(self) -> jax.Array:
     """exp(min(logit_scale, logit_scale_max)), a `[] float32` scalar."""
-    return jnp.exp(jnp.minimum(self.logit_scale, self.config.logit_scale_max))
+    return logit_scale(self.logit_scale, self.config.logit_scale_max)
 
   def __call__(
     self, images: jax.Array, tokens: jax.Array
@@ -107,3 +107,16 @@ class CLIP(nn.Module):
 def build(model_config: ml_collections.ConfigDict) -> CLIP:
   """Returns the (unbound) CLIP module for a model config."""
   return CLIP(model_config)
+
+
+def init(model: CLIP, rng: jax.Array) -> dict[str, Any]:
+  """Fresh params of `model` (the one place that builds its dummy inputs); jit or eval_shape it."""
+  c = model.config
+  images = jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32)
+  tokens = jnp.zeros((1, c.context_length), jnp.int32)
+  return model.init(rng, images, tokens)["params"]
+
+
+def logit_scale(raw: jax.Array, logit_scale_max: float) -> jax.Array:
+  """s = exp(min(raw, logit_scale_max)): CLIP's clipped learnable temperature, `[] float32`."""
+  return jnp.exp(jnp.minimum(raw, logit_scale_max))

@@ -19,11 +19,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from clef_jax import prompts
+from input_pipeline import schema
 from input_pipeline.readers import common
 
 CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
-TO_CANONICAL = tuple(prompts.expression_index(c) for c in CLASSES)
+TO_CANONICAL = tuple(schema.expression_index(c) for c in CLASSES)
 SPLITS = ("train", "test")
 DROPPED = {8: "code 8 (none)", 9: "code 9 (uncertain)", 10: "code 10 (non-face)"}
 SKIP_CONTEMPT = "code 7 (contempt) dropped by the 7-class protocol"

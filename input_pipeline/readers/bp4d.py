@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from clef_jax import prompts
+from input_pipeline import activities as activities_lib
 from input_pipeline.readers import common
 from input_pipeline.readers import folds
 
@@ -49,8 +49,8 @@ SessionLabels = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def tasks() -> list[str]:
-  """Task ids with an activity text in the prompt data, in natural order (T1..T8)."""
-  return sorted(prompts.activities(NAME), key=common.natural_key)
+  """Task ids with an activity text (input_pipeline.activities), in natural order (T1..T8)."""
+  return sorted(activities_lib.activities(NAME), key=common.natural_key)
 
 
 def fold_of(subject: str) -> int:
@@ -166,10 +166,10 @@ def read_session_labels(
 def activity(dataset: str, task: str, where: str) -> str:
   """The activity text of a task, or a DatasetError naming the folder holding that task."""
   try:
-    return prompts.activity_text(dataset, task)
+    return activities_lib.activity_text(dataset, task)
   except KeyError as e:
     raise common.DatasetError(
-      where, f"task {task!r} has no activity text in the prompt data ({e.args[0]})"
+      where, f"task {task!r} has no activity text in {activities_lib.DEFAULT_PATH} ({e.args[0]})"
     ) from None
 
 

@@ -27,7 +27,7 @@ import re
 import zipfile
 from typing import Any, Iterator
 
-from clef_jax import prompts
+from input_pipeline import activities as activities_lib
 from input_pipeline.readers import bp4d
 from input_pipeline.readers import common
 from input_pipeline.readers import folds as folds_lib
@@ -61,7 +61,7 @@ PARTS: dict[int, tuple[str, ...]] = parts()
 
 def tasks() -> list[str]:
   """All task ids with an activity text (T1..T10); only CODED_TASKS carry AU codes."""
-  return sorted(prompts.activities(NAME), key=common.natural_key)
+  return sorted(activities_lib.activities(NAME), key=common.natural_key)
 
 
 def fold_of(subject: str, *, folds: int = 3, fold_seed: int = 0) -> int:

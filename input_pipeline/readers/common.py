@@ -5,11 +5,11 @@ Schema (one dict per example; readers fill every key):
   image/path       str              path of the source image (or "<file>:<row>" for CSV pixels)
   subject          str              subject id ("" if unknown)
   task             str              task/activity id, e.g. "T1" ("" if none)
-  activity_text    str              activity description from clef_jax.prompts ("" if none)
+  activity_text    str              activity text (input_pipeline.activities; "" if none)
   frame            int              frame number (-1 for still images)
   au               int8 [J]         occurrence in the dataset's evaluated AU order; -1 = unknown
   au_intensity     int8 [J]         intensity 0-5 where coded, else -1
-  expression       int              index into clef_jax.prompts.expressions(), -1 if none
+  expression       int              index into input_pipeline.schema.EXPRESSIONS, -1 if none
   expression/votes float32 [8]      FER+ vote distribution in canonical order (zeros elsewhere)
   fold             int              subject-exclusive fold id (1-based) or 0 where undefined
 
@@ -32,7 +32,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-NUM_EXPRESSIONS = 8  # len(clef_jax.prompts.expressions())
+from input_pipeline import schema
+
+NUM_EXPRESSIONS = schema.NUM_EXPRESSIONS
 
 FIELDS = (
   "image",

@@ -29,12 +29,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from clef_jax import prompts
+from input_pipeline import schema
 from input_pipeline.readers import common
 
 CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 VOTE_COLUMNS = CLASSES + ("unknown", "NF")
-TO_CANONICAL = tuple(prompts.expression_index(c) for c in CLASSES)
+TO_CANONICAL = tuple(schema.expression_index(c) for c in CLASSES)
 SPLITS = ("train", "validation", "test")
 LABEL_MODES = ("majority", "votes")
 USAGE = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}

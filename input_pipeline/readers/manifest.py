@@ -8,7 +8,7 @@ Columns (CSV header / JSONL keys); only `path` is required:
   frame          int frame number (-1 if none)
   fold           subject-exclusive part, int >= 1 (0 or empty = none)
   split          train / validation / test (rows without one count as train)
-  expression     canonical name (clef_jax.prompts.expressions()) or its index 0..7
+  expression     canonical name (input_pipeline.schema.EXPRESSIONS) or its index 0..7
   au_<n>         occurrence of AU n: 1 present, 0 absent, -1 or empty (null) unknown
 `activity` and `label` are accepted for activity_text and expression; other columns are ignored
 with a warning. The AU columns define the AU order, sorted by AU number (`aus(path)`).
@@ -25,10 +25,10 @@ import os
 import re
 from typing import Any, Iterator
 
-from clef_jax import prompts
+from input_pipeline import schema
 from input_pipeline.readers import common
 
-CLASSES = tuple(prompts.expressions())
+CLASSES = schema.EXPRESSIONS
 TO_CANONICAL = tuple(range(len(CLASSES)))
 SPLITS = ("train", "validation", "test")
 FILE_NAMES = ("manifest.csv", "manifest.jsonl")

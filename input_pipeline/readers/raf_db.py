@@ -17,12 +17,12 @@ import os
 import re
 from typing import Any, Iterator
 
-from clef_jax import prompts
+from input_pipeline import schema
 from input_pipeline.readers import common
 
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-# Index i of CLASSES (label i + 1 in the file) -> index in clef_jax.prompts.expressions().
-TO_CANONICAL = tuple(prompts.expression_index(c) for c in CLASSES)
+# Index i of CLASSES (label i + 1 in the file) -> index in input_pipeline.schema.EXPRESSIONS.
+TO_CANONICAL = tuple(schema.expression_index(c) for c in CLASSES)
 SPLITS = ("train", "test")
 VARIANTS = ("aligned", "original")
 LABEL_FILE = os.path.join("EmoLabel", "list_patition_label.txt")

@@ -2,7 +2,7 @@
 
 `python -m input_pipeline.synthface --out DIR` writes `DIR/BP4D/` in exactly the BP4D layout
 (see bp4d.py) and `DIR/BP4D/SynthFace_expressions.csv` (header `subject,task,frame,expression`,
-canonical expression names of clef_jax.prompts.expressions(); an empty name means none). The
+canonical expression names of input_pipeline.schema.EXPRESSIONS; an empty name means none). The
 RAF-like part (`DIR/RAF`) is read by raf_db.py.
 
 `expression` is the index of the CSV's name, -1 for frames the CSV does not list. `fold` is the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
-from clef_jax import prompts
+from input_pipeline import schema
 from input_pipeline.readers import bp4d
 from input_pipeline.readers import common
 from input_pipeline.readers import folds as folds_lib
@@ -63,7 +63,7 @@ def subjects(root: str | os.PathLike[str]) -> list[str]:
 
 def read_expressions(path: str) -> dict[tuple[str, str, int], int]:
   """(subject, task, frame) -> canonical expression index (-1 for an empty name)."""
-  names = prompts.expressions()
+  names = schema.expressions()
   out: dict[tuple[str, str, int], int] = {}
   rows = common.read_csv(path, header=False)
   try:

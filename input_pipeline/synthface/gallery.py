@@ -15,11 +15,34 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clef_jax import prompts
+from input_pipeline import activities
+from input_pipeline import schema
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 
 _LABEL_H = 14
+# FACS names of the rendered AUs, for the captions only.
+_AU_CAPTIONS: dict[int, str] = {
+  1: "inner brow raiser",
+  2: "outer brow raiser",
+  4: "brow lowerer",
+  5: "upper lid raiser",
+  6: "cheek raiser",
+  7: "lid tightener",
+  9: "nose wrinkler",
+  10: "upper lip raiser",
+  11: "nasolabial deepener",
+  12: "lip corner puller",
+  14: "dimpler",
+  15: "lip corner depressor",
+  16: "lower lip depressor",
+  17: "chin raiser",
+  20: "lip stretcher",
+  23: "lip tightener",
+  24: "lip pressor",
+  25: "lips part",
+  26: "jaw drop",
+}
 _BG = (250, 250, 250)
 
 
@@ -60,13 +83,13 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
   for au in render.AUS:
     for x in (0, 3, 5):
       img = render.render_face(people[0].identity, {au: x}, size)
-      tiles.append(_tile(img, f"AU{au} {x}" if x else f"AU{au} " + prompts.au_name(au)[:14], size))
+      tiles.append(_tile(img, f"AU{au} {x}" if x else f"AU{au} " + _AU_CAPTIONS[au][:14], size))
   parts.append(_grid(tiles, cols, width))
   parts.append(_title("Expressions (noisy prototypes, one row each) on several subjects", width))
   tiles = []
-  for e in prompts.expressions():
+  for e in schema.expressions():
     for k, s in enumerate(people):
-      rng = population.rng_for(seed, 99, prompts.expression_index(e), k)
+      rng = population.rng_for(seed, 99, schema.expression_index(e), k)
       a = population.expression_aus(rng, e, 1.0) if e != "neutral" else np.zeros(len(render.AUS))
       on = [str(au) for au, v in zip(render.AUS, a) if v >= 1.5]
       tiles.append(
@@ -81,7 +104,7 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
   parts.append(
     _title(
       "Episode strip: subject doing T1 ("
-      + prompts.activity_text("bp4d", "T1")
+      + activities.activity_text("bp4d", "T1")
       + "), frame, expression, AUs coded 1",
       width,
     )

@@ -11,7 +11,6 @@ import dataclasses
 
 import numpy as np
 
-from clef_jax import prompts
 from input_pipeline.synthface import render
 
 TASKS: tuple[str, ...] = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8")
@@ -56,6 +55,18 @@ ACTIVITY_ADDONS: dict[str, tuple[float, tuple[int, ...]]] = {
 }
 # Talking produces lips-part blips between and during episodes.
 TALKING_TASKS = ("T1", "T2", "T4", "T7")
+# EMFACS prototype AUs of each expression (happiness = cheek raiser + lip corner puller); the
+# generator draws noisy versions of these (expression_aus). A fact of SynthFace, not a prompt.
+EXPRESSION_PROTOTYPES: dict[str, tuple[int, ...]] = {
+  "neutral": (),
+  "happiness": (6, 12),
+  "sadness": (1, 4, 15),
+  "surprise": (1, 2, 5, 26),
+  "fear": (1, 2, 4, 5, 7, 20, 26),
+  "disgust": (9, 15, 16),
+  "anger": (4, 5, 7, 23),
+  "contempt": (12, 14),
+}
 # Co-activations that make prototypes look like real expressions: {expr: [(p, au), ...]}.
 _EXTRAS: dict[str, list[tuple[float, int]]] = {
   "happiness": [(0.5, 25), (0.3, 7), (0.15, 10)],
@@ -129,15 +140,22 @@ def make_subject(seed: int, index: int, name: str) -> Subject:
   )
 
 
+def expression_prototype(name: str) -> list[int]:
+  """EMFACS prototype AU numbers of an expression (e.g. happiness -> [6, 12])."""
+  if name not in EXPRESSION_PROTOTYPES:
+    raise KeyError(f"no prototype for expression {name!r}; known: {list(EXPRESSION_PROTOTYPES)}")
+  return list(EXPRESSION_PROTOTYPES[name])
+
+
 def expression_aus(rng: np.random.Generator, expression: str, strength: float) -> np.ndarray:
   """A noisy prototype: [len(AUS)] float64 apex intensities for ``expression``.
 
-  Each prototype AU (``clef_jax.prompts.expression_prototype``) survives with p=0.85 (at least
+  Each prototype AU (``expression_prototype``) survives with p=0.85 (at least
   one does), gets an apex intensity ``strength * U(2.2, 5)``; co-activations (lips part with a
   jaw drop, teeth in a smile, …) and one stray low AU (p=0.15) are added.
   """
   v = np.zeros(len(render.AUS))
-  proto = [au for au in prompts.expression_prototype(expression) if au in render.AU_INDEX]
+  proto = [au for au in expression_prototype(expression) if au in render.AU_INDEX]
   keep = rng.random(len(proto)) < 0.85
   if proto and not keep.any():
     keep[rng.integers(len(proto))] = True
