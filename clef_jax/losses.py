@@ -7,7 +7,7 @@ True = real row) so that padded rows of the last batch are neither anchors nor p
 negatives; anchors without any positive are left out of the mean, and a batch with nothing left
 gives a loss of 0 (never NaN). Logit scales and temperatures are passed in by the caller.
 
-Which function is which loss of METHOD.md:
+Which function is which loss of docs/method.md:
   stage 0 (CLIP InfoNCE on captions)   ``clip_loss``
   stage 1  ``L = λ_PI · L_II' + λ_PA · L_IA``
     L_II' (PI, image–image SupCon)     ``supcon_from_mask(z, pairing_mask(pairing, ...), τ)``

@@ -2,7 +2,7 @@
 
 The one-shot functions (``au_f1``, ``fer_metrics``) and the streaming accumulators
 (``AUCounts``, ``ConfusionCounts``) share their arithmetic, so accumulating a test fold batch by
-batch gives exactly the one-shot result. Protocol (METHOD.md): AU F1 is the F1 of the positive
+batch gives exactly the one-shot result. Protocol (docs/method.md): AU F1 is the F1 of the positive
 class with TP/FP/FN summed over the whole test fold and unknown labels (-1) masked; FER reports
 accuracy, mean class accuracy and the confusion matrix (rows = true class).
 """

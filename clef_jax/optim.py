@@ -46,20 +46,26 @@ DEFAULT_NO_DECAY = (
   r"(.*/)?logit_(scale|bias)",
 )
 
-DEFAULTS: dict[str, Any] = dict(
-  lr=1e-3,
-  warmup_steps=0,
-  total_steps=None,
+# The recipe (lr, schedule, Adam's betas and eps, weight decay, clipping) has one home, the
+# config (configs/common.py): every one of these keys must be given.
+REQUIRED = (
+  "lr",
+  "warmup_steps",
+  "total_steps",
+  "weight_decay",
+  "b1",
+  "b2",
+  "eps",
+  "grad_clip_norm",
+)
+# Structural keys that are empty unless asked for.
+OPTIONAL: dict[str, Any] = dict(
   end_lr_ratio=0.0,
-  weight_decay=0.0,
-  b1=0.9,
-  b2=0.999,
-  eps=1e-8,
-  grad_clip_norm=0.0,
   lr_mults=(),
   freeze=(),
   no_decay=None,  # None: DEFAULT_NO_DECAY.
 )
+KNOWN = (*REQUIRED, *OPTIONAL)
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 
@@ -70,12 +76,15 @@ def _config_dict(optim_config: Any) -> dict[str, Any]:
     optim_config = optim_config.to_dict()
   if not isinstance(optim_config, Mapping):
     raise ValueError(f"optim config: expected a dict/ConfigDict, got {type(optim_config).__name__}")
-  unknown = sorted(set(optim_config) - set(DEFAULTS))
+  unknown = sorted(set(optim_config) - set(KNOWN))
   if unknown:
-    raise ValueError(f"optim config: unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
-  cfg = {**DEFAULTS, **optim_config}
-  if cfg["total_steps"] is None:
-    raise ValueError("optim config: total_steps is required")
+    raise ValueError(f"optim config: unknown keys {unknown}; known keys are {sorted(KNOWN)}")
+  missing = [k for k in REQUIRED if optim_config.get(k) is None]
+  if missing:
+    raise ValueError(
+      f"optim config: missing keys {missing} (configs/common.py sets every one of {list(REQUIRED)})"
+    )
+  cfg = {**OPTIONAL, **optim_config}
   for key in ("warmup_steps", "total_steps"):
     if int(cfg[key]) != cfg[key] or cfg[key] < 0:
       raise ValueError(f"optim.{key}: must be an integer >= 0, got {cfg[key]!r}")
@@ -172,7 +181,7 @@ def make_optimizer(
   """Builds the AdamW transformation described in the module docstring.
 
   Args:
-    optim_config: dict or ConfigDict with keys of `DEFAULTS`: `lr` (peak),
+    optim_config: dict or ConfigDict with every key of `REQUIRED`: `lr` (peak),
       `warmup_steps`, `total_steps` (required), `end_lr_ratio`,
       `weight_decay`, `b1`, `b2`, `eps`, `grad_clip_norm` (0 = off),
       `lr_mults` [(regex, mult)], `freeze` [regex], `no_decay` [regex] (None

@@ -1,4 +1,4 @@
-"""Stage 2 for AU detection (mode=finetune, task=au): L = L_IN + λ_DN·L_DN, METHOD.md.
+"""Stage 2 for AU detection (mode=finetune, task=au): L = L_IN + λ_DN·L_DN, docs/method.md.
 
 python main.py --config=configs/finetune_au.py --workdir=W --config.init=clef:workdirs/pretrain
 """

@@ -1,4 +1,4 @@
-"""Stage 1: weakly-supervised activity-aware pretraining (mode=pretrain), METHOD.md.
+"""Stage 1: weakly-supervised activity-aware pretraining (mode=pretrain), docs/method.md.
 
 python main.py --config=configs/pretrain.py --workdir=workdirs/pretrain
 python main.py --config=configs/pretrain.py:variant=B/16,init=openai:/path/ViT-B-16.pt ...

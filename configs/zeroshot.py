@@ -1,4 +1,4 @@
-"""Zero-shot evaluation (mode=zeroshot), METHOD.md "Zero-shot evaluation".
+"""Zero-shot evaluation (mode=zeroshot), docs/method.md "Zero-shot evaluation".
 
   python main.py --config=configs/zeroshot.py:protocol=unseen_expressions --workdir=W \
       --config.init=clef:workdirs/finetune_fer_seen

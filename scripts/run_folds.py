@@ -9,7 +9,7 @@ from its checkpoints). Then W/folds.json and W/folds.md hold, for every numeric 
 folds' results.json, its value per fold and its mean ± std over the folds (population std,
 ddof=0). Lists (confusion matrices) and strings are left out of the table.
 
-The protocol (METHOD.md): BP4D, BP4D+ and DISFA are evaluated 3-fold subject-exclusive and
+The protocol (docs/method.md): BP4D, BP4D+ and DISFA are evaluated 3-fold subject-exclusive and
 averaged over folds; `config.fold` picks the test part (see clef_jax/datasets.py).
 """
 

@@ -1,4 +1,4 @@
-"""End to end on a tiny SynthFace: the CLEF method's whole path, METHOD.md stage by stage.
+"""End to end on a tiny SynthFace: the CLEF method's whole path, docs/method.md stage by stage.
 
 pretrain → finetune au / fer / fer on the seen classes (all from `clef:<pretrain>`) → the three
 zero-shot protocols → linear probe, plus the `head=linear` and `au_head=prompt_pair` variants and

@@ -104,7 +104,19 @@ def _grads(n, seed=1):
   return [jax.tree.map(lambda x: x * 0.5, _params(seed + i)) for i in range(n)]
 
 
+# Plain AdamW: what a test does not set explicitly (make_optimizer has no defaults of its own;
+# the project's recipe lives in configs/common.py).
+PLAIN = dict(
+  lr=1e-3, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0
+)
+
+
+def _cfg(**kw):
+  return {**PLAIN, **kw}
+
+
 BASE = dict(
+  grad_clip_norm=0.0,
   lr=0.05,
   warmup_steps=2,
   total_steps=10,
@@ -193,7 +205,7 @@ def test_frozen_leaves_unchanged_and_without_state():
 def test_lr_mults_scale_first_adam_step():
   params = _params()
   grads = jax.tree.map(lambda x: x + np.float32(0.3) * np.sign(x), _params(7))
-  cfg = dict(
+  cfg = _cfg(
     lr=0.01,
     total_steps=100,
     b1=0.9,
@@ -220,7 +232,7 @@ def test_clipping_matches_numpy_global_norm(clip):
   # clipping is visible: u = g' / (|g'| + 1) with g' the clipped gradient.
   params = _params()
   grads = _grads(1)[0]
-  cfg = dict(lr=1.0, total_steps=10, eps=1.0, grad_clip_norm=clip)
+  cfg = _cfg(lr=1.0, total_steps=10, eps=1.0, grad_clip_norm=clip)
   tx, _ = optim.make_optimizer(cfg, params)
   updates, _ = _first_update(tx, params, grads)
   g = {k: np.asarray(v, np.float64) for k, v in _names_values(grads).items()}
@@ -274,7 +286,7 @@ def test_trainable_mask_and_labels():
 @pytest.mark.parametrize(
   "cfg,message",
   [
-    ({"lr": 1e-3}, "total_steps is required"),
+    ({"lr": 1e-3}, r"missing keys \['warmup_steps', 'total_steps', .*'grad_clip_norm'\]"),
     ({"total_steps": 10, "learning_rate": 1.0}, r"unknown keys \['learning_rate'\]"),
     ({"total_steps": 10, "warmup_steps": 10}, "must be smaller than"),
     ({"total_steps": 10, "weight_decay": -1.0}, r"optim.weight_decay: must be >= 0"),
@@ -295,13 +307,15 @@ def test_trainable_mask_and_labels():
   ],
 )
 def test_config_errors(cfg, message):
+  if "lr" not in cfg:
+    cfg = _cfg(**cfg)
   with pytest.raises(ValueError, match=message):
     optim.make_optimizer(cfg, _params())
 
 
 def test_zero_total_steps_never_updates():
   params = _params()
-  tx, schedule = optim.make_optimizer({"total_steps": 0, "lr": 1.0}, params)
+  tx, schedule = optim.make_optimizer(_cfg(total_steps=0, lr=1.0), params)
   assert float(schedule(0)) == 0.0
   new, _ = _run(tx, params, _grads(1))
   jax.tree.map(np.testing.assert_array_equal, new, params)

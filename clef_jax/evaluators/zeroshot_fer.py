@@ -1,4 +1,4 @@
-"""type 'zeroshot_fer': expression recognition from prompts (METHOD.md "Zero-shot evaluation").
+"""type 'zeroshot_fer': expression recognition from prompts (docs/method.md "Zero-shot evaluation").
 
 Every test image is classified by its nearest class text embedding: the prompt ensemble (mean
 over templates, renormalised) of the class names, descriptions or both (`texts`). Protocols:
