@@ -39,6 +39,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs config.mode in workdir (resuming if it holds checkpoints); returns the final results."""
   if config.mode not in MODES:
     raise ValueError(f"config.mode={config.mode!r}: expected one of {MODES}")
+  requested = config.model.dtype
+  with config.unlocked():
+    config.model.dtype = models.precision.resolve(requested)
+  logging.info(
+    "compute dtype %s%s (params, optimizer state and losses fp32)",
+    config.model.dtype,
+    f" (model.dtype=auto on {jax.devices()[0].platform})" if requested == "auto" else "",
+  )
   if config.mode == "zeroshot":
     return evaluate_init(config, workdir)
   return train_and_evaluate(config, workdir)

@@ -1,5 +1,6 @@
 """CLIP-style two-tower models (Flax linen) and their named variants."""
 
+from clef_jax.models import precision
 from clef_jax.models.clip import build
 from clef_jax.models.clip import CLIP
 from clef_jax.models.clip import init
@@ -14,6 +15,7 @@ from clef_jax.models.vit import normalize_images
 
 __all__ = [
   "build",
+  "precision",
   "CLIP",
   "init",
   "logit_scale",

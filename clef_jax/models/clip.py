@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from clef_jax.models import precision
 from clef_jax.models import text as text_lib
 from clef_jax.models import variants
 from clef_jax.models import vit
@@ -42,7 +43,7 @@ class CLIP(nn.Module):
 
   def setup(self):
     c = self.config
-    dtype = jnp.dtype(c.dtype)
+    dtype = jnp.dtype(precision.resolve(c.dtype))
     self.visual = vit.VisionTransformer(
       image_size=c.image_size,
       patch_size=c.patch_size,

@@ -16,7 +16,8 @@ A model config is an `ml_collections.ConfigDict` with the fields of `_DEFAULTS`:
   text_pooling     'argmax': pool at argmax(token id) (OpenAI: EOT has the largest id);
                    'eos_id': pool at the first position whose token == eos_token_id (HF).
   eos_token_id     end-of-text token id (used by 'eos_id' pooling).
-  dtype            compute dtype 'float32' | 'bfloat16'; params are always float32 and
+  dtype            compute dtype 'float32' | 'bfloat16' | 'auto' (bf16 where the backend has
+                   fast bf16 matmuls, see precision.py); params are always float32 and
                    the output embeddings are float32.
   remat            rematerialise (nn.remat) every residual block.
   logit_scale_init initial value of the learnable log temperature (log(1/0.07)).
@@ -32,7 +33,7 @@ import ml_collections
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 TEXT_POOLINGS = ("argmax", "eos_id")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "auto")  # "auto": see clef_jax/models/precision.py
 
 # OpenAI CLIP defaults shared by every named variant except 'tiny'.
 _DEFAULTS: dict[str, Any] = dict(

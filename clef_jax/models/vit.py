@@ -75,8 +75,14 @@ class ResidualBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """`x` `[B, L, W]`; `mask` `[B, 1, L, L] bool` (True = attend) or None."""
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_1")(x)
+    # bf16 compute: the attention softmax stays fp32 (LayerNorm statistics already are:
+    # flax reduces in fp32), the rest of the block runs in `dtype` on fp32 params.
     y = nn.MultiHeadDotProductAttention(
-      num_heads=self.num_heads, dtype=self.dtype, deterministic=True, name="attn"
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      deterministic=True,
+      force_fp32_for_softmax=True,
+      name="attn",
     )(y, y, mask=mask)
     x = x + y
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_2")(x)
