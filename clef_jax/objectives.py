@@ -299,7 +299,9 @@ def finetune_objective(
   num = len(labels)
   tokens = {k: np.stack([tokenizer(row) for row in v]) for k, v in texts.items()}
   use_text_head = fc.head == "text"
-  use_dn = bool(fc.use_descriptions and fc.lambda_dn)
+  # L_DN shapes the label texts the text head classifies with; with head='linear' it would only
+  # train an unused text tower (and dominate the clipped global gradient: norm 15 vs 0.15).
+  use_dn = bool(fc.use_descriptions and fc.lambda_dn) and use_text_head
   if not (use_text_head or use_dn):
     tokens = {}
   pw = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
@@ -334,7 +336,11 @@ def finetune_objective(
 
   def logits_fn(params, zimg, ztxt, train):
     if fc.head == "linear":
-      return nn.Dense(num).apply({"params": params["heads"]["linear"]}, zimg)
+      # zimg is unit-norm; sqrt(D)·zimg has unit-variance components, so the default Dense init
+      # gives O(1) logits and O(1) gradients into the tower (on zimg itself the logits start
+      # at std ~0.07 and a from-scratch tower never leaves the constant prediction).
+      scale = math.sqrt(zimg.shape[-1]) if fc.linear_rescale else 1.0
+      return nn.Dense(num).apply({"params": params["heads"]["linear"]}, zimg * scale)
     cls = classifier(ztxt, train)
     if task == "fer":
       return logit_scale(params, mc) * zimg @ cls.T
