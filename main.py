@@ -60,7 +60,7 @@ def _maybe_initialize_distributed() -> None:
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of orbax, TFDS and grain (their warnings and errors still show)."""
 
-  _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/")
+  _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/", "/jax/_src/xla_bridge.py")
 
   def filter(self, record):
     return record.levelno >= std_logging.WARNING or not any(

@@ -253,7 +253,9 @@ class HeadFitter:
     self.model = models.build(config.model)
     self.obj = objectives.finetune_objective(config, self.model, tok, labels).on_features()
     self.fns = evaluators.make_predict_fns(self.obj)
-    self.mesh = sharding.make_mesh(config.mesh)
+    # One device: the head fit is tiny (embeddings are precomputed), and eight simulated CPU
+    # devices on two cores would spend its steps in collectives.
+    self.mesh = sharding.make_mesh((("data", 1), ("fsdp", 1)), devices=jax.local_devices()[:1])
     self.spec = trainer.state_spec(config, self.obj, self.mesh)
     self._step = trainer.jit_train_step(config, self.obj, self.spec, self.mesh)
 
@@ -269,10 +271,7 @@ class HeadFitter:
     with jax.set_mesh(self.mesh):
       state = trainer.init_state(self.spec, self.config, init=params)
       order = np.random.default_rng(seed)
-      shards = self.mesh.size  # the batch splits over every device of the mesh
-      bs = min(self.s["head_batch"], len(z)) // shards * shards
-      if not bs:
-        raise ValueError(f"{len(z)} training embeddings do not fill one batch on {shards} devices")
+      bs = min(self.s["head_batch"], len(z))
       metrics = {"loss": np.float32(0)}
       for _ in range(self.s["head_steps"]):
         idx = order.choice(len(z), bs, replace=False)
@@ -280,7 +279,9 @@ class HeadFitter:
         batch.update(z=z[idx].astype(np.float32), mask=np.ones((bs,), bool))
         batch = sharding.global_batch(batch, self.mesh)
         if pos_weight is not None:
-          batch["au_pos_weight"] = jnp.asarray(pos_weight, jnp.float32)
+          batch["au_pos_weight"] = jax.device_put(
+            np.asarray(pos_weight, np.float32), sharding.replicated(self.mesh)
+          )
         state, metrics = self._step(state, batch)
     loss = float(metrics["loss"])
     if not np.isfinite(loss):

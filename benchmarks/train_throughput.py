@@ -1,26 +1,28 @@
 """Training-step throughput: our jitted step vs transformers' PyTorch CLIPModel, in one run.
 
-  python benchmarks/train_throughput.py                # tiny and S/16 at 112 px, batch 32
+  python benchmarks/train_throughput.py                # tiny (112 px), default (64 px), S/16 (112 px)
   python benchmarks/train_throughput.py --quick        # 1 step per round, 2 rounds
   python benchmarks/train_throughput.py --variants=S/16 --batch_size=64 --steps=4 --repeats=5
 
 Both sides do the same work per step on the same batch (uint8 images [B, S, S, 3], activity ids
-[B]) and the same architecture:
+[B]) and the same architecture, at two precisions each, like with like:
   ours   `clef_jax.trainer.jit_train_step` (donated state), exactly the trainer's step,
          with `configs/pretrain.py` and `pretrain.objective='clip'`: normalise the images, image
          tower on B images, text tower on the K=8 BP4D activity texts, each image against its
          activity's text in CLIP's symmetric InfoNCE, backward, global-norm clip 1.0, AdamW
          (decay mask, warmup+cosine schedule), logit-scale clamp, metrics (loss, accuracies,
-         grad/param/update norms).
+         grad/param/update norms). fp32, and `model.dtype=bfloat16` (fp32 params, optimizer,
+         losses; bf16 matmuls accumulated in fp32).
   torch  `transformers.CLIPModel` built from a `CLIPConfig` with our widths, layers, heads, patch,
          image size, vocab, context and quick_gelu: the same normalisation, towers, gather, loss,
          `clip_grad_norm_(1.0)`, `torch.optim.AdamW` (fused on CPU when available, decay on
-         matrices only) and clamp; eager mode (no torch.compile).
-Timing: compile/warm up first, then `--repeats` rounds; each round times `--steps` steps (default
-5 for tiny, 2 otherwise) of ours, of torch and a large fp32 matmul (the order alternates between
-rounds, to spread the noise of a shared machine). It prints the median images/s of each, the ratio, and for every variant the
-achieved FLOP/s of our step (FLOPs from XLA's `cost_analysis()` of the compiled step) as a share
-of the matmul's FLOP/s measured in the same rounds.
+         matrices only) and clamp; eager mode (no torch.compile). fp32, and
+         `torch.autocast('cpu', bfloat16)` around the forward (its fastest CPU setting).
+Timing: compile/warm up first, then `--repeats` rounds; each round times `--steps` steps of the
+four steps and a 2048^2 matmul in fp32 and in bf16 x bf16 -> fp32 (the order alternates between
+rounds, to spread the noise of a shared machine). It prints the median images/s of each, the
+ratios at fp32, at bf16 and best-vs-best, and the achieved FLOP/s of our step (FLOPs from XLA's
+`cost_analysis()` of the compiled step) as a share of the same-precision matmul of the same rounds.
 
 Threads: torch uses `torch.set_num_threads(os.cpu_count())`; XLA uses all cores by default.
 Compiled steps go to JAX's persistent compilation cache (`--cache_dir`), so a rerun starts fast.
@@ -73,8 +75,9 @@ def machine_line() -> str:
           break
   except OSError:
     pass
+  isa = " ".join(models.precision.cpu_bf16_flags()) or "no bf16 matrix ISA"
   return (
-    f"{model}; {os.cpu_count()} cores; load average "
+    f"{model} ({isa}); {os.cpu_count()} cores; load average "
     f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; jax {jax.__version__} "
     f"{jax.devices()[0].platform} x{jax.device_count()}"
   )
@@ -86,15 +89,20 @@ def machine_line() -> str:
 
 
 def bench_config(
-  variant: str, image_size: int, batch_size: int, objective: str = "clip"
+  variant: str, image_size: int, batch_size: int, objective: str = "clip", dtype: str = "float32"
 ) -> ml_collections.ConfigDict:
-  """configs/pretrain.py for `variant` at `image_size`, one view per image, no sampler."""
-  config = pretrain_config.get_config(f"variant={variant},image_size={image_size}")
+  """configs/pretrain.py for `variant` at `image_size` (variant 'default': the default job's
+  model, a 6-layer Ti/16 at 64 px), one view per image, no sampler, compute `dtype`."""
+  if variant == "default":
+    config = pretrain_config.get_config()
+  else:
+    config = pretrain_config.get_config(f"variant={variant},image_size={image_size}")
   config.batch_size = batch_size
   config.pretrain.objective = objective
   config.data.two_views = False
   config.data.sampler.enabled = False
   config.optim.total_steps = config.total_steps
+  config.model.dtype = dtype
   return config
 
 
@@ -164,33 +172,6 @@ class OurStep:
     return time.perf_counter() - t0
 
 
-def analytic_matmul_flops(mc: ml_collections.ConfigDict, images: int, texts: int) -> float:
-  """3 x the forward matmul FLOPs (fwd + 2 x bwd) of both towers; a cross-check of XLA's count."""
-
-  def tower(n, t, w, layers, extra):
-    mlp = models.variants.mlp_dim(mc, w)
-    per_layer = 2 * n * t * w * (3 * w + w + 2 * mlp) + 4 * n * t * t * w  # dense + attention
-    return layers * per_layer + extra
-
-  grid = (mc.image_size // mc.patch_size) ** 2
-  vis = tower(
-    images,
-    grid + 1,
-    mc.vision_width,
-    mc.vision_layers,
-    2 * images * grid * mc.patch_size**2 * 3 * mc.vision_width
-    + 2 * images * mc.vision_width * mc.embed_dim,
-  )
-  txt = tower(
-    texts,
-    mc.context_length,
-    mc.text_width,
-    mc.text_layers,
-    2 * texts * mc.text_width * mc.embed_dim,
-  )
-  return 3.0 * (vis + txt)
-
-
 # ------------------------------------------------------------------------------------------
 # The same step in transformers + PyTorch.
 # ------------------------------------------------------------------------------------------
@@ -235,12 +216,17 @@ class TorchStep:
   """transformers.CLIPModel forward + CLIP loss + backward + clip + AdamW on a fixed batch."""
 
   def __init__(
-    self, config: ml_collections.ConfigDict, tokens: np.ndarray, host_batch: dict[str, np.ndarray]
+    self,
+    config: ml_collections.ConfigDict,
+    tokens: np.ndarray,
+    host_batch: dict[str, np.ndarray],
+    bf16: bool = False,
   ):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
 
     self.torch = torch
+    self.bf16 = bf16  # torch.autocast('cpu', bfloat16) around the forward: its fastest CPU mode
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     self.model = transformers.CLIPModel(hf_clip_config(config.model)).train()
@@ -277,8 +263,10 @@ class TorchStep:
     f = torch.nn.functional
     x = self.images.permute(0, 3, 1, 2).float().div_(255.0)
     x = (x - self.mean) / self.std
-    zi = f.normalize(self._features(self.model.get_image_features(pixel_values=x)), dim=-1)
-    zt = f.normalize(self._features(self.model.get_text_features(input_ids=self.tokens)), dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+      zi = self._features(self.model.get_image_features(pixel_values=x))
+      zt = self._features(self.model.get_text_features(input_ids=self.tokens))
+    zi, zt = f.normalize(zi.float(), dim=-1), f.normalize(zt.float(), dim=-1)
     zt = zt[self.act]
     logits = self.model.logit_scale.clamp(max=self.max_scale).exp() * zi @ zt.T
     labels = torch.arange(logits.shape[0])
@@ -307,13 +295,16 @@ class TorchStep:
 
 
 class Matmul:
-  """A jitted fp32 [n, n] @ [n, n]; `run(reps)` returns seconds for `reps` products."""
+  """A jitted [n, n] @ [n, n] in fp32, or bf16 x bf16 accumulated in fp32 (how our bf16 layers
+  multiply); `run(reps)` returns seconds for `reps` products."""
 
-  def __init__(self, n: int = 2048):
+  def __init__(self, n: int = 2048, dtype=jnp.float32):
     k1, k2 = jax.random.split(jax.random.key(0))
-    self.a = jax.random.normal(k1, (n, n), jnp.float32)
-    self.b = jax.random.normal(k2, (n, n), jnp.float32)
-    self.compiled = jax.jit(jnp.dot).lower(self.a, self.b).compile()
+    self.a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+    self.b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+    self.name = jnp.dtype(dtype).name
+    dot = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
+    self.compiled = jax.jit(dot).lower(self.a, self.b).compile()
     self.flops = 2.0 * n**3
     self.xla_flops = xla_flops(self.compiled)
     self.run(1)
@@ -332,65 +323,88 @@ class Matmul:
 # ------------------------------------------------------------------------------------------
 
 
-def bench_variant(variant: str, args: argparse.Namespace, matmul: Matmul) -> dict[str, Any]:
-  """Builds, warms up and times both steps and the matmul for one variant; prints a summary."""
-  config = bench_config(variant, args.image_size, args.batch_size)
+def bench_variant(variant: str, args: argparse.Namespace, matmuls: dict) -> dict[str, Any]:
+  """Times our step and torch's at fp32 and at each side's best precision (ours bf16, torch
+  autocast bf16), plus the fp32 and bf16 matmuls, in alternating rounds; prints a summary."""
   texts = list(prompts.activities("bp4d").values())
-  host = random_batch(args.batch_size, args.image_size, len(texts))
-  t0 = time.perf_counter()
-  ours = OurStep(config, texts, host)
-  t_compile = time.perf_counter() - t0
-  theirs = TorchStep(config, ours.tokens, host)
-  warm_ours, warm_theirs = ours.run(args.warmup), theirs.run(args.warmup)
-  mc = config.model
+  configs = {p: bench_config(variant, args.image_size, args.batch_size, dtype=p) for p in PRECS}
+  mc = configs["float32"].model
+  host = random_batch(args.batch_size, mc.image_size, len(texts))
+  steppers, compile_s = {}, {}
+  for p in PRECS:
+    t0 = time.perf_counter()
+    steppers[f"ours {p}"] = OurStep(configs[p], texts, host)
+    compile_s[p] = time.perf_counter() - t0
+  tokens = steppers["ours float32"].tokens
+  for p in PRECS:
+    steppers[f"torch {p}"] = TorchStep(configs[p], tokens, host, bf16=p == "bfloat16")
+  warm = {k: v.run(args.warmup) for k, v in steppers.items()}
   print(
     f"\n== {variant} at {mc.image_size} px, batch {args.batch_size} "
     f"(vision {mc.vision_width}x{mc.vision_layers}/{mc.vision_heads}h patch {mc.patch_size}, "
     f"text {mc.text_width}x{mc.text_layers}/{mc.text_heads}h ctx {mc.context_length}, "
-    f"vocab {mc.vocab_size}, {mc.act}); {len(texts)} activity texts; torch {theirs.optimizer}"
+    f"vocab {mc.vocab_size}, {mc.act}); {len(texts)} activity texts; "
+    f"torch {steppers['torch float32'].optimizer}, bf16 = torch.autocast('cpu', bfloat16)"
   )
   print(
-    f"   compile {t_compile:.1f} s; warm-up ({args.warmup} steps) ours {warm_ours:.2f} s, "
-    f"torch {warm_theirs:.2f} s"
+    "   compile "
+    + ", ".join(f"ours {p} {t:.1f} s" for p, t in compile_s.items())
+    + "; warm-up "
+    + ", ".join(f"{k} {t:.2f} s" for k, t in warm.items())
   )
-  ours_ips, torch_ips, mm_fps = [], [], []
+  ips: dict[str, list[float]] = {k: [] for k in steppers}
+  fps: dict[str, list[float]] = {k: [] for k in matmuls}
   for r in range(args.repeats):
-    runs = [("ours", ours), ("torch", theirs), ("matmul", matmul)]
+    runs = [*steppers.items(), *((f"matmul {k}", m) for k, m in matmuls.items())]
     if r % 2:
       runs.reverse()
-    times = {}
+    line = []
     for name, obj in runs:
-      times[name] = obj.run(args.matmul_reps if name == "matmul" else args.steps)
-    ours_ips.append(args.batch_size * args.steps / times["ours"])
-    torch_ips.append(args.batch_size * args.steps / times["torch"])
-    mm_fps.append(matmul.flops * args.matmul_reps / times["matmul"])
+      if name.startswith("matmul "):
+        k = name.split(" ", 1)[1]
+        fps[k].append(obj.flops * args.matmul_reps / obj.run(args.matmul_reps))
+      else:
+        ips[name].append(args.batch_size * args.steps / obj.run(args.steps))
+    for k in steppers:
+      line.append(f"{k} {ips[k][-1]:7.2f}")
+    line += [f"matmul {k} {fps[k][-1] / 1e9:6.1f} GFLOP/s" for k in matmuls]
+    print(f"   round {r + 1}: " + " | ".join(line) + f" | load {os.getloadavg()[0]:.2f}")
+  med = {k: statistics.median(v) for k, v in ips.items()}
+  mm = {k: statistics.median(v) for k, v in fps.items()}
+  out = dict(variant=variant, **{k: v for k, v in med.items()})
+  for p in PRECS:
+    ratio = med[f"ours {p}"] / med[f"torch {p}"]
+    out[f"ratio {p}"] = ratio
+    flops = steppers[f"ours {p}"].flops
+    achieved = flops * med[f"ours {p}"] / args.batch_size
+    out[f"share {p}"] = achieved / mm[p]
     print(
-      f"   round {r + 1}: ours {ours_ips[-1]:8.2f} img/s   torch {torch_ips[-1]:8.2f} img/s   "
-      f"ratio {ours_ips[-1] / torch_ips[-1]:5.2f}   matmul {mm_fps[-1] / 1e9:6.1f} GFLOP/s   "
-      f"load {os.getloadavg()[0]:.2f}"
+      f"   {p}: ours {med[f'ours {p}']:.2f} img/s, torch {med[f'torch {p}']:.2f} img/s -> "
+      f"ours/torch = {ratio:.2f}x; step {flops / 1e9:.1f} GFLOP (XLA), achieved "
+      f"{achieved / 1e9:.1f} GFLOP/s = {100 * achieved / mm[p]:.0f}% of the {p} matmul "
+      f"({mm[p] / 1e9:.1f} GFLOP/s)"
     )
-  o, t, m = (statistics.median(x) for x in (ours_ips, torch_ips, mm_fps))
-  step_flops = ours.flops
-  achieved = step_flops * o / args.batch_size
-  analytic = analytic_matmul_flops(mc, args.batch_size, len(texts))
+  best = med["ours bfloat16"] / max(med["torch float32"], med["torch bfloat16"])
+  out["ratio best"] = best
   print(
-    f"   median: ours {o:.2f} img/s, torch {t:.2f} img/s -> ours/torch = {o / t:.2f}x "
-    f"(target >= 1.5x: {'met' if o / t >= 1.5 else 'MISSED'})"
+    f"   best precision each side: ours bf16 / torch's faster = {best:.2f}x "
+    f"(target >= 1.5x: {'met' if best >= 1.5 else 'MISSED'}); fp32: "
+    f"{out['ratio float32']:.2f}x (target >= 1.0x: "
+    f"{'met' if out['ratio float32'] >= 1.0 else 'MISSED'})"
   )
-  print(
-    f"   step FLOPs (XLA cost_analysis) {step_flops / 1e9:.1f} G (analytic 3x fwd matmuls "
-    f"{analytic / 1e9:.1f} G); achieved {achieved / 1e9:.1f} GFLOP/s = "
-    f"{100 * achieved / m:.0f}% of the {matmul.a.shape[0]}^2 fp32 matmul's "
-    f"{m / 1e9:.1f} GFLOP/s"
-  )
-  return dict(
-    variant=variant, ours=o, torch=t, ratio=o / t, flops=step_flops, share=achieved / m, matmul=m
-  )
+  return out
+
+
+PRECS = ("float32", "bfloat16")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--variants", default="tiny,S/16", help="comma-separated model variants")
+  p.add_argument(
+    "--variants",
+    default="tiny,default,S/16",
+    help="comma-separated model variants ('default': the default job's model at 64 px)",
+  )
   p.add_argument("--image_size", type=int, default=112)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--steps", type=int, default=0, help="timed steps per round (0: per variant)")
@@ -427,22 +441,21 @@ def main(argv=None) -> None:
   use_compilation_cache(args.cache_dir)
   print(f"machine: {machine_line()}")
   print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
-  matmul = Matmul(args.matmul_size)
-  print(
-    f"matmul {args.matmul_size}^2 fp32: XLA counts {matmul.xla_flops / 1e9:.2f} GFLOP "
-    f"(2n^3 = {matmul.flops / 1e9:.2f})"
-  )
+  matmuls = {p: Matmul(args.matmul_size, jnp.dtype(p)) for p in PRECS}
   results = []
   explicit_steps = args.steps
   for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-    default_steps = {"tiny": 5}.get(variant, 2)
+    default_steps = {"tiny": 5, "default": 4}.get(variant, 2)
     args.steps = explicit_steps or (1 if args.quick else default_steps)
-    results.append(bench_variant(variant, args, matmul))
-  print("\nsummary (median images/s; ours/torch; our step's FLOP/s as a share of the matmul's):")
+    results.append(bench_variant(variant, args, matmuls))
+  print("\nsummary (median images/s; ours/torch at fp32 and at each side's best precision):")
   for r in results:
     print(
-      f"  {r['variant']:>6}: ours {r['ours']:8.2f}  torch {r['torch']:8.2f}  "
-      f"ratio {r['ratio']:5.2f}x  FLOP share {100 * r['share']:4.0f}%"
+      f"  {r['variant']:>7}: fp32 ours {r['ours float32']:8.2f} torch {r['torch float32']:8.2f} "
+      f"({r['ratio float32']:4.2f}x) | bf16 ours {r['ours bfloat16']:8.2f} torch "
+      f"{r['torch bfloat16']:8.2f} ({r['ratio bfloat16']:4.2f}x) | best-vs-best "
+      f"{r['ratio best']:4.2f}x | FLOP share fp32 {100 * r['share float32']:3.0f}% "
+      f"bf16 {100 * r['share bfloat16']:3.0f}%"
     )
   print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

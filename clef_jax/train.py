@@ -47,9 +47,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config.model.dtype,
     f" (model.dtype=auto on {jax.devices()[0].platform})" if requested == "auto" else "",
   )
-  if config.mode == "zeroshot":
-    return evaluate_init(config, workdir)
-  return train_and_evaluate(config, workdir)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  # One run per workdir (process 0 holds the lock; the processes of one job share the workdir).
+  lock = writers.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  try:
+    if config.mode == "zeroshot":
+      return evaluate_init(config, workdir)
+    return train_and_evaluate(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 # ------------------------------------------------------------------------------------------
@@ -176,22 +184,85 @@ def evaluate_init(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks (save, then exit cleanly)."""
+  """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a flag the loop checks: it saves a
+  checkpoint at the current step and the run exits 0 (a rerun resumes)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
   def _handler(self, signum, frame):
     del frame
-    logging.warning("Signal %d received: saving a checkpoint and stopping.", signum)
+    if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+      raise KeyboardInterrupt
+    logging.warning(
+      "%s received: saving a checkpoint and stopping (Ctrl-C again to stop without saving).",
+      signal.Signals(signum).name,
+    )
     self.requested = True
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+
+
+# Fields a resumed run may change (speed, logging, evaluation, length); any other difference
+# from the workdir's config.json means the checkpoints belong to another run.
+_RESUME_MAY_CHANGE = (
+  "total_steps",
+  "optim.total_steps",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_steps",
+  "evals",
+  "data.worker_count",
+  "data.data_dir",
+  "model.dtype",
+  "model.remat",
+  "transfer_guard",
+  "mesh",
+  "sharding_rules",
+  "accum_steps",
+  "init",
+)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def check_resumable(config, workdir: str) -> None:
+  """Refuses (before anything is written) to resume a workdir whose config.json describes
+  another run, naming every field that differs."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    saved = _flat(json.load(f))
+  now = _flat(json.loads(json.dumps(writers.jsonable(config.to_dict()))))
+  if config.init:  # the model comes from the init: compare the run's, not the init's
+    saved = {k: v for k, v in saved.items() if not k.startswith("model.")}
+    now = {k: v for k, v in now.items() if not k.startswith("model.")}
+  allowed = lambda k: any(k == a or k.startswith(a + ".") for a in _RESUME_MAY_CHANGE)
+  diff = [
+    f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"
+    for k in sorted(set(saved) | set(now))
+    if not allowed(k) and saved.get(k) != now.get(k)
+  ]
+  if diff:
+    raise ValueError(
+      f"{workdir} holds checkpoints of a run with another config; resuming it with this one "
+      "would mix two runs. Differences:\n  " + "\n  ".join(diff) + "\nUse another --workdir "
+      "(or delete this one to start afresh)."
+    )
 
 
 def _check_finite(m: dict[str, Any], step: int, last_good: int, where: str) -> None:
@@ -220,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   resuming = os.path.isfile(os.path.join(workdir, "config.json")) and ckpt_lib.has_checkpoint(
     os.path.join(workdir, "checkpoints")
   )
+  if resuming:
+    check_resumable(config, workdir)
   loaded = resolve_init(config, workdir if resuming else None)
   if config.optim.total_steps < 0:
     with config.unlocked():
@@ -251,6 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if restored is not None:
       state, first = restored
       logging.info("Resumed from %s at step %d.", ckpt.directory, first)
+      if is_main:
+        writers.trim_metrics(workdir, first)  # rows of a lost run past the checkpoint
     else:
       first = 0
       state = trainer.init_state(spec, config, loaded)
@@ -296,7 +371,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_scalars(step, res)
             t_log = time.time()  # evaluation time is not training speed
         if preempt.requested:
-          logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved.", step)
+          logging.warning(
+            "Stopped at step %d after SIGTERM/SIGINT; the checkpoint is saved (rerun to resume).",
+            step,
+          )
           ckpt.close()
           writer.close()
           return {"preempted_at_step": step}

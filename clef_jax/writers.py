@@ -17,11 +17,11 @@ from typing import Any, Mapping
 import numpy as np
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
   if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, np.ndarray):
     return x.tolist()
   if isinstance(x, np.generic):
@@ -31,7 +31,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_config(workdir: str, config) -> None:
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(_jsonable(config.to_dict()), f, indent=2, sort_keys=True)
+    json.dump(jsonable(config.to_dict()), f, indent=2, sort_keys=True)
 
 
 class MetricWriter:
@@ -61,6 +61,68 @@ class MetricWriter:
   def close(self) -> None:
     self._writer.flush()
     self._writer.close()
+
+
+def trim_metrics(workdir: str, last_step: int) -> int:
+  """Drops the metrics.jsonl rows past `last_step` (a run resumed from an older checkpoint:
+  the lost steps are trained again), so every consumer sees one history. Returns rows dropped."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = [l for l in f if l.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= last_step:
+        keep.append(line)
+    except (ValueError, KeyError):  # a line cut short by a kill: drop it too
+      pass
+  if len(keep) < len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+    logging.info("metrics.jsonl: dropped %d rows past step %d", len(lines) - len(keep), last_step)
+  return len(lines) - len(keep)
+
+
+class WorkdirLock:
+  """An exclusive lock on `workdir/.lock` held by process 0 of a run for its lifetime.
+
+  Two runs on one workdir would overwrite each other's checkpoints and interleave metrics.jsonl;
+  the second one stops with the first one's pid and host. The lock dies with its process (even
+  on SIGKILL), so a killed run can be resumed at once. The processes of one multi-process job
+  share the workdir by design: only process 0 takes the lock.
+  """
+
+  def __init__(self, workdir: str):
+    import fcntl  # pylint: disable=g-import-not-at-top
+    import socket  # pylint: disable=g-import-not-at-top
+
+    self.path = os.path.join(workdir, ".lock")
+    self._f = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._f.seek(0)
+      holder = self._f.read().strip() or "another process"
+      self._f.close()
+      raise RuntimeError(
+        f"{workdir} is in use by another run ({holder}); two runs in one workdir would "
+        "overwrite each other's checkpoints. Wait for it, stop it, or use another --workdir."
+      ) from None
+    self._f.seek(0)
+    self._f.truncate()
+    self._f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    self._f.flush()
+
+  def release(self) -> None:
+    import fcntl  # pylint: disable=g-import-not-at-top
+
+    if not self._f.closed:
+      fcntl.flock(self._f, fcntl.LOCK_UN)
+      self._f.close()
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
@@ -138,7 +200,7 @@ def log_parameter_overview(params) -> None:
 
 def write_results(workdir: str, results: Mapping[str, Any], config=None) -> None:
   """results.json (flat, keys named by metric) and a readable results.md table."""
-  flat = {k: v for k, v in _jsonable(results).items()}
+  flat = {k: v for k, v in jsonable(results).items()}
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(flat, f, indent=2, sort_keys=True)
   lines = ["| metric | value |", "|---|---|"]

@@ -90,6 +90,9 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     vocab_size=EMBEDDED_VOCAB_SIZE,
     eos_token_id=EMBEDDED_VOCAB_SIZE - 1,
     context_length=64,
+    # bf16 compute where the backend has fast bf16 matmuls (TPU, GPU cc >= 8, CPUs with AMX),
+    # fp32 elsewhere; the run logs which (clef_jax/models/precision.py).
+    dtype="auto",
   )
   if variant == "Ti/16":
     c.model.vision_layers = 6
@@ -172,6 +175,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
     vocab_size=EMBEDDED_VOCAB_SIZE,
     eos_token_id=EMBEDDED_VOCAB_SIZE - 1,
     context_length=48,
+    dtype="float32",  # tests compare numbers across runs, processes and references
   )
   c.total_steps = 6
   c.batch_size = 16

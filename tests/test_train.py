@@ -4,6 +4,7 @@ All runs use configs/pretrain.py:tiny (CLEF objective, activity batch sampler, t
 session's tiny SynthFace, 8 simulated CPU devices, and compare against one straight run.
 """
 
+import json
 import os
 import signal
 import socket
@@ -158,13 +159,17 @@ def test_resume_after_sigkill_is_exact(straight, tiny_data_dir, tmp_path):
   assert logged_before > resumed_from  # the killed run had gone past its last checkpoint
 
 
-def test_sigterm_saves_and_exits_cleanly(straight, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_and_exits_cleanly(straight, tiny_data_dir, tmp_path, sig):
+  """Preemption (SIGTERM) and Ctrl-C (SIGINT) both save at the current step and exit 0; the
+  old code met Ctrl-C with a KeyboardInterrupt traceback, rc 130 and a lost checkpoint."""
   workdir = str(tmp_path / "terminated")
   proc = _launch(workdir, tiny_data_dir)
   _wait_for_step(proc, workdir, 6)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   assert proc.wait(timeout=600) == 0, _log(workdir)[-3000:]
-  assert "after SIGTERM" in _log(workdir)
+  log = _log(workdir)
+  assert "after SIGTERM/SIGINT" in log and "Traceback" not in log, log[-3000:]
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   stopped = max(writers.read_metrics(workdir))
   assert steps[-1] == stopped < TOTAL  # a checkpoint exactly where it stopped
@@ -205,3 +210,54 @@ def test_two_processes_match_one(straight, tiny_data_dir, tmp_path):
     [want[s]["loss"] for s in range(1, TOTAL + 1)],
     rtol=1e-4,
   )
+
+
+def test_resuming_with_another_config_is_refused_before_anything_is_written(straight, tmp_path):
+  """The old code rewrote config.json first, then failed on every checkpoint ('tree structures
+  do not match'), so the run could no longer serve as `clef:` init."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(straight, workdir)
+  before = open(os.path.join(workdir, "config.json"), "rb").read()
+  metrics_before = open(os.path.join(workdir, "metrics.jsonl"), "rb").read()
+  c = _config(os.path.dirname(straight))  # any data dir: nothing is read
+  c.model.vision_width = 64
+  c.pretrain.temperature = 0.2
+  with pytest.raises(ValueError) as e:
+    train.run(c, workdir)
+  msg = str(e.value)
+  assert "model.vision_width: 32 in the workdir, 64 now" in msg
+  assert "pretrain.temperature: 0.1 in the workdir, 0.2 now" in msg
+  assert open(os.path.join(workdir, "config.json"), "rb").read() == before
+  assert open(os.path.join(workdir, "metrics.jsonl"), "rb").read() == metrics_before
+
+
+def test_a_second_run_on_a_busy_workdir_stops(tmp_path):
+  """Two runs on one workdir used to both train and interleave metrics.jsonl; now the second
+  one stops with the first one's pid (the lock dies with its holder, so resume still works)."""
+  workdir = str(tmp_path / "busy")
+  os.makedirs(workdir)
+  code = (
+    "import sys, time; sys.path.insert(0, %r); from clef_jax import writers; "
+    "l = writers.WorkdirLock(%r); print('locked', flush=True); time.sleep(60)"
+  ) % (ROOT, workdir)
+  holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid} on"):
+      writers.WorkdirLock(workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  writers.WorkdirLock(workdir).release()  # free again once the holder is gone
+
+
+def test_trim_metrics_keeps_one_history(tmp_path):
+  """After a fallback to checkpoint 4 the lost run's rows 5.. are dropped (it logged
+  1,2,3,4,5,6 then resumed: consumers used to see 1,2,3,4,5,6,5,6,...)."""
+  path = tmp_path / "metrics.jsonl"
+  rows = [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4, 5, 6)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "lo')
+  assert writers.trim_metrics(str(tmp_path), 4) == 3
+  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3, 4]
