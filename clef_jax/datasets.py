@@ -150,11 +150,6 @@ def restrict(data: Data, indices: np.ndarray) -> Data:
   return dataclasses.replace(data, train=Subset(data.train, indices), train_table=table)
 
 
-def canonical_expressions() -> list[str]:
-  """The project's expression order (the label schema every prepared dataset stores)."""
-  return schema.expressions()
-
-
 def for_finetune(config, data: Data) -> Data:
   """The training examples a fine-tuning run uses: the `finetune.classes` subset (FER) and a
   seeded `data.label_fraction` share of them (label-scarce runs)."""
@@ -166,7 +161,7 @@ def for_finetune(config, data: Data) -> Data:
       raise ValueError(
         f"config.finetune.classes {unknown} are not classes of {data.name} ({data.classes})"
       )
-    names = canonical_expressions()
+    names = schema.expressions()
     keep &= np.isin(data.train_table["expression"], [names.index(c) for c in fc.classes])
   fraction = config.data.label_fraction
   if not 0 < fraction <= 1:

@@ -30,6 +30,7 @@ import numpy as np
 from clef_jax import losses
 from clef_jax import models
 from clef_jax import prompts
+from input_pipeline import schema
 
 MODEL_KEYS = ("visual", "text", "logit_scale")
 
@@ -41,9 +42,6 @@ def model_params(params: dict[str, Any]) -> dict[str, Any]:
 def logit_scale(params: dict[str, Any], model_config) -> jax.Array:
   """s = exp(min(logit_scale, logit_scale_max)), CLIP's clipped temperature."""
   return models.logit_scale(params["logit_scale"], model_config.logit_scale_max)
-
-
-_normalize = models.l2_normalize
 
 
 class ProjectionHead(nn.Module):
@@ -218,7 +216,7 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
     if pc.lambda_pi:
       z = zimg
       if head is not None:
-        z = _normalize(head.apply({"params": params["heads"]["pi_proj"]}, zimg))
+        z = models.l2_normalize(head.apply({"params": params["heads"]["pi_proj"]}, zimg))
       pos = losses.pairing_mask(
         pc.pairing,
         instance_ids=_repeat_views(batch["index"], batch),
@@ -277,7 +275,7 @@ def label_texts(task: str, labels: Sequence) -> dict[str, list[list[str]]]:
 
 def _template_mean(z: jax.Array) -> jax.Array:
   """[T, C, D] -> [C, D]: mean over templates, renormalised (prompt ensembling)."""
-  return _normalize(z.mean(axis=0))
+  return models.l2_normalize(z.mean(axis=0))
 
 
 def finetune_objective(
@@ -448,6 +446,13 @@ def build(config, model, tokenizer, data) -> tuple[Objective, tuple[str, ...]]:
     keys = ("image", "expression", "mask")
   obj = finetune_objective(config, model, tokenizer, labels, pos_weight=pos_weight)
   return obj, keys
+
+
+def label_map(config, data) -> np.ndarray | None:
+  """The canonical -> trained-class map of a FER fine-tuning run (None for other runs)."""
+  if config.mode not in ("finetune", "linear_probe") or config.finetune.task != "fer":
+    return None
+  return class_label_map(trained_labels(config, data), schema.expressions())
 
 
 def class_label_map(classes: Sequence[str], canonical: Sequence[str]) -> np.ndarray:

@@ -14,7 +14,6 @@ pipeline's (editing them here would silently change nothing, or relabel data).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 from typing import Any, Sequence
@@ -75,13 +74,7 @@ def _check_moved(path: str, data: dict[str, Any]) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> dict[str, Any]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"prompt data file not found: {path}") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: invalid JSON in prompt data: {e.msg}") from None
+  data = activities_lib.read_json(path, "prompt data")
   missing = [k for k in _REQUIRED_KEYS if k not in data]
   if missing:
     raise KeyError(f"{path}: prompt data lacks key(s) {missing}")

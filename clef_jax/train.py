@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from clef_jax import MODES
 from clef_jax import checkpoint as ckpt_lib
@@ -119,10 +120,7 @@ def _build(config, workdir: str):
     data = data_lib.for_finetune(config, data)
   model = models.build(config.model)
   objective, keys = objectives.build(config, model, tok, data)
-  label_map = None
-  if config.mode in ("finetune", "linear_probe") and config.finetune.task == "fer":
-    classes = objectives.trained_labels(config, data)
-    label_map = objectives.class_label_map(classes, data_lib.canonical_expressions())
+  label_map = objectives.label_map(config, data)
   ctx = evaluators.Context(
     config=config,
     data=data,
@@ -232,22 +230,14 @@ _RESUME_MAY_CHANGE = (
 )
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def check_resumable(config, workdir: str) -> None:
   """Refuses (before anything is written) to resume a workdir whose config.json describes
   another run, naming every field that differs."""
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    saved = _flat(json.load(f))
-  now = _flat(json.loads(json.dumps(writers.jsonable(config.to_dict()))))
+    saved = traverse_util.flatten_dict(json.load(f), sep=".")
+  now = traverse_util.flatten_dict(
+    json.loads(json.dumps(writers.jsonable(config.to_dict()))), sep="."
+  )
   if config.init:  # the model comes from the init: compare the run's, not the init's
     saved = {k: v for k, v in saved.items() if not k.startswith("model.")}
     now = {k: v for k, v in now.items() if not k.startswith("model.")}

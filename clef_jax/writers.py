@@ -9,9 +9,11 @@ appear again: `read_metrics` merges the lines of a step, later values supersedin
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 from typing import Any, Mapping
 
 import numpy as np
@@ -97,9 +99,6 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str):
-    import fcntl  # pylint: disable=g-import-not-at-top
-    import socket  # pylint: disable=g-import-not-at-top
-
     self.path = os.path.join(workdir, ".lock")
     self._f = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
@@ -118,8 +117,6 @@ class WorkdirLock:
     self._f.flush()
 
   def release(self) -> None:
-    import fcntl  # pylint: disable=g-import-not-at-top
-
     if not self._f.closed:
       fcntl.flock(self._f, fcntl.LOCK_UN)
       self._f.close()

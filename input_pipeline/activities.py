@@ -21,15 +21,20 @@ from typing import Any
 DEFAULT_PATH = pathlib.Path(__file__).parent / "data" / "activities.json"
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str) -> dict[str, Any]:
+def read_json(path: str, what: str) -> Any:
+  """A JSON data file; a missing file or bad JSON is an error naming the path (and line)."""
   try:
     with open(path, encoding="utf-8") as f:
-      data = json.load(f)
+      return json.load(f)
   except FileNotFoundError:
-    raise FileNotFoundError(f"activity data file not found: {path}") from None
+    raise FileNotFoundError(f"{what} file not found: {path}") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: invalid JSON in activity data: {e.msg}") from None
+    raise ValueError(f"{path}:{e.lineno}: invalid JSON in {what}: {e.msg}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> dict[str, Any]:
+  data = read_json(path, "activity data")
   for key in ("template", "datasets"):
     if key not in data:
       raise KeyError(f"{path}: activity data lacks key {key!r}")

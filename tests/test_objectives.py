@@ -59,7 +59,7 @@ def test_accumulation_equals_big_batch_pretrain(pairing, proj):
   rep = lambda x: jnp.repeat(x, 2)
   z_pi = z
   if proj:
-    z_pi = objectives._normalize(
+    z_pi = models.l2_normalize(
       objectives.ProjectionHead(c.model.embed_dim, c.pretrain.proj_dim).apply(
         {"params": params["heads"]["pi_proj"]}, z
       )

@@ -32,8 +32,16 @@ REGISTRY: dict[str, type[Evaluator]] = {
   "zeroshot_fer": zeroshot_fer.ZeroshotFer,
 }
 
-__all__ = ["REGISTRY", "Context", "Evaluator", "PredictFns", "build", "common", "run"]
-__all__ += ["make_predict_fns"]
+__all__ = [
+  "REGISTRY",
+  "Context",
+  "Evaluator",
+  "PredictFns",
+  "build",
+  "common",
+  "make_predict_fns",
+  "run",
+]
 
 
 def build(config, ctx: Context, zero_shot_only: bool = False) -> list[Evaluator]:

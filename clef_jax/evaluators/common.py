@@ -8,6 +8,7 @@ runs agree on the numbers.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import io
@@ -290,7 +291,7 @@ def save_confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str) ->
 # ------------------------------------------------------------------------------------------
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
   """One `config.evals.<name>` entry. Subclasses set `zero_shot`, `fields` ({field: default})
   and `run(params) -> {metric: value}` (names without the `<name>/` prefix)."""
 
@@ -322,5 +323,6 @@ class Evaluator:
     ctx = self.ctx
     return embed_source(ctx.fns, params, ctx.config, self.data, source, ctx.mesh, keys)
 
+  @abc.abstractmethod
   def run(self, params) -> dict[str, Any]:
-    raise NotImplementedError
+    """This evaluator's metrics on `params`, without the `<name>/` prefix."""
