@@ -5,7 +5,7 @@ manifest. Each one runs the dataset's reader (input_pipeline.readers) once over 
 folder, resizes every face to `image_size` (shorter side, then a centre crop; default 112) and
 stores it JPEG-encoded (quality 95) with the common schema:
 
-  image [S, S, 3] uint8 (JPEG) | image/path, subject, task, activity_text: Text
+  image [S, S, 3] uint8 (JPEG) | image/path, subject, task, activity_text, caption: Text
   frame, expression, fold: int32 | au, au_intensity: int8 [J] | expression/votes: float32 [8]
 
 Splits. AU datasets (bp4d, bp4d_plus, disfa, synthface/bp4d, a manifest with a `fold` column):
@@ -18,7 +18,12 @@ Metadata (`builder.info.metadata`, saved with the dataset): aus, classes (the ex
 the dataset uses, canonical order), expressions (the canonical index space) and schema_version
 (input_pipeline.schema, checked when the dataset is opened), subjects, tasks,
 activities {task: text}, parts {k: subjects}, skips {reason: count}, stats per split
-(examples, expression histogram [8], AU positives / known [J]), image_size, reader options.
+(examples, expression histogram [8], AU positives / known [J]), caption_stats {'captions': stored
+examples with a caption, 'empty': those kept with an empty one in a source with captions,
+'empty_lines': their first 20 manifest lines}, image_size, reader options.
+
+Versions (RELEASE_NOTES): a dataset prepared by another VERSION lives in another
+`<version>/` folder, which `sources` does not open: prepare it again.
 
 Configs: a name from BUILDER_CONFIGS (e.g. affectnet '7class'), optionally suffixed
 `_<N>px` for another image size ('7class_224px'); bp4d_plus also takes 'seed<N>' (seed of its
@@ -52,7 +57,7 @@ from input_pipeline.readers import common
 
 DEFAULT_IMAGE_SIZE = 112
 JPEG_QUALITY = 95
-VERSION = tfds.core.Version("1.0.0")
+VERSION = tfds.core.Version("1.1.0")
 AU_KIND, FER_KIND = "au", "fer"
 SKIP_NO_PART = "subject in no part of the fold split"
 
@@ -101,7 +106,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared machinery: one reader pass, spilled per split, then written by TFDS."""
 
   VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "First release: common schema, faces resized and JPEG-encoded."}
+  RELEASE_NOTES = {
+    "1.0.0": "First release: common schema, faces resized and JPEG-encoded.",
+    "1.1.0": "caption (Text) in every example; metadata caption_stats.",
+  }
   BUILDER_CONFIGS = [FaceConfig(name="default")]
 
   @tfds.core.utils.classproperty
@@ -163,6 +171,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "expression": tfds.features.Scalar(dtype=np.int32),
         "expression/votes": tfds.features.Tensor(shape=(common.NUM_EXPRESSIONS,), dtype=np.float32),
         "fold": tfds.features.Scalar(dtype=np.int32),
+        "caption": tfds.features.Text(),
       }
     )
     return tfds.core.DatasetInfo(
@@ -181,8 +190,15 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise common.DatasetError(root, "dataset folder not found; see MANUAL_DOWNLOAD_INSTRUCTIONS")
     return root
 
-  def _read_all(self, root: str, skips: common.Skips) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(split name, example) over the whole dataset, in reader order."""
+  def _read_all(
+    self, root: str, skips: common.Skips, captions: common.CaptionStats
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(split name, example) over the whole dataset, in reader order.
+
+    Counts skipped items in `skips` and, for a source with captions, the kept examples'
+    captions in `captions` (the dataset readers have none).
+    """
+    del captions
     spec = self._spec()
     module = readers.get(spec.reader)
     if spec.kind == FER_KIND:
@@ -201,7 +217,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     skips = common.Skips()
     spill_dir = tempfile.mkdtemp(prefix="spill.", dir=os.fspath(self.data_dir))
     try:
-      counts = self._spill(root, skips, spill_dir)
+      counts = self._spill(root, skips, common.CaptionStats(), spill_dir)
     except BaseException:
       shutil.rmtree(spill_dir, ignore_errors=True)
       raise
@@ -211,7 +227,9 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for split in _sorted_splits(counts)
     }
 
-  def _spill(self, root: str, skips: common.Skips, spill_dir: str) -> dict[str, int]:
+  def _spill(
+    self, root: str, skips: common.Skips, captions: common.CaptionStats, spill_dir: str
+  ) -> dict[str, int]:
     """Reads the dataset once, pickling resized examples per split; fills the metadata."""
     size = self.builder_config.image_size
     files: dict[str, Any] = {}
@@ -221,7 +239,9 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     num_aus = None
     try:
       for split, ex in tfds.core.utils.tqdm(
-        self._read_all(root, skips), unit=" examples", desc=f"Reading {self.name} from {root}"
+        self._read_all(root, skips, captions),
+        unit=" examples",
+        desc=f"Reading {self.name} from {root}",
       ):
         au = np.asarray(ex["au"], np.int8)
         if num_aus is None:
@@ -268,6 +288,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     md["parts"] = {str(k): sorted(v, key=common.natural_key) for k, v in sorted(parts.items())}
     md["skips"] = dict(sorted(skips.counts.items()))
     md["stats"] = stats
+    md["caption_stats"] = captions.as_dict()
     md["image_size"] = size
     md["options"] = {k: v for k, v in self._options().items()}
     return {split: s["examples"] for split, s in stats.items()}
@@ -449,14 +470,23 @@ class Manifest(_FaceBuilder):
   def _classes(self) -> list[str]:
     return schema.expressions()
 
-  def _read_all(self, root: str, skips: common.Skips) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _read_all(
+    self, root: str, skips: common.Skips, captions: common.CaptionStats
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One pass over the manifest: parts from `fold` if it has folds, else its `split`s."""
     module = readers.get("manifest")
-    if module.folds(root):
-      yield from super()._read_all(root, skips)
-      return
-    for split in module.splits(root):
-      for ex in module.read(root, split=split, skips=skips):
-        yield split, ex
+    by_fold = bool(module.folds(root))
+    counted = module.has_captions(root)
+    for line, split, ex in module.read_splits(root, skips=skips):
+      if by_fold:
+        if ex["fold"] <= 0:
+          skips.add(SKIP_NO_PART, ex["subject"])
+          continue
+        split = f"part{ex['fold']}"
+      if counted:
+        captions.add(ex["caption"], line)
+      yield split, ex
+    captions.log(module.manifest_path(root))
 
 
 BUILDERS: dict[str, type[_FaceBuilder]] = {
@@ -490,8 +520,11 @@ def make_config(
     proto = known[base]
   elif dataset == "bp4d_plus" and re.fullmatch(r"seed\d+", base):
     proto = FaceConfig(name=base, options=(("folds", 3), ("fold_seed", int(base[4:]))))
+  elif dataset == "manifest" and re.fullmatch(r"[a-z][a-z0-9_]*", base):
+    proto = FaceConfig(name=base)  # a name of the user's choosing: one data_dir, many manifests
   else:
-    extra = " (or seed<N>)" if dataset == "bp4d_plus" else ""
+    extra = {"bp4d_plus": " (or seed<N>)", "manifest": " (or any lower-case [a-z0-9_] name)"}
+    extra = extra.get(dataset, "")
     raise ValueError(
       f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "
       "optionally suffixed _<N>px"

@@ -25,6 +25,9 @@ from input_pipeline.readers import folds
 FER_DATASETS = ("raf_db", "ferplus", "affectnet")
 SYNTHFACE_RAW = "synthface_raw"
 SYNTHFACE_CONFIGS = ("bp4d", "raf")
+# SynthFace-Captions (the LAION-Face analog) is prepared as a user's manifest would be.
+CAPTIONS_RAW = "synthface_captions_raw"
+CAPTIONS_CONFIG = "synthface_captions"
 
 
 def dataset_dir(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> str:
@@ -45,8 +48,20 @@ def _prepared(
   path = dataset_dir(name, data_dir, config)
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
     cfg = f" --config={config}" if config else ""
+    parent = os.path.dirname(path)
+    older = sorted(
+      v
+      for v in (os.listdir(parent) if os.path.isdir(parent) else [])
+      if os.path.isfile(os.path.join(parent, v, "dataset_info.json"))
+    )
+    hint = (
+      f" (found version {', '.join(older)}, prepared by an older clef-jax; this code reads "
+      f"{os.path.basename(path)}: prepare again, the old folder can then be deleted)"
+      if older
+      else ""
+    )
     raise FileNotFoundError(
-      f"{path}: dataset {name} is not prepared under {os.fspath(data_dir)}; run `python -m "
+      f"{path}: dataset {name} is not prepared under {os.fspath(data_dir)}{hint}; run `python -m "
       f"input_pipeline.prepare --dataset={name}{cfg} --manual_dir=<your {name} folder> "
       f"--data_dir={os.fspath(data_dir)}`"
     )
@@ -173,3 +188,44 @@ def ensure_synthface(
   for c in missing:
     prepare("synthface", raw, data_dir, c)
   return {c: dataset_dir("synthface", data_dir, c) for c in configs}
+
+
+def ensure_synthface_captions(
+  data_dir: str | os.PathLike[str], *, image_size: int | None = None, **args: Any
+) -> str:
+  """Makes sure SynthFace-Captions is prepared under data_dir (as the `manifest` dataset, config
+  CAPTIONS_CONFIG); returns its path.
+
+  If it is missing, runs `input_pipeline.synthface.captions.generate(raw, **args)` (seed,
+  identities, images_per_identity, size, ...) into `<data_dir>/synthface_captions_raw` (reused
+  when generated with the same arguments; other arguments are an error) and prepares it.
+  """
+  data_dir = os.fspath(data_dir)
+  config = CAPTIONS_CONFIG
+  if image_size and image_size != builders.DEFAULT_IMAGE_SIZE:
+    config = f"{config}_{image_size}px"
+  raw = os.path.join(data_dir, CAPTIONS_RAW)
+  summary_path = os.path.join(raw, "captions.json")
+  have = None
+  if os.path.isfile(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      have = json.load(f)
+    flat = {**have, **{f"rate_{k}": v for k, v in have.get("rates", {}).items()}}
+    diff = {k: (flat.get(k), v) for k, v in args.items() if k in flat and flat[k] != v}
+    if diff:
+      raise ValueError(
+        f"{raw}: SynthFace-Captions was generated with other arguments (have, wanted): {diff}; "
+        f"use another data_dir or delete {raw} and {os.path.join(data_dir, 'manifest', config)}"
+      )
+  if not is_prepared("manifest", data_dir, config):
+    if have is None:
+      from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
+
+      rates = {k.removeprefix("rate_"): args.pop(k) for k in list(args) if k.startswith("rate_")}
+      logging.info("generating SynthFace-Captions into %s", raw)
+      summary = captions.generate(
+        raw, overwrite=os.path.isdir(raw), rates=captions.Rates(**rates), **args
+      )
+      logging.info("%s", captions.describe(summary))
+    prepare("manifest", raw, data_dir, config)
+  return dataset_dir("manifest", data_dir, config)

@@ -12,10 +12,14 @@ Schema (one dict per example; readers fill every key):
   expression       int              index into input_pipeline.schema.EXPRESSIONS, -1 if none
   expression/votes float32 [8]      FER+ vote distribution in canonical order (zeros elsewhere)
   fold             int              subject-exclusive fold id (1-based) or 0 where undefined
+  caption          str              free text describing the image, e.g. web alt-text ("" if none)
 
 Errors: structural problems (a missing label file, a header without a needed column, a label out
 of range) raise `DatasetError` naming the path and line. Per-item problems (a truncated JPEG, a
 CSV row without an image) are counted in a `Skips` and reported, never silently mislabelled.
+Text files (CSV, JSONL) are read as bytes and decoded line by line (`text_lines`): a line that is
+not UTF-8 is a DatasetError naming path and line, or, where the reader asks for it, a counted
+skip (`SKIP_NON_UTF8`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ FIELDS = (
   "expression",
   "expression/votes",
   "fold",
+  "caption",
 )
 
 
@@ -93,6 +98,49 @@ class Skips:
       logging.warning("%s: %s", name, self.report())
 
 
+@dataclasses.dataclass
+class CaptionStats:
+  """Caption counts of the examples a reader yielded: with a caption, and kept with an empty one.
+
+  `empty` counts only rows of a source that has captions (a manifest with a caption column);
+  `empty_lines` keeps the first `max_lines` of their line numbers.
+  """
+
+  captions: int = 0
+  empty: int = 0
+  empty_lines: list[int] = dataclasses.field(default_factory=list)
+  max_lines: int = 20
+
+  def add(self, caption: str, line: int) -> None:
+    if caption:
+      self.captions += 1
+      return
+    self.empty += 1
+    if len(self.empty_lines) < self.max_lines:
+      self.empty_lines.append(int(line))
+
+  def as_dict(self) -> dict[str, Any]:
+    """{'captions': n, 'empty': n, 'empty_lines': [...]}, as stored in metadata['caption_stats']."""
+    return {"captions": self.captions, "empty": self.empty, "empty_lines": list(self.empty_lines)}
+
+  def log(self, path: str) -> None:
+    """One warning naming `path`, the number of empty captions and their first lines."""
+    if self.empty:
+      logging.warning(
+        "%s: %d row(s) with an empty caption, kept without one (line %s)",
+        path,
+        self.empty,
+        first_lines(self.empty_lines, total=self.empty),
+      )
+
+
+def first_lines(lines: Sequence[int], shown: int = 5, total: int | None = None) -> str:
+  """'3, 7, 9' or '3, 7, 9, 12, 15, ...': the first `shown` line numbers, for a message."""
+  total = len(lines) if total is None else total
+  text = ", ".join(str(n) for n in list(lines)[:shown])
+  return text + (", ..." if total > shown else "")
+
+
 def make_example(
   *,
   image: np.ndarray,
@@ -107,6 +155,7 @@ def make_example(
   expression: int = -1,
   votes: Sequence[float] | np.ndarray | None = None,
   fold: int = 0,
+  caption: str = "",
 ) -> dict[str, Any]:
   """Builds one example in the common schema, with defaults for what a dataset lacks."""
   au_arr = np.full((num_aus,), -1, np.int8) if au is None else np.asarray(au, np.int8)
@@ -130,6 +179,7 @@ def make_example(
     "expression": int(expression),
     "expression/votes": votes_arr,
     "fold": int(fold),
+    "caption": str(caption),
   }
 
 
@@ -177,38 +227,108 @@ def load_image(
   return None
 
 
+SKIP_NON_UTF8 = "non-UTF-8 line"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def text_lines(
+  path: str | os.PathLike[str], bad_lines: list[int] | None = None
+) -> Iterator[tuple[int, str]]:
+  """Yields (1-based line number, decoded line with its ending) of a UTF-8 text file.
+
+  The file is read as bytes and decoded one line at a time, so one bad line costs only that
+  line. Lines end at \\n, \\r\\n or \\r (as with Python's universal newlines); a UTF-8 BOM at
+  the start is dropped. A line that is not valid UTF-8 raises DatasetError naming path and line,
+  or, where `bad_lines` is a list, is skipped and its line number appended to it. A file that
+  starts with a UTF-16 BOM is a DatasetError (save it as UTF-8).
+  """
+  path = os.fspath(path)
+  line = 0
+  first = True
+  with open(path, "rb") as f:
+    for chunk in f:  # split at b"\n" only; \r and \r\n below
+      if first:
+        first = False
+        if chunk.startswith(_UTF16_BOMS):
+          raise DatasetError(path, "file is UTF-16 text; save it as UTF-8", 1)
+        if chunk.startswith(_UTF8_BOM):
+          chunk = chunk[len(_UTF8_BOM) :]
+      for raw in chunk.splitlines(keepends=True):
+        line += 1
+        try:
+          text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          if bad_lines is None:
+            raise DatasetError(
+              path,
+              f"not UTF-8 text (byte {raw[e.start]:#04x} at byte {e.start + 1} of the line); "
+              "save the file as UTF-8",
+              line,
+            ) from None
+          bad_lines.append(line)
+          continue
+        yield line, text
+
+
 def read_csv(
-  path: str | os.PathLike[str], *, header: bool = True, delimiter: str = ","
+  path: str | os.PathLike[str],
+  *,
+  header: bool = True,
+  delimiter: str = ",",
+  bad_lines: list[int] | None = None,
 ) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
   """Yields (1-based line number, row) from a CSV file; CRLF, a UTF-8 BOM and blank lines are fine.
 
   With header=True rows are dicts keyed by the stripped header names; a row with a different
-  number of fields than the header raises DatasetError naming the line.
+  number of fields than the header raises DatasetError naming the line. The line number is that
+  of the row's last line (a quoted field may span lines). A line that is not UTF-8 is a
+  DatasetError, or, where `bad_lines` is a list, skipped with its number appended to it (see
+  `text_lines`); a header that is not UTF-8 is always a DatasetError.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise DatasetError(path, "file not found")
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.reader(f, delimiter=delimiter)
-    names = None
-    for row in reader:
-      lineno = reader.line_num
-      if not row or all(not c.strip() for c in row):
-        continue
-      row = [c.strip() for c in row]
-      if header and names is None:
-        names = row
-        continue
-      if header:
-        if len(row) != len(names):
-          raise DatasetError(
-            path, f"expected {len(names)} fields as in the header, got {len(row)}", lineno
-          )
-        yield lineno, dict(zip(names, row))
-      else:
-        yield lineno, row
+  current = [0]
+  names: list[str] | None = None
+  n_bad = len(bad_lines) if bad_lines is not None else 0  # the caller's list may hold others
+
+  def header_is_bad() -> bool:
+    return header and names is None and bad_lines is not None and len(bad_lines) > n_bad
+
+  def header_not_utf8() -> DatasetError:
+    return DatasetError(
+      path, "header row is not UTF-8 text; save the file as UTF-8", bad_lines[n_bad]
+    )
+
+  def lines() -> Iterator[str]:
+    for line, text in text_lines(path, bad_lines):
+      if header_is_bad():
+        raise header_not_utf8()
+      current[0] = line
+      yield text
+
+  reader = csv.reader(lines(), delimiter=delimiter)
+  for row in reader:
+    lineno = current[0]
+    if not row or all(not c.strip() for c in row):
+      continue
+    row = [c.strip() for c in row]
     if header and names is None:
-      raise DatasetError(path, "empty file (no header row)")
+      names = row
+      continue
+    if header:
+      if len(row) != len(names):
+        raise DatasetError(
+          path, f"expected {len(names)} fields as in the header, got {len(row)}", lineno
+        )
+      yield lineno, dict(zip(names, row))
+    else:
+      yield lineno, row
+  if header and names is None:
+    if header_is_bad():
+      raise header_not_utf8()
+    raise DatasetError(path, "empty file (no header row)")
 
 
 def parse_int(value: str, path: str, line: int, what: str) -> int:

@@ -10,11 +10,17 @@ Columns (CSV header / JSONL keys); only `path` is required:
   split          train / validation / test (rows without one count as train)
   expression     canonical name (input_pipeline.schema.EXPRESSIONS) or its index 0..7
   au_<n>         occurrence of AU n: 1 present, 0 absent, -1 or empty (null) unknown
-`activity` and `label` are accepted for activity_text and expression; other columns are ignored
-with a warning. The AU columns define the AU order, sorted by AU number (`aus(path)`).
+  caption        free text about the image (e.g. web alt-text, as in LAION-Face); stripped
+`activity`, `label` and `text` are accepted for activity_text, expression and caption (one name
+per field in a row); other columns are ignored with a warning. The AU columns define the AU
+order, sorted by AU number (`aus(path)`).
 `read(root)` accepts the manifest file itself or a folder holding `manifest.csv` or
-`manifest.jsonl`. Bad values are a DatasetError naming path and line; a missing or corrupt image
-is a counted skip.
+`manifest.jsonl`; the file must be UTF-8 (a BOM is fine). Bad values are a DatasetError naming
+path and line. Per-row problems are counted skips, reported in one warning and in `skips`: a
+missing or corrupt image, a line that is not UTF-8 (`common.SKIP_NON_UTF8`, where = path:line).
+In a manifest with a caption column, a row with an empty caption is kept (it may carry labels)
+but counted: `read(..., captions=common.CaptionStats())` gets the counts and first line numbers
+of the yielded examples, and one warning names the path, the count and the first lines.
 """
 
 from __future__ import annotations
@@ -32,8 +38,18 @@ CLASSES = schema.EXPRESSIONS
 TO_CANONICAL = tuple(range(len(CLASSES)))
 SPLITS = ("train", "validation", "test")
 FILE_NAMES = ("manifest.csv", "manifest.jsonl")
-KNOWN = ("path", "subject", "task", "activity_text", "frame", "expression", "fold", "split")
-ALIASES = {"activity": "activity_text", "label": "expression"}  # DATASETS.md's names
+KNOWN = (
+  "path",
+  "subject",
+  "task",
+  "activity_text",
+  "frame",
+  "expression",
+  "fold",
+  "split",
+  "caption",
+)
+ALIASES = {"activity": "activity_text", "label": "expression", "text": "caption"}
 _AU_RE = re.compile(r"^au_?(\d+)$", re.IGNORECASE)
 
 
@@ -56,42 +72,62 @@ def _is_jsonl(path: str) -> bool:
   return path.lower().endswith((".jsonl", ".json", ".ndjson"))
 
 
-def _rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line, row dict) of a CSV (header row) or JSONL manifest."""
+def _rows(path: str, bad_lines: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line, row dict) of a CSV (header row) or JSONL manifest.
+
+  Lines that are not UTF-8 are skipped, their numbers appended to `bad_lines` if given.
+  """
+  bad_lines = [] if bad_lines is None else bad_lines
   if not _is_jsonl(path):
-    yield from common.read_csv(path)
+    yield from common.read_csv(path, bad_lines=bad_lines)
     return
-  with open(path, encoding="utf-8-sig") as f:
-    for line, text in enumerate(f, 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise common.DatasetError(path, f"invalid JSON: {e.msg}", line) from None
-      if not isinstance(row, dict):
-        raise common.DatasetError(path, "each line must be a JSON object", line)
-      yield line, row
+  if not os.path.isfile(path):
+    raise common.DatasetError(path, "file not found")
+  for line, text in common.text_lines(path, bad_lines):
+    if not text.strip():
+      continue
+    try:
+      row = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise common.DatasetError(path, f"invalid JSON: {e.msg}", line) from None
+    if not isinstance(row, dict):
+      raise common.DatasetError(path, "each line must be a JSON object", line)
+    yield line, row
 
 
-def _canonical_keys(row: dict[str, Any]) -> dict[str, Any]:
-  return {ALIASES.get(k, k): v for k, v in row.items()}
+def _canonical_keys(row: dict[str, Any], path: str, line: int) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  given: dict[str, str] = {}
+  for k, v in row.items():
+    name = ALIASES.get(k, k)
+    if name in given:
+      raise common.DatasetError(path, f"{name} given twice ({given[name]!r} and {k!r})", line)
+    given[name] = k
+    out[name] = v
+  return out
 
 
-def _au_columns(path: str) -> dict[int, str]:
-  """AU number -> column/key name, over the header (CSV) or all lines (JSONL)."""
+def _columns(path: str, warn: bool = True) -> tuple[dict[int, str], set[str]]:
+  """(AU number -> column/key name, canonical names of the other known columns present), over
+  the header (CSV) or all lines (JSONL); unknown columns are warned about if `warn`."""
   keys: list[str] = []
+  bad_lines: list[int] = []
+  rows = 0
   if _is_jsonl(path):
     seen = set()
-    for _, row in _rows(path):
+    for _, row in _rows(path, bad_lines):
+      rows += 1
       for k in row:
         if k not in seen:
           seen.add(k)
           keys.append(k)
   else:
-    for _, row in _rows(path):
+    for _, row in _rows(path, bad_lines):
+      rows += 1
       keys = list(row)
       break
+  if not rows:
+    raise common.DatasetError(path, _no_rows(bad_lines))
   out: dict[int, str] = {}
   for k in keys:
     m = _AU_RE.match(k)
@@ -100,11 +136,25 @@ def _au_columns(path: str) -> dict[int, str]:
       if n in out:
         raise common.DatasetError(path, f"AU {n} given twice ({out[n]!r} and {k!r})", 1)
       out[n] = k
-    elif k not in KNOWN and k not in ALIASES:
+    elif k not in KNOWN and k not in ALIASES and warn:
       logging.warning("%s: ignoring unknown column %r (known: %s and au_<n>)", path, k, list(KNOWN))
   if "path" not in keys:
     raise common.DatasetError(path, "no 'path' column", 1)
-  return dict(sorted(out.items()))
+  known = {ALIASES.get(k, k) for k in keys} & set(KNOWN)
+  return dict(sorted(out.items())), known
+
+
+def _no_rows(bad_lines: list[int]) -> str:
+  if not bad_lines:
+    return "manifest has no rows"
+  return (
+    f"manifest has no rows ({len(bad_lines)} line(s) not UTF-8: {common.first_lines(bad_lines)})"
+  )
+
+
+def _au_columns(path: str) -> dict[int, str]:
+  """AU number -> column/key name, over the header (CSV) or all lines (JSONL)."""
+  return _columns(path)[0]
 
 
 def aus(root: str | os.PathLike[str]) -> list[int]:
@@ -164,20 +214,53 @@ def read(
   *,
   split: str | None = None,
   skips: common.Skips | None = None,
+  captions: common.CaptionStats | None = None,
   **unused: Any,
 ) -> Iterator[dict[str, Any]]:
-  """Yields the manifest's examples (common schema) in file order; `split` filters the rows."""
+  """Yields the manifest's examples (common schema) in file order; `split` filters the rows.
+
+  Skipped rows are counted in `skips`. In a manifest with a caption column, the yielded
+  examples' captions are counted in `captions` and empty ones reported in one warning.
+  """
   del unused
   if split is not None and split not in SPLITS:
     raise ValueError(f"manifest splits are {SPLITS}, got {split!r}")
-  skips = common.Skips() if skips is None else skips
   path = manifest_path(root)
-  au_cols = _au_columns(path)
+  au_cols, present = _columns(path)
+  counted = "caption" in present
+  captions = common.CaptionStats() if captions is None else captions
+  for line, _, ex in _examples(path, au_cols, skips, split):
+    if counted:
+      captions.add(ex["caption"], line)
+    yield ex
+  if counted:
+    captions.log(path)
+
+
+def read_splits(
+  root: str | os.PathLike[str],
+  *,
+  skips: common.Skips | None = None,
+  only: str | None = None,
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  """(line, split, example) for every usable row in one pass (rows of split `only`, if given).
+
+  One pass counts each skipped line once in `skips`, whatever the number of splits.
+  """
+  path = manifest_path(root)
+  yield from _examples(path, _au_columns(path), skips, only)
+
+
+def _examples(
+  path: str, au_cols: dict[int, str], skips: common.Skips | None, only: str | None
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  skips = common.Skips() if skips is None else skips
   base = os.path.dirname(os.path.abspath(path))
+  bad_lines: list[int] = []
   n = 0
-  for line, row in _rows(path):
+  for line, row in _rows(path, bad_lines):
     n += 1
-    row = _canonical_keys(row)
+    row = _canonical_keys(row, path, line)
     rel = _text(row, "path")
     if not rel:
       raise common.DatasetError(path, "path is empty", line)
@@ -190,26 +273,45 @@ def read(
       raise common.DatasetError(path, f"fold must be >= 0, got {fold}", line)
     expression = _expression(row, path, line)
     au = [_au_value(row, k, path, line) for k in au_cols.values()]
-    if split is not None and row_split != split:
+    if only is not None and row_split != only:
       continue
     image_path = rel if os.path.isabs(rel) else os.path.join(base, rel)
-    image = common.load_image(image_path, skips)
+    image = common.load_image(image_path, skips, where=f"{path}:{line}: {image_path}")
     if image is None:
       continue
-    yield common.make_example(
-      image=image,
-      path=image_path,
-      num_aus=len(au_cols),
-      subject=_text(row, "subject"),
-      task=_text(row, "task"),
-      activity_text=_text(row, "activity_text"),
-      frame=frame,
-      au=au,
-      expression=expression,
-      fold=fold,
+    yield (
+      line,
+      row_split,
+      common.make_example(
+        image=image,
+        path=image_path,
+        num_aus=len(au_cols),
+        subject=_text(row, "subject"),
+        task=_text(row, "task"),
+        activity_text=_text(row, "activity_text"),
+        frame=frame,
+        au=au,
+        expression=expression,
+        fold=fold,
+        caption=_text(row, "caption"),
+      ),
+    )
+  for line in bad_lines:
+    skips.add(common.SKIP_NON_UTF8, f"{path}:{line}")
+  if bad_lines:
+    logging.warning(
+      "%s: skipped %d line(s) that are not UTF-8 text (line %s); save the file as UTF-8",
+      path,
+      len(bad_lines),
+      common.first_lines(bad_lines),
     )
   if n == 0:
-    raise common.DatasetError(path, "manifest has no rows")
+    raise common.DatasetError(path, _no_rows(bad_lines))
+
+
+def has_captions(root: str | os.PathLike[str]) -> bool:
+  """True if the manifest has a caption column (or `text`; for JSONL: on any line)."""
+  return "caption" in _columns(manifest_path(root), warn=False)[1]
 
 
 def splits(root: str | os.PathLike[str]) -> list[str]:

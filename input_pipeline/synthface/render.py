@@ -110,6 +110,10 @@ class Identity:
   shirt: tuple[int, int, int]
   ear: float
   blush: float
+  # In-the-wild extras, drawn only when set (SynthFace-Captions); the defaults keep every
+  # BP4D-like and RAF-like image as it was.
+  age: float = 0.0  # 0 young .. 1 old: faint age lines (forehead, nasolabial folds)
+  earrings: int = 0  # 0 none, 1 studs, 2 hoops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,6 +419,14 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
       0.055 * f.ear,
       fill=_mix(skin, (0, 0, 0), 0.07),
     )
+  if f.earrings:
+    gold = (212, 175, 55)
+    for s in (-1, 1):
+      x, y = fx(cx + s * hw * 1.0, 0.3), ey + 0.04 + 0.05 * f.ear
+      if f.earrings == 1:
+        p.ellipse(x, y, 0.009, 0.009, fill=gold)
+      else:
+        p.ellipse(x, y + 0.02, 0.016, 0.022, outline=gold, width=0.005)
 
   # ---- head ----
   jaw_y = f.chin_y - 0.1 + drop * 0.6
@@ -454,6 +466,23 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
 
   # ---- forehead wrinkles: AU1 (middle), AU2 (lateral) ----
   by = ey - f.brow_off
+  if f.age > 0:  # age lines: fainter than any AU's furrows, present at rest
+    a_col = _rgba(line_col, 70 * f.age)
+    p.line(
+      _curve((fx(cx - 0.09), by - 0.075), (fx(cx), by - 0.082), (fx(cx + 0.09), by - 0.075)),
+      a_col,
+      0.005,
+    )
+    for s in (-1, 1):
+      p.line(
+        _curve(
+          (fx(cx + s * f.nose_w * 1.3), f.nose_y + 0.02),
+          (fx(cx + s * f.mouth_w * 1.05), f.mouth_y - 0.04),
+          (fx(cx + s * f.mouth_w * 1.2), f.mouth_y + 0.01),
+        ),
+        a_col,
+        0.005,
+      )
   for k in range(3):
     y = by - 0.05 - 0.017 * k
     if A[1] > 0:
