@@ -30,6 +30,7 @@ NUMERIC_BATCH_KEYS = (
   "index",
   "mask",
   "label",
+  "tokens",
 )
 
 
@@ -97,6 +98,8 @@ def setup(config) -> Data:
   name, bconf = config.data.name, config.data.config or None
   if name == "synthface":
     sources.ensure_synthface(ddir, **config.data.synthface.to_dict())
+  elif name == "manifest" and bconf == sources.CAPTIONS_CONFIG:
+    sources.ensure_synthface_captions(ddir, **config.data.captions.to_dict())
   info = sources.info(name, ddir, config=bconf)
   train_split, test_split = _splits(config, info)
   # Images stay JPEG bytes: the grain pipeline decodes them (in its workers), and scanning the
@@ -150,6 +153,69 @@ def restrict(data: Data, indices: np.ndarray) -> Data:
   return dataclasses.replace(data, train=Subset(data.train, indices), train_table=table)
 
 
+class WithColumns:
+  """`source[i]` plus per-example arrays: `{**source[i], key: columns[key][i]}`."""
+
+  def __init__(self, source: Any, columns: dict[str, np.ndarray]):
+    for k, v in columns.items():
+      if len(v) != len(source):
+        raise ValueError(f"column {k!r} has {len(v)} rows for a source of {len(source)}")
+    self.source, self.columns = source, columns
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    return {**self.source[i], **{k: v[i] for k, v in self.columns.items()}}
+
+  def __repr__(self) -> str:
+    return f"WithColumns({self.source!r}, {sorted(self.columns)})"
+
+
+def with_caption_tokens(data: Data, tok) -> Data:
+  """The training examples that have a caption, each with its `tokens` [L] int32.
+
+  Examples with an empty caption are left out, and captions longer than the tokenizer's
+  context are truncated (keeping SOT and EOT); both are counted and logged with example paths.
+  """
+  table = pipeline.label_table(data.train, ("caption", "image/path"))
+  captions = table["caption"]
+  keep = np.flatnonzero(np.char.str_len(captions.astype(str)) > 0)
+  if not len(keep):
+    raise ValueError(
+      f"dataset {data.name}/{data.builder_config} split {data.train_split!r} has no captions: "
+      "the foundation objective needs a `caption` column in the manifest"
+    )
+  if len(keep) < len(captions):
+    empty = np.setdiff1d(np.arange(len(captions)), keep)
+    logging.warning(
+      "captions: %d of %d training examples have an empty caption and are left out, e.g. %s",
+      len(empty),
+      len(captions),
+      ", ".join(str(p) for p in table["image/path"][empty[:5]]),
+    )
+  texts = [str(c) for c in captions[keep]]
+  lengths = tok.lengths(texts)
+  long = np.flatnonzero(lengths > tok.context_length)
+  if len(long):
+    logging.warning(
+      "captions: %d of %d are longer than the context (%d tokens) and were truncated, e.g. %s",
+      len(long),
+      len(texts),
+      tok.context_length,
+      ", ".join(f"{table['image/path'][keep[i]]} ({lengths[i]} tokens)" for i in long[:5]),
+    )
+  logging.info(
+    "captions: %d training pairs, %.1f tokens on average, %d truncated",
+    len(texts),
+    float(np.mean(np.minimum(lengths, tok.context_length))),
+    len(long),
+  )
+  data = restrict(data, keep) if len(keep) < len(captions) else data
+  data.train_table["caption_truncated"] = lengths > tok.context_length
+  return dataclasses.replace(data, train=WithColumns(data.train, {"tokens": tok(texts)}))
+
+
 def for_finetune(config, data: Data) -> Data:
   """The training examples a fine-tuning run uses: the `finetune.classes` subset (FER) and a
   seeded `data.label_fraction` share of them (label-scarce runs)."""
@@ -179,10 +245,16 @@ def for_finetune(config, data: Data) -> Data:
 def make_sampler(config, data: Data) -> sampler_lib.ActivityBatchSampler:
   sc = config.data.sampler
   t = data.train_table
+  activities, frames = pipeline.to_ids(t["task"], data.tasks), t["frame"]
+  if config.mode == "foundation":
+    # Image-caption pairs have no activity: the "groups" are people, and each batch holds
+    # `subjects_per_activity` people x `frames_per_group` of their photos, so a caption must be
+    # told from the captions of other photos of the same person (hard negatives).
+    activities, frames = np.zeros(len(t["subject"]), np.int32), np.arange(len(t["subject"]))
   return sampler_lib.ActivityBatchSampler(
     pipeline.to_ids(t["subject"], data.subjects),
-    pipeline.to_ids(t["task"], data.tasks),
-    t["frame"],
+    activities,
+    frames,
     activities_per_batch=sc.activities_per_batch,
     subjects_per_activity=sc.subjects_per_activity,
     frames_per_group=sc.frames_per_group,

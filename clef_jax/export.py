@@ -312,6 +312,12 @@ def _write_folder(
   for src in tok_files:
     shutil.copyfile(src, folder / src.name)
   (folder / "README.md").write_text(readme, encoding="utf-8")
+  # mkdtemp makes the folder 0700 and safetensors writes 0600: give them the usual modes.
+  umask = os.umask(0)
+  os.umask(umask)
+  folder.chmod(0o777 & ~umask)
+  for f in folder.iterdir():
+    f.chmod(0o666 & ~umask)
 
 
 def _swap_into_place(tmp: pathlib.Path, out: pathlib.Path) -> None:

@@ -44,6 +44,15 @@ def logit_scale(params: dict[str, Any], model_config) -> jax.Array:
   return models.logit_scale(params["logit_scale"], model_config.logit_scale_max)
 
 
+def encode_tokens(model, params, tokens: jax.Array) -> jax.Array:
+  """The text tower: [..., L] int32 -> [..., D] normalised text embeddings."""
+  shape = tokens.shape
+  z = model.apply(
+    {"params": model_params(params)}, tokens.reshape(-1, shape[-1]), method=model.encode_text
+  )
+  return z.reshape(*shape[:-1], z.shape[-1])
+
+
 class ProjectionHead(nn.Module):
   """SimCLR-style MLP head used only by L_II' (pretrain.proj_head)."""
 
@@ -84,11 +93,7 @@ class Objective:
 
   def encode_tokens(self, params, tokens: jax.Array) -> jax.Array:
     """[..., L] int32 -> [..., D] normalised text embeddings."""
-    shape = tokens.shape
-    z = self.model.apply(
-      {"params": model_params(params)}, tokens.reshape(-1, shape[-1]), method=self.model.encode_text
-    )
-    return z.reshape(*shape[:-1], z.shape[-1])
+    return encode_tokens(self.model, params, tokens)
 
   def embed_texts(self, params, rng) -> dict[str, jax.Array]:
     toks = {k: jnp.asarray(v) for k, v in self.tokens.items()}
@@ -156,6 +161,38 @@ def grad_fn(objective: Objective, params, batch, rng, accum_steps: int = 1):
 
   grads, _ = jax.lax.scan(body, grads, (chunks, _micro(g_zimg, accum_steps)))
   return (loss, aux), grads
+
+
+# ------------------------------------------------------------------------------------------
+# Stage 0: the foundation model (CLIP on image-caption pairs, the FaRL analog).
+# ------------------------------------------------------------------------------------------
+
+
+def caption_objective(config, model) -> Objective:
+  """CLIP's symmetric InfoNCE between each image and its own caption (`batch['tokens']`).
+
+  Both towers train. The captions change every step, so the text tower runs inside the loss
+  on the batch's tokens (with accumulation the images are micro-batched, the captions are not;
+  the gradient is still exactly the big-batch one).
+  """
+  mc = config.model
+
+  def loss_fn(params, zimg, ztxt, batch, rng):
+    del ztxt, rng
+    scale = logit_scale(params, mc)
+    zcap = encode_tokens(model, params, batch["tokens"])
+    loss, aux = losses.clip_loss(zimg, zcap, scale, batch["mask"])
+    return loss, {**aux, "logit_scale": scale}
+
+  return Objective(
+    model=model,
+    model_config=mc,
+    tokens={},
+    init_heads=lambda rng: {},
+    images=lambda b: b["image"],
+    text_fn=lambda encode, toks, rng: {},
+    loss_fn=loss_fn,
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,6 +447,7 @@ def embedding_objective(config, model) -> Objective:
 # ------------------------------------------------------------------------------------------
 
 PRETRAIN_KEYS = ("image", "activity_id", "subject_id", "index", "mask")
+FOUNDATION_KEYS = ("image", "tokens", "mask")
 
 
 def trained_labels(config, data) -> list:
@@ -433,6 +471,8 @@ def trained_labels(config, data) -> list:
 
 def build(config, model, tokenizer, data) -> tuple[Objective, tuple[str, ...]]:
   """(objective, batch keys) of `config.mode` on `data` (already restricted for fine-tuning)."""
+  if config.mode == "foundation":
+    return caption_objective(config, model), FOUNDATION_KEYS
   if config.mode == "pretrain":
     return pretrain_objective(config, model, tokenizer, data.activity_texts), PRETRAIN_KEYS
   if config.mode == "zeroshot":

@@ -70,6 +70,14 @@ class Tokenizer(abc.ABC):
       return np.zeros((0, self.context_length), np.int32)
     return self._encode(texts)
 
+  def lengths(self, texts: Sequence[str]) -> np.ndarray:
+    """int [N]: the untruncated token count of each text, SOT and EOT included (a row of
+    ``__call__`` keeps at most ``context_length`` of them)."""
+    texts = list(texts)
+    if not texts:
+      return np.zeros((0,), np.int64)
+    return np.asarray(self._lengths(texts), np.int64)
+
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Text of one row of ids; special and padding tokens are left out."""
     ids = np.asarray(ids)
@@ -98,6 +106,10 @@ class Tokenizer(abc.ABC):
   @abc.abstractmethod
   def _decode(self, ids: list[int]) -> str:
     """In-range ids -> text."""
+
+  @abc.abstractmethod
+  def _lengths(self, texts: list[str]) -> list[int]:
+    """Non-empty list of str -> untruncated lengths (SOT and EOT included)."""
 
 
 class _Embedded(Tokenizer):
@@ -133,6 +145,15 @@ class _Embedded(Tokenizer):
   def _encode(self, texts: list[str]) -> np.ndarray:
     encodings = self._tok.encode_batch_fast(texts)
     return np.array([e.ids for e in encodings], np.int32)
+
+  def _lengths(self, texts: list[str]) -> list[int]:
+    self._tok.no_truncation()
+    self._tok.no_padding()
+    try:
+      return [len(e.ids) for e in self._tok.encode_batch_fast(texts)]
+    finally:
+      self._tok.enable_truncation(max_length=self.context_length)
+      self._tok.enable_padding(length=self.context_length, pad_id=PAD_ID, pad_token=PAD_TOKEN)
 
   def _decode(self, ids: list[int]) -> str:
     text = self._tok.decode(ids, skip_special_tokens=True)
@@ -175,6 +196,10 @@ class _HF(Tokenizer):
 
   def _decode(self, ids: list[int]) -> str:
     return self._tok.decode(ids, skip_special_tokens=True)
+
+  def _lengths(self, texts: list[str]) -> list[int]:
+    out = self._tok(texts, truncation=False, add_special_tokens=True, verbose=False)
+    return [len(ids) for ids in out["input_ids"]]
 
 
 def _hf_folder(spec: str) -> pathlib.Path:

@@ -118,6 +118,8 @@ def _build(config, workdir: str):
   data = data_lib.setup(config)
   if config.mode in ("finetune", "linear_probe"):
     data = data_lib.for_finetune(config, data)
+  if config.mode == "foundation":
+    data = data_lib.with_caption_tokens(data, tok)
   model = models.build(config.model)
   objective, keys = objectives.build(config, model, tok, data)
   label_map = objectives.label_map(config, data)

@@ -328,3 +328,40 @@ def test_every_steps_scheduling(caplog):
   assert len(lines) == 3
   assert lines[2].startswith("eval end: value=0.5000") and lines[2].endswith(" s)")
   assert "AU12" not in lines[2]
+
+
+def test_raw_pixel_reference_is_grey_box_downsampling_and_an_sklearn_probe():
+  """linear_probe_au's reference features against numpy (luma, 2x2 block means) and
+  its probe against a plain sklearn pipeline on the same features."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+  feats = linear_probe_au.raw_pixels(list(images))
+  # Pillow's fixed-point ITU-R 601-2 luma, then the mean of each 2x2 block.
+  rgb = images.astype(np.int64)
+  grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+  blocks = grey.reshape(40, 32, 2, 32, 2).mean((2, 4))
+  assert feats.shape == (40, 32 * 32)
+  np.testing.assert_allclose(feats, blocks.reshape(40, -1), rtol=1e-6)
+
+  # Labels that depend on the pixels, so the probe has something to find; AU 2 is unknown (-1)
+  # on some rows, AU 3 has one class only.
+  y = np.stack(
+    [feats[:, 0] > feats[:, 0].mean(), feats[:, 5] > feats[:, 5].mean(), feats[:, 9] > 100],
+    1,
+  ).astype(np.int64)
+  y[:5, 1] = -1
+  y = np.concatenate([y, np.zeros((40, 1), np.int64)], 1)
+  xtr, xte = linear_probe_au.standardize(feats[:30], feats[30:])
+  pred = linear_probe_au.au_probe(xtr, y[:30], xte, seed=0)
+  scaler = StandardScaler().fit(feats[:30])
+  for j in range(3):
+    known = y[:30, j] >= 0
+    clf = LogisticRegression(max_iter=2000, C=1.0, random_state=0, class_weight="balanced")
+    clf.fit(scaler.transform(feats[:30])[known], y[:30, j][known])
+    np.testing.assert_array_equal(pred[:, j], clf.predict(scaler.transform(feats[30:])))
+  np.testing.assert_array_equal(pred[:, 3], 0)  # one class seen: predicted as is

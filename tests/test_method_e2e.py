@@ -114,6 +114,12 @@ def _expressions(root, split: str, part: str = "raf") -> list[str]:
   ]
 
 
+def _test_aus(root) -> np.ndarray:
+  """AU labels [N, J] of fold 1's test part of the BP4D-like data, in source order."""
+  src = sources.open_source("synthface", "part3", str(root / "data"), "bp4d", decode_images=False)
+  return np.stack([np.asarray(src[i]["au"], np.int64) for i in range(len(src))])
+
+
 def _read(workdir: str, name: str):
   with open(os.path.join(workdir, name), encoding="utf-8") as f:
     return json.load(f)
@@ -181,7 +187,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------
 
 
-def test_pretrain(pretrain):
+def test_pretrain(root, pretrain):
   workdir, results = pretrain
   on_disk = _check_run_files(workdir, "pretrain")
   assert on_disk.keys() == results.keys()
@@ -192,6 +198,20 @@ def test_pretrain(pretrain):
   )
   assert results["activity/chance"] == pytest.approx(1 / 8)
   _in_unit_range(results, "activity/")
+  # The references are computed by the run on the same test frames: all-present by sklearn here.
+  from sklearn.metrics import f1_score  # pylint: disable=g-import-not-at-top
+
+  y = _test_aus(root)
+  present = np.mean(
+    [
+      f1_score(y[y[:, j] >= 0, j], np.ones((y[:, j] >= 0).sum()), zero_division=0)
+      for j in range(y.shape[1])
+    ]
+  )
+  np.testing.assert_allclose(
+    results["au_probe/reference/all_present/au_f1/mean"], present, rtol=1e-6
+  )
+  assert 0.0 <= results["au_probe/reference/raw_pixels/au_f1/mean"] <= 1.0
   m = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][0]
   assert {"loss", "loss_pi", "loss_pa"} <= m.keys()
   np.testing.assert_allclose(m["loss"], m["loss_pi"] + m["loss_pa"], rtol=1e-5)

@@ -42,6 +42,7 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 import tqdm
 
 from input_pipeline.synthface import population
@@ -525,12 +526,39 @@ def describe(summary: dict[str, Any]) -> str:
   )
 
 
+def contact_sheet(
+  seed: int = 0, n: int = 24, size: int = 96, rates: Rates | None = None
+) -> Image.Image:
+  """The first `n` images of the corpus (seed) with their captions, wrapped, 4 per row."""
+
+  shots = plan(seed, max(1, (n + 3) // 4), 4, rates or Rates())[:n]
+  cols, text_w, line_h = 4, 230, 12
+  tile_w, tile_h = size + text_w, max(size, 7 * line_h) + 6
+  sheet = Image.new("RGB", (cols * tile_w, ((n + cols - 1) // cols) * tile_h), (250, 250, 250))
+  draw = ImageDraw.Draw(sheet)
+  for k, s in enumerate(shots):
+    x, y = (k % cols) * tile_w, (k // cols) * tile_h
+    img = render.render_face(s.person.identity, s.aus, size, s.nuisance)
+    sheet.paste(Image.fromarray(img), (x + 3, y + 3))
+    words, lines = s.caption.split(), [""]
+    for w in words:  # ~38 characters per line of Pillow's default font
+      if len(lines[-1]) + len(w) + 1 > 38:
+        lines.append("")
+      lines[-1] = f"{lines[-1]} {w}".strip()
+    lines = lines[:6] + [f"[rendered: {s.expression}]"]
+    for i, line in enumerate(lines):
+      colour = (110, 110, 110) if i == len(lines) - 1 else (20, 20, 20)
+      draw.text((x + size + 8, y + 3 + i * line_h), line, fill=colour)
+  return sheet
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   ap = argparse.ArgumentParser(
     prog="python -m input_pipeline.synthface.captions",
     description="Generate SynthFace-Captions (faces with noisy alt-text, a manifest) into --out.",
   )
-  ap.add_argument("--out", required=True, help="target folder (created)")
+  ap.add_argument("--out", help="target folder (created)")
+  ap.add_argument("--sheet", help="instead: draw a contact sheet with captions to this PNG")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--identities", type=int, default=400)
   ap.add_argument("--images-per-identity", type=int, default=16)
@@ -542,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--quiet", action="store_true")
   a = ap.parse_args(argv)
   rates = Rates(**{f.name: getattr(a, f"rate_{f.name}") for f in dataclasses.fields(Rates)})
+  if a.sheet:
+    sheet = contact_sheet(a.seed, rates=rates)
+    sheet.quantize(256).save(a.sheet, optimize=True)
+    print(f"wrote {a.sheet} ({sheet.size[0]}x{sheet.size[1]})")
+    return 0
+  if not a.out:
+    ap.error("--out (or --sheet) is required")
   try:
     s = generate(
       a.out,
