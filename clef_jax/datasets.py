@@ -97,7 +97,10 @@ def setup(config) -> Data:
   ddir = data_dir(config)
   name, bconf = config.data.name, config.data.config or None
   if name == "synthface":
-    sources.ensure_synthface(ddir, **config.data.synthface.to_dict())
+    # 'bp4d' / 'raf' name the part; the sizes name its prepared config ('bp4d' at the defaults).
+    sizes = config.data.synthface.to_dict()
+    bconf = sources.synthface_config(bconf or sources.SYNTHFACE_CONFIGS[0], **sizes)
+    sources.ensure_synthface(ddir, **sizes)
   elif name == "manifest" and bconf == sources.CAPTIONS_CONFIG:
     sources.ensure_synthface_captions(ddir, **config.data.captions.to_dict())
   info = sources.info(name, ddir, config=bconf)

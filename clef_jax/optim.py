@@ -75,42 +75,42 @@ def _config_dict(optim_config: Any) -> dict[str, Any]:
   if hasattr(optim_config, "to_dict"):
     optim_config = optim_config.to_dict()
   if not isinstance(optim_config, Mapping):
-    raise ValueError(f"optim config: expected a dict/ConfigDict, got {type(optim_config).__name__}")
+    raise ValueError(f"config.optim: expected a dict/ConfigDict, got {type(optim_config).__name__}")
   unknown = sorted(set(optim_config) - set(KNOWN))
   if unknown:
-    raise ValueError(f"optim config: unknown keys {unknown}; known keys are {sorted(KNOWN)}")
+    raise ValueError(f"config.optim: unknown keys {unknown}; known keys are {sorted(KNOWN)}")
   missing = [k for k in REQUIRED if optim_config.get(k) is None]
   if missing:
     raise ValueError(
-      f"optim config: missing keys {missing} (configs/common.py sets every one of {list(REQUIRED)})"
+      f"config.optim: missing keys {missing} (configs/common.py sets every one of {list(REQUIRED)})"
     )
   cfg = {**OPTIONAL, **optim_config}
   for key in ("warmup_steps", "total_steps"):
     if int(cfg[key]) != cfg[key] or cfg[key] < 0:
-      raise ValueError(f"optim.{key}: must be an integer >= 0, got {cfg[key]!r}")
+      raise ValueError(f"config.optim.{key}: must be an integer >= 0, got {cfg[key]!r}")
   if cfg["total_steps"] and cfg["warmup_steps"] >= cfg["total_steps"]:
     raise ValueError(
-      f"optim.warmup_steps={cfg['warmup_steps']} must be smaller than "
-      f"optim.total_steps={cfg['total_steps']}"
+      f"config.optim.warmup_steps={cfg['warmup_steps']} must be smaller than "
+      f"config.optim.total_steps={cfg['total_steps']}"
     )
   for key in ("lr", "weight_decay", "grad_clip_norm", "end_lr_ratio"):
     if cfg[key] < 0:
-      raise ValueError(f"optim.{key}: must be >= 0, got {cfg[key]!r}")
+      raise ValueError(f"config.optim.{key}: must be >= 0, got {cfg[key]!r}")
   if not (0 <= cfg["b1"] < 1 and 0 <= cfg["b2"] < 1 and cfg["eps"] > 0):
     raise ValueError(
-      f"optim: need 0 <= b1, b2 < 1 and eps > 0, got "
+      f"config.optim: need 0 <= b1, b2 < 1 and eps > 0, got "
       f"b1={cfg['b1']}, b2={cfg['b2']}, eps={cfg['eps']}"
     )
-  cfg["freeze"] = compile_regexes(cfg["freeze"], "optim.freeze")
+  cfg["freeze"] = compile_regexes(cfg["freeze"], "config.optim.freeze")
   no_decay = DEFAULT_NO_DECAY if cfg["no_decay"] is None else cfg["no_decay"]
-  cfg["no_decay"] = compile_regexes(no_decay, "optim.no_decay")
+  cfg["no_decay"] = compile_regexes(no_decay, "config.optim.no_decay")
   mults = []
   for i, pair in enumerate(cfg["lr_mults"] or ()):
     if isinstance(pair, str) or len(pair) != 2:
-      raise ValueError(f"optim.lr_mults[{i}] {pair!r}: expected a (regex, multiplier) pair")
-    (pattern,) = compile_regexes([pair[0]], f"optim.lr_mults[{i}]")
+      raise ValueError(f"config.optim.lr_mults[{i}] {pair!r}: expected a (regex, multiplier) pair")
+    (pattern,) = compile_regexes([pair[0]], f"config.optim.lr_mults[{i}]")
     if not isinstance(pair[1], (int, float)) or pair[1] < 0:
-      raise ValueError(f"optim.lr_mults[{i}] {pair!r}: the multiplier must be a number >= 0")
+      raise ValueError(f"config.optim.lr_mults[{i}] {pair!r}: the multiplier must be a number >= 0")
     mults.append((pattern, float(pair[1])))
   cfg["lr_mults"] = mults
   return cfg
@@ -204,7 +204,7 @@ def make_optimizer(
     for p in patterns:
       if not any(p.fullmatch(n) for n in names):
         raise ValueError(
-          f"optim.{key}: regex {p.pattern!r} matches no parameter; names look like {names[:5]}"
+          f"config.optim.{key}: regex {p.pattern!r} matches no parameter; names look like {names[:5]}"
         )
 
   def lr_mult(name: str) -> float:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from clef_jax import datasets as data_lib
 from clef_jax import evaluators
 from clef_jax import models
 from clef_jax import objectives
+from clef_jax import optim
 from clef_jax import pretrained
 from clef_jax import sharding
 from clef_jax import tokenizer as tokenizer_lib
@@ -36,10 +38,75 @@ from clef_jax import trainer
 from clef_jax import writers
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs config.mode in workdir (resuming if it holds checkpoints); returns the final results."""
+class ConfigError(ValueError):
+  """A config value `run` refuses before it writes anything (main.py: one line, exit 2)."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config `run` cannot finish, before any file is written, naming the key as the
+  user types it (`config.total_steps`): mode, step counts, batch size vs processes, mesh
+  and accumulation, the optimizer and the sampler. Later checks (data, init) need the data."""
   if config.mode not in MODES:
-    raise ValueError(f"config.mode={config.mode!r}: expected one of {MODES}")
+    raise ConfigError(f"config.mode={config.mode!r}: expected one of {MODES}")
+  if config.model.dtype not in models.precision.DTYPES:
+    raise ConfigError(
+      f"config.model.dtype={config.model.dtype!r}: expected one of {models.precision.DTYPES}"
+    )
+  for key, low in (("total_steps", 0), ("batch_size", 1), ("accum_steps", 1)):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(f"config.{key}={value!r}: must be an integer >= {low}")
+  for key, low in (("log_every_steps", 1), ("checkpoint_every_steps", 0), ("eval_every_steps", 0)):
+    if config[key] < low:
+      raise ConfigError(f"config.{key}={config[key]!r}: must be >= {low}")
+  if config.mode != "zeroshot":
+    bs, processes = config.batch_size, jax.process_count()
+    try:
+      mesh = sharding.make_mesh(config.mesh)
+      shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
+    except ValueError as e:
+      raise ConfigError(f"config.mesh: {e}") from None
+    if bs % processes or bs % shards:
+      raise ConfigError(
+        f"config.batch_size={bs} must be a multiple of the {processes} processes and of the "
+        f"{shards} batch shards of config.mesh={config.mesh!r} over {jax.device_count()} devices"
+      )
+    images = bs * (2 if config.data.two_views else 1)
+    if images % config.accum_steps:
+      raise ConfigError(
+        f"config.accum_steps={config.accum_steps} does not divide the {images} images per step "
+        f"(config.batch_size={bs}{', two views' if config.data.two_views else ''})"
+      )
+    sc = config.data.sampler
+    per_batch = sc.activities_per_batch * sc.subjects_per_activity * sc.frames_per_group
+    if sc.enabled and per_batch != bs:
+      raise ConfigError(
+        f"config.data.sampler gives batches of {per_batch} (activities_per_batch x "
+        f"subjects_per_activity x frames_per_group) but config.batch_size={bs}"
+      )
+    oc = config.optim
+    if oc.total_steps < 0 and config.total_steps and oc.warmup_steps >= config.total_steps:
+      raise ConfigError(
+        f"config.optim.warmup_steps={oc.warmup_steps} must be smaller than "
+        f"config.total_steps={config.total_steps} (the schedule's length while "
+        "config.optim.total_steps=-1)"
+      )
+    steps = config.total_steps if oc.total_steps < 0 else oc.total_steps
+    try:
+      optim._config_dict({**oc.to_dict(), "total_steps": steps})  # pylint: disable=protected-access
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  if config.mode in ("finetune", "linear_probe") and not 0 < config.data.label_fraction <= 1:
+    raise ConfigError(f"config.data.label_fraction={config.data.label_fraction}: expected (0, 1]")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs config.mode in workdir (resuming if it holds checkpoints); returns the final results.
+
+  The config is checked before the workdir is made (`check_config`); a run that made its
+  workdir and fails before its first logged step or checkpoint removes it again (a workdir that
+  was there before the run is never removed)."""
+  check_config(config)
   requested = config.model.dtype
   with config.unlocked():
     config.model.dtype = models.precision.resolve(requested)
@@ -49,6 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     f" (model.dtype=auto on {jax.devices()[0].platform})" if requested == "auto" else "",
   )
   workdir = os.path.abspath(workdir)
+  made_here = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   # One run per workdir (process 0 holds the lock; the processes of one job share the workdir).
   lock = writers.WorkdirLock(workdir) if jax.process_index() == 0 else None
@@ -56,6 +124,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.mode == "zeroshot":
       return evaluate_init(config, workdir)
     return train_and_evaluate(config, workdir)
+  except Exception:
+    # Removed while the lock is held, so no other run can have started in it meanwhile.
+    # A run that logged a step keeps its workdir: its metrics are what explain the failure.
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if (
+      made_here
+      and lock is not None
+      and not ckpt_lib.has_checkpoint(os.path.join(workdir, "checkpoints"))
+      and not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0)
+    ):
+      logging.warning("The run failed before its first step: removing %s.", workdir)
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   finally:
     if lock is not None:
       lock.release()

@@ -27,7 +27,9 @@ Versions (RELEASE_NOTES): a dataset prepared by another VERSION lives in another
 
 Configs: a name from BUILDER_CONFIGS (e.g. affectnet '7class'), optionally suffixed
 `_<N>px` for another image size ('7class_224px'); bp4d_plus also takes 'seed<N>' (seed of its
-subject-exclusive 3-fold split). `make_config(name, config)` builds them.
+subject-exclusive 3-fold split); synthface also takes 'bp4d_<tag>' / 'raf_<tag>' (the part of a
+SynthFace generated with other sizes, named by `sources.synthface_config`). `make_config(name,
+config)` builds them.
 
 Preparation writes into TFDS's `<version>.incomplete.<random>` folder and renames it to
 `<version>` only after every split and dataset_info.json are written; on an exception the
@@ -436,12 +438,12 @@ class Synthface(_FaceBuilder):
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
-    if _base_name(config) == "raf":
+    if _synthface_part(config) == "raf":
       return _Spec("raf_db", FER_KIND, subdir="RAF", splits=("train", "test"))
     return _Spec("synthface", AU_KIND)
 
   def _classes(self) -> list[str]:
-    if _base_name(self.builder_config.name) == "raf":
+    if _synthface_part(self.builder_config.name) == "raf":
       return super()._classes()
     return schema.expressions()  # the BP4D-like part labels expressions too
 
@@ -499,6 +501,15 @@ def _base_name(name: str) -> str:
   return m.group(1) if m else name
 
 
+_SYNTHFACE_RE = re.compile(r"^(bp4d|raf)(_[a-z0-9_]+)?$")
+
+
+def _synthface_part(config: str) -> str:
+  """'bp4d' or 'raf': the SynthFace part a synthface config ('raf', 'raf_<tag>_64px') reads."""
+  m = _SYNTHFACE_RE.match(_base_name(config))
+  return m.group(1) if m else _base_name(config)
+
+
 def make_config(
   dataset: str, config: str | None = None, image_size: int | None = None
 ) -> FaceConfig:
@@ -506,7 +517,7 @@ def make_config(
 
   `config` may carry a size suffix ('7class_224px'); `image_size`, if given, overrides it and
   the returned config's name then carries the suffix (unless it is the default 112).
-  bp4d_plus accepts any 'seed<N>'.
+  bp4d_plus accepts any 'seed<N>', synthface any 'bp4d_<tag>' / 'raf_<tag>'.
   """
   cls = builder_class(dataset)
   name = config or cls.BUILDER_CONFIGS[0].name
@@ -520,10 +531,16 @@ def make_config(
     proto = known[base]
   elif dataset == "bp4d_plus" and re.fullmatch(r"seed\d+", base):
     proto = FaceConfig(name=base, options=(("folds", 3), ("fold_seed", int(base[4:]))))
+  elif dataset == "synthface" and _SYNTHFACE_RE.match(base):
+    proto = known[_synthface_part(base)]  # a part of SynthFace generated with other sizes
   elif dataset == "manifest" and re.fullmatch(r"[a-z][a-z0-9_]*", base):
     proto = FaceConfig(name=base)  # a name of the user's choosing: one data_dir, many manifests
   else:
-    extra = {"bp4d_plus": " (or seed<N>)", "manifest": " (or any lower-case [a-z0-9_] name)"}
+    extra = {
+      "bp4d_plus": " (or seed<N>)",
+      "synthface": " (or bp4d_<tag>, raf_<tag>)",
+      "manifest": " (or any lower-case [a-z0-9_] name)",
+    }
     extra = extra.get(dataset, "")
     raise ValueError(
       f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "

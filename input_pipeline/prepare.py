@@ -6,15 +6,17 @@ r"""Prepares one dataset from the user's folder into TFDS ArrayRecord files, and
 Datasets: bp4d, bp4d_plus, disfa, raf_db, ferplus, affectnet, synthface, manifest (see
 docs/datasets.md for the folder each expects). The reader pass and TFDS's writing show progress
 bars; the summary lists examples per split, per-class counts or per-AU positives, and the
-skipped items with their reasons. Preparation writes into a `…incomplete…` folder that TFDS
-renames into place only when complete (and deletes on an error), so a failed run never leaves a
-dataset that looks prepared. A dataset already prepared is reused (`--overwrite` rebuilds it).
+skipped items with their reasons. A missing, non-folder or empty --manual_dir is refused before
+anything is written (exit code 1, naming the folder and what the dataset expects there).
+Preparation builds under a temporary `<data_dir>/.prepare.…` folder and moves the dataset into
+place only when complete, so a failed run leaves data_dir as it was: no dataset that looks
+prepared, and with `--overwrite` the dataset prepared before stays intact and usable until the
+new one replaces it. A dataset already prepared is reused (`--overwrite` rebuilds it).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from absl import app
@@ -22,7 +24,6 @@ from absl import flags
 
 from input_pipeline import builders
 from input_pipeline import sources
-from input_pipeline.readers import common
 
 
 def define_flags() -> None:
@@ -75,14 +76,19 @@ def main(argv):
     raise app.UsageError("--dataset and --manual_dir are required")
   name, data_dir = f.dataset, os.path.expanduser(f.data_dir)
   manual_dir = os.path.expanduser(f.manual_dir)
+  cfg = None
   try:
     cfg = builders.make_config(name, f.config, f.image_size)
-    if f.overwrite and sources.is_prepared(name, data_dir, cfg.name):
-      shutil.rmtree(sources.dataset_dir(name, data_dir, cfg.name))
-    sources.prepare(name, manual_dir, data_dir, cfg.name)
+    reused = sources.is_prepared(name, data_dir, cfg.name) and not f.overwrite
+    sources.prepare(name, manual_dir, data_dir, cfg.name, overwrite=f.overwrite)
     print(summary(name, sources.info(name, data_dir, cfg.name)))
-  except (common.DatasetError, ValueError, KeyError, FileNotFoundError) as e:
+    if reused:
+      print(f"(already prepared: reused as it is; --overwrite rebuilds it from {manual_dir})")
+  except (ValueError, KeyError, OSError) as e:  # DatasetError is a ValueError
     print(f"error: {e}", file=sys.stderr)
+    if cfg is not None and sources.is_prepared(name, data_dir, cfg.name):
+      path = sources.dataset_dir(name, data_dir, cfg.name)
+      print(f"the dataset prepared before is unchanged: {path}", file=sys.stderr)
     return 1
   print(
     f"open it with input_pipeline.sources.open_source({name!r}, <split>, {data_dir!r}, "

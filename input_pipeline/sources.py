@@ -11,20 +11,36 @@ Reading needs neither TensorFlow nor the builder code: the prepared folder
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders
 from input_pipeline import schema
+from input_pipeline.readers import common
 from input_pipeline.readers import folds
 
 FER_DATASETS = ("raf_db", "ferplus", "affectnet")
 SYNTHFACE_RAW = "synthface_raw"
 SYNTHFACE_CONFIGS = ("bp4d", "raf")
+# The arguments of `synthface.generate` that decide its output, with the short names that tag the
+# folders of a SynthFace generated with other values than the defaults (see synthface_config).
+SYNTHFACE_ARGS = {
+  "seed": "seed",
+  "subjects": "subj",
+  "frames_per_task": "fpt",
+  "raf_train": "raftrain",
+  "raf_test": "raftest",
+  "size": "size",
+}
+SYNTHFACE_RUN_ARGS = ("progress", "workers")  # passed on to generate; the output does not vary
 # SynthFace-Captions (the LAION-Face analog) is prepared as a user's manifest would be.
 CAPTIONS_RAW = "synthface_captions_raw"
 CAPTIONS_CONFIG = "synthface_captions"
@@ -128,63 +144,154 @@ def fold_splits(name: str, fold: int, num_parts: int = 3) -> tuple[str, str]:
   return train, f"part{folds.test_part(fold, num_parts)}"
 
 
+def check_manual_dir(name: str, manual_dir: str | os.PathLike[str]) -> None:
+  """Raises (FileNotFoundError, DatasetError) naming `manual_dir` and what dataset `name` expects
+  there, when it is missing, not a folder or empty."""
+  path = os.fspath(manual_dir)
+  expects = " ".join(builders.builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: folder not found. {expects}")
+  if not os.path.isdir(path):
+    raise common.DatasetError(path, f"not a folder. {expects}")
+  if not os.listdir(path):
+    raise common.DatasetError(
+      path, f"the folder is empty: nothing to prepare {name} from. {expects}"
+    )
+
+
 def prepare(
   name: str,
   manual_dir: str | os.PathLike[str],
   data_dir: str | os.PathLike[str],
   config: str | None = None,
   image_size: int | None = None,
-) -> tfds.core.DatasetBuilder:
-  """Prepares one dataset (no-op if already prepared) and returns its builder."""
-  b = builders.builder(name, data_dir, config, image_size)
-  if not os.path.exists(manual_dir):
-    raise FileNotFoundError(
-      f"{os.fspath(manual_dir)}: folder not found. "
-      f"{' '.join(b.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}"
+  *,
+  overwrite: bool = False,
+) -> str:
+  """Prepares one dataset from the user's folder and returns its folder (`dataset_dir`).
+
+  A dataset already prepared is reused as it is, unless `overwrite`. The new dataset is built
+  under a temporary data_dir beside it (`<data_dir>/.prepare.<name>.<config>.<random>/`) and
+  moved to `<data_dir>/<name>/<config>/<version>` only once complete, replacing the old one
+  there (if any) only then: a failure (a missing or empty `manual_dir`, a structural error in
+  the data, Ctrl-C) leaves data_dir as it was, the old dataset intact and nothing half-written.
+  """
+  cfg = builders.make_config(name, config, image_size)
+  final = dataset_dir(name, data_dir, cfg.name)
+  if is_prepared(name, data_dir, cfg.name) and not overwrite:
+    return final
+  check_manual_dir(name, manual_dir)
+  os.makedirs(data_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".prepare.{name}.{cfg.name}.", dir=os.fspath(data_dir))
+  try:
+    b = builders.builder(name, tmp, cfg.name)
+    b.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
     )
-  b.download_and_prepare(
-    file_format="array_record",
-    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
-  )
-  return b
+    built = os.fspath(b.data_dir)  # <tmp>/<name>/<config>/<version>, complete
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    old = os.path.join(tmp, "replaced")
+    if os.path.exists(final):
+      os.replace(final, old)  # kept until the new one is in place
+    try:
+      os.replace(built, final)
+    except BaseException:
+      if os.path.exists(old):
+        os.replace(old, final)
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return final
+
+
+def synthface_config(part: str = "bp4d", *, image_size: int | None = None, **args: Any) -> str:
+  """The prepared config name of SynthFace part `part` generated with `args` (those of
+  `synthface.generate`: seed, subjects, frames_per_task, raf_train, raf_test, size).
+
+  `part` is 'bp4d' or 'raf', optionally suffixed `_<N>px` (`image_size` overrides it). The
+  default sizes keep the plain names ('bp4d', 'raf', as `--config` of the prepare command); any
+  other values are tagged with them, e.g. 'bp4d_subj6_fpt6_raftrain64_raftest32_size32', so
+  SynthFaces of several sizes live side by side in one data_dir.
+  """
+  m = re.fullmatch(r"(bp4d|raf)(_\d+px)?", part)
+  if not m:
+    raise ValueError(
+      f"unknown SynthFace part {part!r}; known: {list(SYNTHFACE_CONFIGS)}, optionally suffixed "
+      "_<N>px (the generator's sizes, config.data.synthface, name the prepared config)"
+    )
+  tag = _synthface_tag(_synthface_args(args))
+  name = f"{m.group(1)}_{tag}" if tag else m.group(1)
+  return builders.make_config("synthface", name + (m.group(2) or ""), image_size).name
+
+
+def _synthface_defaults() -> dict[str, Any]:
+  from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
+
+  params = inspect.signature(synthface.generate).parameters
+  return {k: params[k].default for k in SYNTHFACE_ARGS}
+
+
+def _synthface_args(args: dict[str, Any]) -> dict[str, int]:
+  """All of SYNTHFACE_ARGS, `args` over the generator's defaults; a bad key or value is an error."""
+  unknown = sorted(set(args) - set(SYNTHFACE_ARGS) - set(SYNTHFACE_RUN_ARGS))
+  if unknown:
+    raise ValueError(
+      f"unknown SynthFace argument(s) {unknown}; known: {[*SYNTHFACE_ARGS, *SYNTHFACE_RUN_ARGS]}"
+    )
+  out = {k: args.get(k, v) for k, v in _synthface_defaults().items()}
+  for k, v in out.items():
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise ValueError(f"SynthFace argument {k}={v!r}: expected an integer >= 0")
+  return out
+
+
+def _synthface_tag(args: dict[str, int]) -> str:
+  """'' for the generator's defaults, else the values that differ: 'seed1_subj3_size32'."""
+  defaults = _synthface_defaults()
+  return "_".join(f"{SYNTHFACE_ARGS[k]}{v}" for k, v in args.items() if v != defaults[k])
 
 
 def ensure_synthface(
   data_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int | None = None, **sizes: Any
 ) -> dict[str, str]:
-  """Makes sure both SynthFace parts are prepared under data_dir; returns {config: path}.
+  """Makes sure both SynthFace parts of these sizes are prepared under data_dir; returns
+  {config: path}, the configs named by `synthface_config`.
 
   If either is missing, runs the generator (`input_pipeline.synthface.generate(out, seed=seed,
-  **sizes)`; sizes such as subjects, frames_per_task, raf_train, raf_test, size) into
-  `<data_dir>/synthface_raw` (reused if it was generated with the same arguments) and prepares
-  the missing parts from it. Prepared parts are reused as they are; a raw tree generated with
-  other arguments is an error (use another data_dir or delete it).
+  **sizes)`; sizes such as subjects, frames_per_task, raf_train, raf_test, size; progress and
+  workers are passed on) into its raw folder and prepares the missing parts from it. Each set of
+  sizes has its own raw folder and configs, so several coexist in one data_dir: the default
+  sizes use `<data_dir>/synthface_raw` and configs 'bp4d', 'raf'; others
+  `<data_dir>/synthface_raw_<tag>` and 'bp4d_<tag>', 'raf_<tag>' (tag e.g.
+  'subj6_fpt6_raftrain64_raftest32_size32'). Prepared parts and a raw folder generated with the
+  same arguments are reused; a raw folder holding another SynthFace (generated there by hand) is
+  an error naming both argument sets.
   """
   data_dir = os.fspath(data_dir)
-  configs = [
-    c if not image_size or image_size == builders.DEFAULT_IMAGE_SIZE else f"{c}_{image_size}px"
-    for c in SYNTHFACE_CONFIGS
-  ]
-  raw = os.path.join(data_dir, SYNTHFACE_RAW)
+  wanted = _synthface_args({"seed": seed, **sizes})
+  run_args = {k: sizes[k] for k in SYNTHFACE_RUN_ARGS if k in sizes}
+  tag = _synthface_tag(wanted)
+  configs = [synthface_config(c, image_size=image_size, **wanted) for c in SYNTHFACE_CONFIGS]
+  raw = os.path.join(data_dir, f"{SYNTHFACE_RAW}_{tag}" if tag else SYNTHFACE_RAW)
   summary_path = os.path.join(raw, "synthface.json")
-  wanted = {"seed": seed, **sizes}
   have = None
   if os.path.isfile(summary_path):
     with open(summary_path, encoding="utf-8") as f:
       have = json.load(f)
-    diff = {k: (have.get(k), v) for k, v in wanted.items() if k in have and have[k] != v}
+    diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
     if diff:
+      prepared = ", ".join(dataset_dir("synthface", data_dir, c) for c in configs)
       raise ValueError(
-        f"{raw}: SynthFace was generated with other arguments "
-        f"(have, wanted): {diff}; use another data_dir or delete {raw} and the "
-        f"prepared {os.path.join(data_dir, 'synthface')}"
+        f"{raw}: holds a SynthFace generated with other arguments (have, wanted): {diff}; "
+        f"delete {raw} and the prepared {prepared} to generate it again"
       )
   missing = [c for c in configs if not is_prepared("synthface", data_dir, c)]
   if missing and have is None:
     from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
 
-    logging.info("generating SynthFace (seed %d) into %s", seed, raw)
-    synthface.generate(raw, seed=seed, overwrite=os.path.isdir(raw), **sizes)
+    logging.info("generating SynthFace %s into %s", wanted, raw)
+    synthface.generate(raw, overwrite=os.path.isdir(raw), **wanted, **run_args)
   for c in missing:
     prepare("synthface", raw, data_dir, c)
   return {c: dataset_dir("synthface", data_dir, c) for c in configs}

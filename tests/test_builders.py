@@ -189,13 +189,15 @@ def test_resize_face_is_shorter_side_then_centre_crop():
 def test_ensure_synthface_generates_once_and_prepares_both_parts(tmp_path):
   sizes = dict(subjects=3, frames_per_task=1, raf_train=7, raf_test=3, size=32)
   paths = sources.ensure_synthface(tmp_path, seed=1, workers=1, progress=False, **sizes)
-  assert sorted(paths) == ["bp4d", "raf"]
-  bp = sources.info("synthface", tmp_path, "bp4d")
+  tag = "seed1_subj3_fpt1_raftrain7_raftest3_size32"  # not the default sizes: named by theirs
+  assert sorted(paths) == [f"bp4d_{tag}", f"raf_{tag}"]
+  assert (tmp_path / f"synthface_raw_{tag}" / "synthface.json").is_file()
+  bp = sources.info("synthface", tmp_path, f"bp4d_{tag}")
   assert sum(bp["num_examples"].values()) == 3 * 8 * 1  # subjects x tasks x frames
   assert bp["aus"] == BP4D_AUS and len(bp["subjects"]) == 3
   assert sorted(bp["num_examples"]) == ["part1", "part2", "part3"]
-  assert sources.info("synthface", tmp_path, "raf")["num_examples"] == {"train": 7, "test": 3}
-  # A second call reuses everything; asking for another seed is refused, not silently served.
+  raf = sources.info("synthface", tmp_path, f"raf_{tag}")
+  assert raf["num_examples"] == {"train": 7, "test": 3}
+  # A second call reuses everything; another seed gets folders of its own, never these.
   assert sources.ensure_synthface(tmp_path, seed=1, **sizes) == paths
-  with pytest.raises(ValueError, match="generated with other arguments"):
-    sources.ensure_synthface(tmp_path, seed=2)
+  assert sources.synthface_config("bp4d", seed=2, **sizes) != f"bp4d_{tag}"

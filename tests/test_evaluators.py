@@ -22,6 +22,7 @@ from clef_jax import tokenizer as tokenizer_lib
 from clef_jax.evaluators import common
 from configs import finetune_fer
 from configs import zeroshot
+from input_pipeline import sources
 
 # Every jit executable is built (or loaded from the persistent cache) under this event, once per
 # new (function, shapes, shardings); a cache hit of a jitted function records nothing.
@@ -111,7 +112,9 @@ def test_second_evaluation_compiles_nothing(zs, tiny_data_dir):
   }
   # The data override is opened once and cached on the context.
   assert ctx.data_for(config.evals.activity) is evs[1].data is not ctx.data
-  assert evs[1].data.builder_config == "bp4d"
+  # The tiny sizes name its prepared config (the default sizes' is plain 'bp4d').
+  tiny_bp4d = sources.synthface_config("bp4d", **config.data.synthface.to_dict())
+  assert evs[1].data.builder_config == tiny_bp4d != "bp4d"
 
 
 def test_head_evaluator_compiles_once(tiny_data_dir):

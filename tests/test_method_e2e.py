@@ -28,12 +28,16 @@ from clef_jax import train
 from configs import common
 from input_pipeline import sources
 from scripts import run_folds
+from tests.conftest import TINY_SYNTHFACE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 BP4D_AUS = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]
 SEEN = ["happiness", "sadness", "surprise", "neutral"]
 UNSEEN = ["fear", "disgust", "anger"]
+# The prepared configs of the tiny SynthFace (its sizes name them; 'bp4d'/'raf' are the default's).
+BP4D, RAF = (sources.synthface_config(p, **TINY_SYNTHFACE) for p in ("bp4d", "raf"))
+TINY_TAG = BP4D.removeprefix("bp4d_")
 
 
 # ------------------------------------------------------------------------------------------
@@ -94,8 +98,8 @@ def finetune_fer_seen(root, pretrain):
 
 def test_data_folder_is_prepared_once(root, pretrain):
   ddir = root / "data"
-  assert (ddir / "synthface_raw" / "synthface.json").is_file()
-  for part in ("bp4d", "raf"):
+  assert (ddir / f"synthface_raw_{TINY_TAG}" / "synthface.json").is_file()
+  for part in (BP4D, RAF):
     assert (ddir / "synthface" / part).is_dir()
 
 
@@ -104,7 +108,7 @@ def test_data_folder_is_prepared_once(root, pretrain):
 # ------------------------------------------------------------------------------------------
 
 
-def _expressions(root, split: str, part: str = "raf") -> list[str]:
+def _expressions(root, split: str, part: str = RAF) -> list[str]:
   src = sources.open_source(
     "synthface", split, str(root / "data"), config=part, decode_images=False
   )
@@ -116,7 +120,7 @@ def _expressions(root, split: str, part: str = "raf") -> list[str]:
 
 def _test_aus(root) -> np.ndarray:
   """AU labels [N, J] of fold 1's test part of the BP4D-like data, in source order."""
-  src = sources.open_source("synthface", "part3", str(root / "data"), "bp4d", decode_images=False)
+  src = sources.open_source("synthface", "part3", str(root / "data"), BP4D, decode_images=False)
   return np.stack([np.asarray(src[i]["au"], np.int64) for i in range(len(src))])
 
 
@@ -238,7 +242,7 @@ def test_finetune_au(finetune_au):
 def test_finetune_fer(root, finetune_fer):
   workdir, _ = finetune_fer
   results = _check_run_files(workdir, "finetune")
-  classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
+  classes = sources.info("synthface", str(root / "data"), config=RAF)["classes"]
   _check_fer(results, "test/", classes, _expressions(root, "test"), workdir)
 
 
@@ -296,7 +300,7 @@ def _zeroshot(root, protocol: str, init_workdir: str, name: str):
 def test_zeroshot_over_all_classes(root, pretrain, finetune_au, protocol):
   init = {"prompts": pretrain, "au_to_fer": finetune_au}[protocol][0]
   workdir, results = _zeroshot(root, protocol, init, f"zeroshot_{protocol}")
-  classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
+  classes = sources.info("synthface", str(root / "data"), config=RAF)["classes"]
   _check_fer(results, "zeroshot/", classes, _expressions(root, "test"), workdir)
   assert results["zeroshot/chance"] == pytest.approx(1 / len(classes))
 
@@ -436,7 +440,7 @@ def test_zeroshot_mode_on_the_pretrain_config(root, pretrain):
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert results["activity/chance"] == pytest.approx(1 / 8)
   _in_unit_range(results, "activity/")
-  classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
+  classes = sources.info("synthface", str(root / "data"), config=RAF)["classes"]
   _check_fer(results, "expressions/", classes, _expressions(root, "test"), workdir)
   assert not any(k.startswith("au_probe/") for k in results)  # needs training labels: not zero-shot
 
@@ -468,7 +472,7 @@ def test_run_folds_cli_runs_main_per_fold(root, pretrain):
     timeout=900,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  classes = sources.info("synthface", str(root / "data"), config="raf")["classes"]
+  classes = sources.info("synthface", str(root / "data"), config=RAF)["classes"]
   per_fold = []
   for k in (1, 2):
     fold_dir = os.path.join(workdir, f"fold{k}")
