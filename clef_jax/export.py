@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 import warnings
@@ -96,7 +95,10 @@ def to_hf_state_dict(
   state = {}
   for rule in pretrained._hf_rules(config):
     ours = flat[rule.dst]
-    theirs = np.asarray(_invert(rule, ours), order="C")  # (ascontiguousarray makes [] [1])
+    inv = pretrained.inverse(rule)
+    if inv is None:
+      raise ValueError(f"to_hf_state_dict: the rule of {rule.dst} has no inverse in pretrained.py")
+    theirs = np.asarray(inv(ours), order="C")  # (ascontiguousarray makes [] [1])
     back = rule.fn(theirs)
     if back.shape != ours.shape or not np.array_equal(back, ours):
       raise AssertionError(f"to_hf_state_dict: {rule.dst} -> {rule.src} does not invert")
@@ -104,26 +106,6 @@ def to_hf_state_dict(
   return state
 
 
-def _invert(rule: pretrained._Rule, ours: np.ndarray) -> np.ndarray:
-  """The transformers tensor that `rule.fn` turns into `ours`."""
-  if rule.fn is pretrained._identity:
-    return ours
-  if rule.fn is pretrained._transpose:
-    return ours.T
-  if rule.fn is pretrained._conv_kernel:
-    return ours.transpose(3, 2, 0, 1)  # flax [kh, kw, I, O] → torch [O, I, kh, kw]
-  if re.search(r"/attn/(query|key|value)/kernel$", rule.dst):
-    return ours.reshape(ours.shape[0], -1).T  # [W, H, W/H] → [W_out, W_in]
-  if re.search(r"/attn/(query|key|value)/bias$", rule.dst):
-    return ours.reshape(-1)  # [H, W/H] → [W]
-  if rule.dst.endswith("/attn/out/kernel"):
-    return ours.reshape(-1, ours.shape[-1]).T  # [H, W/H, W] → [W_out, W_in]
-  raise NotImplementedError(f"to_hf_state_dict: no inverse for the rule of {rule.dst}")
-
-
-# --------------------------------------------------------------------------- #
-# config.json
-# --------------------------------------------------------------------------- #
 def hf_config(
   model_config: Mapping[str, Any],
   tokenizer: tokenizer_lib.Tokenizer | str | os.PathLike | None = None,

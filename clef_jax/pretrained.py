@@ -197,8 +197,9 @@ def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 # Conversion tables
 # --------------------------------------------------------------------------- #
-class _Rule(collections.namedtuple("_Rule", "dst src fn")):
-  """Our param `dst` = fn(state_dict[src])."""
+class _Rule(collections.namedtuple("_Rule", "dst src fn inv", defaults=(None,))):
+  """Our param `dst` = fn(state_dict[src]); `inv` maps it back (export), where one exists
+  (None for a slice of a fused tensor; plain transforms are inverted by `inverse`)."""
 
 
 def _identity(w: np.ndarray) -> np.ndarray:
@@ -211,6 +212,23 @@ def _transpose(w: np.ndarray) -> np.ndarray:
 
 def _conv_kernel(w: np.ndarray) -> np.ndarray:
   return w.transpose(2, 3, 1, 0)  # torch [O, I, kh, kw] → flax [kh, kw, I, O]
+
+
+def _conv_kernel_inv(w: np.ndarray) -> np.ndarray:
+  return w.transpose(3, 2, 0, 1)  # flax [kh, kw, I, O] → torch [O, I, kh, kw]
+
+
+# Transforms that are their own rule's whole story: fn -> its inverse.
+_PLAIN_INVERSES: dict[Any, _Transform] = {
+  _identity: _identity,
+  _transpose: _transpose,
+  _conv_kernel: _conv_kernel_inv,
+}
+
+
+def inverse(rule: _Rule) -> _Transform | None:
+  """The transform from our param back to the state-dict tensor, or None (not invertible)."""
+  return rule.inv if rule.inv is not None else _PLAIN_INVERSES.get(rule.fn)
 
 
 def _rows(w: np.ndarray, part: int) -> np.ndarray:
@@ -254,11 +272,23 @@ def _block_rules(dst: str, src: str, heads: int, fmt: str) -> list[_Rule]:
     for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
       kernel, bias = _qkv(heads)
       rules += [
-        _Rule(f"{attn}/{ours}/kernel", f"{src}.self_attn.{theirs}.weight", kernel),
-        _Rule(f"{attn}/{ours}/bias", f"{src}.self_attn.{theirs}.bias", bias),
+        _Rule(
+          f"{attn}/{ours}/kernel",
+          f"{src}.self_attn.{theirs}.weight",
+          kernel,
+          lambda k: k.reshape(k.shape[0], -1).T,  # [W, H, W/H] → [W_out, W_in]
+        ),
+        _Rule(
+          f"{attn}/{ours}/bias", f"{src}.self_attn.{theirs}.bias", bias, lambda b: b.reshape(-1)
+        ),
       ]
     rules += [
-      _Rule(f"{attn}/out/kernel", f"{src}.self_attn.out_proj.weight", _out_kernel(heads)),
+      _Rule(
+        f"{attn}/out/kernel",
+        f"{src}.self_attn.out_proj.weight",
+        _out_kernel(heads),
+        lambda k: k.reshape(-1, k.shape[-1]).T,  # [H, W/H, W] → [W_out, W_in]
+      ),
       _Rule(f"{attn}/out/bias", f"{src}.self_attn.out_proj.bias", _identity),
     ]
     rules += _ln_rules(f"{dst}/ln_2", f"{src}.layer_norm2")

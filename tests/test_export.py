@@ -22,6 +22,7 @@ from clef_jax import export
 from clef_jax import models
 from clef_jax import pretrained
 from clef_jax import tokenizer
+from tests.test_tokenizer import _bytes_to_unicode  # GPT-2/CLIP byte table, written once
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 TOL = 1e-4
@@ -75,19 +76,6 @@ _CLIP_WORDS = regex.compile(
 )
 
 
-@functools.cache
-def _byte_chars() -> dict[int, str]:
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-  bs += list(range(ord("®"), ord("ÿ") + 1))
-  cs, n = bs[:], 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
-
-
 class _ReferenceClip:
   """CLIP's BPE read from vocab.json + merges.txt (the format's own reader, no `tokenizers`)."""
 
@@ -98,7 +86,7 @@ class _ReferenceClip:
     self.ranks = {tuple(m.split()): i for i, m in enumerate(lines[1:])}
 
   def _bpe(self, piece: str) -> list[str]:
-    chars = [_byte_chars()[b] for b in piece.encode("utf-8")]
+    chars = [_bytes_to_unicode()[b] for b in piece.encode("utf-8")]
     word = chars[:-1] + [chars[-1] + "</w>"]
     while len(word) > 1:
       pair = min(zip(word, word[1:]), key=lambda p: self.ranks.get(p, float("inf")))
@@ -266,7 +254,7 @@ def test_clip_tokenizer_folder_agrees_everywhere(tok_dir, exported, tmp_path):
   reference = _ReferenceClip(tok_dir)
   assert len(reference.vocab) == VOCAB
   assert (reference.vocab[SOT], reference.vocab[EOT]) == (VOCAB - 2, VOCAB - 1)
-  chars = list(_byte_chars().values())
+  chars = list(_bytes_to_unicode().values())
   assert [reference.vocab[c] for c in chars] == list(range(256))
   assert [reference.vocab[c + "</w>"] for c in chars] == list(range(256, 512))
   want = np.array([reference(t, CONTEXT) for t in TEXTS])
