@@ -114,6 +114,14 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], 
 
   The params are read onto the host as numpy arrays whatever mesh they were saved from.
   """
+  config, params, _ = load_run_state(workdir, step)
+  return config, params
+
+
+def load_run_state(
+  workdir: str, step: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """`load_params` plus the step it read (the latest finished one unless `step` is given)."""
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path}: not a clef-jax workdir (config.json missing)")
@@ -136,4 +144,4 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], 
     metadata = ckptr.metadata(path).item_metadata
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), metadata)
     state = ckptr.restore(path, target)
-  return config, jax.tree.map(np.asarray, jax.device_get(state["params"]))
+  return config, jax.tree.map(np.asarray, jax.device_get(state["params"])), step

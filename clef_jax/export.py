@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import tempfile
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +219,7 @@ def save_hf(
   dtype: str = "float32",
   extra_readme: str = "",
   overwrite: bool = False,
+  extra: Callable[[pathlib.Path], Any] | None = None,
 ) -> pathlib.Path:
   """Writes a transformers CLIP folder that `CLIPModel.from_pretrained` and `pretrained.load` read.
 
@@ -233,6 +234,8 @@ def save_hf(
       float32).
     extra_readme: Markdown appended to the generated README.md.
     overwrite: replace an existing non-empty `out_dir`.
+    extra: called with the (temporary) folder to write more files into it before it is moved
+      into place (e.g. `heads.save`).
 
   Returns:
     out_dir as a Path. The folder is written beside it under a temporary name and renamed into
@@ -273,6 +276,9 @@ def save_hf(
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
   try:
     _write_folder(tmp, hf, state, tok_files, readme)
+    if extra is not None:
+      extra(tmp)
+      _fix_modes(tmp)
     _swap_into_place(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +300,10 @@ def _write_folder(
   for src in tok_files:
     shutil.copyfile(src, folder / src.name)
   (folder / "README.md").write_text(readme, encoding="utf-8")
+  _fix_modes(folder)
+
+
+def _fix_modes(folder: pathlib.Path) -> None:
   # mkdtemp makes the folder 0700 and safetensors writes 0600: give them the usual modes.
   umask = os.umask(0)
   os.umask(umask)
@@ -385,7 +395,8 @@ A CLIP-style model trained with clef-jax, exported as a transformers `CLIPModel`
 ```python
 import transformers
 model = transformers.CLIPModel.from_pretrained(PATH)
-tokenizer = transformers.CLIPTokenizerFast.from_pretrained(PATH)
+tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
+ids = tokenizer(texts, padding="max_length", max_length={c.context_length}, truncation=True)
 ```
 """
   return text + ("\n" + extra.strip() + "\n" if extra.strip() else "")
@@ -396,3 +407,107 @@ def _as_config(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({k: model_config[k] for k in model_config.keys()})
   variants.check_config(config)
   return config
+
+
+# --------------------------------------------------------------------------- #
+# A run's export: `python -m clef_jax.export --workdir=RUN --out=DIR`
+# --------------------------------------------------------------------------- #
+_EMBEDDED_TOKENIZER_CONFIG = {
+  "tokenizer_class": "PreTrainedTokenizerFast",
+  "bos_token": tokenizer_lib.SOT_TOKEN,
+  "eos_token": tokenizer_lib.EOT_TOKEN,
+  "pad_token": tokenizer_lib.PAD_TOKEN,
+}
+
+
+def export_run(
+  workdir: str,
+  out_dir: str | os.PathLike,
+  *,
+  step: int | None = None,
+  dtype: str = "float32",
+  overwrite: bool = False,
+) -> pathlib.Path:
+  """Writes a run's towers as a transformers CLIP folder, its tokenizer, and (fine-tuning runs)
+  its trained head in the `clef_jax.heads` side file (clef_heads.json + .safetensors).
+
+  The tokenizer: a CLIP-format folder the run used is copied; the embedded tokenizer is written
+  as its `tokenizer.json` with a `tokenizer_config.json` that `transformers.AutoTokenizer` reads
+  (same ids as ours). `pretrained.load('hf:DIR')` and `clef_jax.predict --init=hf:DIR` read it.
+  """
+  from clef_jax import heads as heads_lib  # pylint: disable=g-import-not-at-top
+
+  run = heads_lib.load_run(workdir, step)
+  towers = {k: v for k, v in run.params.items() if k in _TOWERS}
+  model_config = run.config.model
+  head_line = (
+    f"- Head: {run.head.task.upper()} ({len(run.head.labels)} labels, trained as "
+    f"'{run.head.trained_head}') in `{heads_lib.JSON_NAME}` + `{heads_lib.TENSORS_NAME}`: "
+    f"`logits = z @ weight.T + bias` on the L2-normalised image embedding z; "
+    f"{'sigmoid >= 0.5 is present' if run.head.task == 'au' else 'softmax over the labels'}."
+    if run.head is not None
+    else "- Head: none (a run without a trained label head)."
+  )
+  readme = (
+    f"Exported by `python -m clef_jax.export` from the clef-jax run `{os.path.abspath(workdir)}`"
+    f" (mode {run.config.mode}, step {run.step}).\n\n{head_line}\n"
+  )
+
+  def extra(folder: pathlib.Path) -> None:
+    if run.head is not None:
+      heads_lib.save(folder, [run.head])
+
+  with tempfile.TemporaryDirectory(prefix="clef_export_tok_") as tmp:
+    tok_dir = pathlib.Path(run.tokenizer.spec)
+    if isinstance(run.tokenizer, tokenizer_lib._Embedded):  # pylint: disable=protected-access
+      tok_dir = pathlib.Path(tmp)
+      src = (
+        tokenizer_lib.EMBEDDED_PATH
+        if run.tokenizer.spec == "embedded"
+        else pathlib.Path(run.tokenizer.spec) / "tokenizer.json"
+      )
+      shutil.copyfile(src, tok_dir / "tokenizer.json")
+      cfg = dict(_EMBEDDED_TOKENIZER_CONFIG, model_max_length=int(model_config.context_length))
+      (tok_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return save_hf(
+      out_dir,
+      towers,
+      model_config,
+      tokenizer_dir=tok_dir,
+      dtype=dtype,
+      extra_readme=readme,
+      overwrite=overwrite,
+      extra=extra,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  ap = argparse.ArgumentParser(
+    prog="python -m clef_jax.export",
+    description="Export a clef-jax run as a transformers CLIP folder (+ its trained head).",
+  )
+  ap.add_argument(
+    "--workdir", required=True, help="a clef-jax run folder (config.json + checkpoints)"
+  )
+  ap.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  ap.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype")
+  ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+  args = ap.parse_args(argv)
+  try:
+    out = export_run(
+      args.workdir, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite
+    )
+  except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  files = sorted(p.name for p in out.iterdir())
+  print(f"wrote {out}: {', '.join(files)}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

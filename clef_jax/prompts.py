@@ -115,10 +115,17 @@ def au_description(au: int | str, path=None) -> str:
   return descs[str(au)]
 
 
+# Templates of a kind that older prompt files may lack, with the value used then.
+_OPTIONAL_TEMPLATES = {"free_text": ["{}."]}
+
+
 def templates(kind: str, path=None) -> list[str]:
-  """kind in {'name', 'au_negative', 'description'}."""
+  """kind in {'name', 'au_negative', 'description', 'free_text'} (free_text: a user's prompt
+  at prediction time, e.g. 'a person squinting')."""
   key = f"{kind}_templates"
   d = data(path)
+  if key not in d and kind in _OPTIONAL_TEMPLATES:
+    return list(_OPTIONAL_TEMPLATES[kind])
   if key not in d:
     raise KeyError(f"unknown template kind {kind!r}")
   return list(d[key])

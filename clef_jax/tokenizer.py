@@ -14,7 +14,8 @@ Specs:
     stripped and lower-cased first, as CLIP does.
   ``"hf:DIR"`` or ``"DIR"``: a folder with HF tokenizer files (CLIP's ``vocab.json`` +
     ``merges.txt``, or ``tokenizer.json``), read with ``transformers.CLIPTokenizerFast`` from
-    local files only. Ids equal ``CLIPTokenizerFast(texts, padding='max_length',
+    local files only. A folder holding the embedded tokenizer's ``tokenizer.json`` (what
+    ``clef_jax.export`` writes for a run that used it) is run as the embedded one. Ids equal ``CLIPTokenizerFast(texts, padding='max_length',
     max_length=context_length, truncation=True)``; its pad id is CLIP's EOT id.
 """
 
@@ -137,7 +138,7 @@ class _Embedded(Tokenizer):
     tok.enable_truncation(max_length=context_length)
     tok.enable_padding(length=context_length, pad_id=PAD_ID, pad_token=PAD_TOKEN)
     self._tok = tok
-    self.spec = "embedded"
+    self.spec = "embedded" if path == EMBEDDED_PATH else str(path.parent)
     self.context_length = context_length
     self.vocab_size = EMBEDDED_VOCAB_SIZE
     self.sot_token_id, self.eot_token_id, self.pad_token_id = SOT_ID, EOT_ID, PAD_ID
@@ -243,4 +244,27 @@ def get(spec: str = "embedded", context_length: int = 77) -> Tokenizer:
         "(rebuild it with `python tools/build_tokenizer.py`)"
       )
     return _Embedded(EMBEDDED_PATH, context_length)
-  return _HF(_hf_folder(spec), context_length)
+  folder = _hf_folder(spec)
+  if is_embedded_layout(folder):
+    return _Embedded(folder / "tokenizer.json", context_length)
+  return _HF(folder, context_length)
+
+
+def is_embedded_layout(folder: str | os.PathLike) -> bool:
+  """Whether a folder holds the embedded tokenizer's file as exported by clef_jax.export (a
+  `tokenizer.json` with its pad/SOT/EOT ids, no CLIP vocab.json), which CLIPTokenizerFast
+  cannot run (it has no unknown token); transformers reads it with AutoTokenizer."""
+  folder = pathlib.Path(folder)
+  path = folder / "tokenizer.json"
+  if (folder / "vocab.json").is_file() or not path.is_file():
+    return False
+  try:
+    vocab = tokenizers.Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+  except Exception:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
+    return False
+  return (
+    len(vocab) == EMBEDDED_VOCAB_SIZE
+    and vocab.get(PAD_TOKEN) == PAD_ID
+    and vocab.get(SOT_TOKEN) == SOT_ID
+    and vocab.get(EOT_TOKEN) == EOT_ID
+  )

@@ -28,6 +28,7 @@ from clef_jax import MODES
 from clef_jax import checkpoint as ckpt_lib
 from clef_jax import datasets as data_lib
 from clef_jax import evaluators
+from clef_jax import heads as heads_lib
 from clef_jax import models
 from clef_jax import objectives
 from clef_jax import optim
@@ -204,6 +205,9 @@ def _build(config, workdir: str):
   model = models.build(config.model)
   objective, keys = objectives.build(config, model, tok, data)
   label_map = objectives.label_map(config, data)
+  if config.mode in ("finetune", "linear_probe") and jax.process_index() == 0:
+    # What the head classifies, for clef_jax.predict and clef_jax.export.
+    heads_lib.write_labels(workdir, config.finetune.task, objectives.trained_labels(config, data))
   ctx = evaluators.Context(
     config=config,
     data=data,
