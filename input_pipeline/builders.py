@@ -138,6 +138,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _options(self) -> dict[str, Any]:
     return dict(self.builder_config.options)
 
+  def _reader_kwargs(self) -> dict[str, Any]:
+    """What the reader gets: the config's options (+ machine-specific ones, not in metadata)."""
+    return self._options()
+
   def _num_aus(self) -> int | None:
     """J of the au vectors, or None where the data decides (manifest)."""
     aus = self.expected_aus(self.builder_config.name)
@@ -205,10 +209,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     module = readers.get(spec.reader)
     if spec.kind == FER_KIND:
       for split in spec.splits:
-        for ex in module.read(root, split=split, skips=skips, **self._options()):
+        for ex in module.read(root, split=split, skips=skips, **self._reader_kwargs()):
           yield split, ex
       return
-    for ex in module.read(root, skips=skips, **self._options()):
+    for ex in module.read(root, skips=skips, **self._reader_kwargs()):
       if ex["fold"] <= 0:
         skips.add(SKIP_NO_PART, ex["subject"])
         continue
@@ -361,14 +365,27 @@ class Disfa(_FaceBuilder):
   """DISFA: AU occurrence (intensity >= 2) for 8 AUs, 27 subjects, 3 subject parts."""
 
   name = "disfa"
+  BUILDER_CONFIGS = [
+    FaceConfig(name="default", options=(("camera", "left"),)),
+    FaceConfig(name="right", options=(("camera", "right"),)),
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  Point --manual_dir at the DISFA folder that holds ActionUnit_Labels/<SN>/<SN>_au<N>.txt and the
-  extracted frames <SN>/<index>.png (0-based; split the videos into frames first).
+  Point --manual_dir at the DISFA folder that holds ActionUnit_Labels/<SN>/<SN>_au<N>.txt and
+  either the extracted frames <SN>/<index>.png (0-based) or the videos
+  Videos_LeftCamera/LeftVideo<SN>_comp.avi (config 'right': Videos_RightCamera/), whose frames
+  are extracted once into <data_dir>/downloads/disfa_frames/<camera>/ (resumable).
   """
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
     return _Spec("disfa", AU_KIND)
+
+  def _reader_kwargs(self) -> dict[str, Any]:
+    camera = self._options()["camera"]
+    work_dir = getattr(self, "work_dir", None) or os.path.join(
+      os.fspath(self.data_dir), "downloads"
+    )
+    return {**self._options(), "frames_dir": os.path.join(work_dir, "disfa_frames", camera)}
 
 
 class RafDb(_FaceBuilder):
@@ -566,10 +583,18 @@ def builder(
   data_dir: str | os.PathLike[str],
   config: str | None = None,
   image_size: int | None = None,
+  *,
+  work_dir: str | os.PathLike[str] | None = None,
 ) -> _FaceBuilder:
-  """An instance of the builder of `dataset` (not prepared yet) writing under data_dir."""
+  """An instance of the builder of `dataset` (not prepared yet) writing under data_dir.
+
+  `work_dir`: where a reader may keep what it derives from the user's files across prepares
+  (DISFA's extracted video frames; default `<data_dir>/downloads`), made only when used.
+  """
   cls = builder_class(dataset)
   cfg = make_config(dataset, config, image_size)
   # TFDS refuses a config object named like a class config: pass those by name.
   known = {c.name for c in cls.BUILDER_CONFIGS}
-  return cls(data_dir=os.fspath(data_dir), config=cfg.name if cfg.name in known else cfg)
+  b = cls(data_dir=os.fspath(data_dir), config=cfg.name if cfg.name in known else cfg)
+  b.work_dir = os.fspath(work_dir or os.path.join(os.fspath(data_dir), "downloads"))
+  return b

@@ -184,7 +184,9 @@ def prepare(
   os.makedirs(data_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".prepare.{name}.{cfg.name}.", dir=os.fspath(data_dir))
   try:
-    b = builders.builder(name, tmp, cfg.name)
+    # The work dir outlives the temporary build: e.g. DISFA's frames extracted from its videos.
+    work_dir = os.path.join(os.fspath(data_dir), "downloads")
+    b = builders.builder(name, tmp, cfg.name, work_dir=work_dir)
     b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),

@@ -239,3 +239,29 @@ def write_synthface_expressions(
   """SynthFace_expressions.csv (`subject,task,frame,expression`) in a BP4D-like tree."""
   lines = ["subject,task,frame,expression"] + [f"{s},{t},{f},{e}" for s, t, f, e in rows]
   return _write_text(pathlib.Path(bp4d_root) / "SynthFace_expressions.csv", lines, False)
+
+
+def video_frame(t: int, size: tuple[int, int] = (48, 64)) -> np.ndarray:
+  """Frame t of a fixture video: a flat grey level 20 + 15 t with a bright square (uint8 RGB)."""
+  h, w = size
+  frame = np.full((h, w, 3), 20 + 15 * t, np.uint8)
+  frame[8:24, 8:24] = 250
+  return frame
+
+
+def write_video(path: str | os.PathLike[str], num_frames: int, fps: int = 25) -> pathlib.Path:
+  """An MJPEG AVI of `video_frame(0..num_frames-1)`, written with PyAV (as DISFA ships AVIs)."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  h, w = video_frame(0).shape[:2]
+  with av.open(str(path), "w") as c:
+    s = c.add_stream("mjpeg", rate=fps)
+    s.width, s.height, s.pix_fmt = w, h, "yuvj420p"
+    for t in range(num_frames):
+      for packet in s.encode(av.VideoFrame.from_ndarray(video_frame(t), format="rgb24")):
+        c.mux(packet)
+    for packet in s.encode():
+      c.mux(packet)
+  return path

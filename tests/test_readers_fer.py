@@ -215,10 +215,12 @@ def test_ferplus_majority_protocol_train(tmp_path):
   skips = common.Skips()
   got = list(ferplus.read(root, split="train", skips=skips))
   # Rows 0 and 2 (file lines 2 and 4) survive, both neutral.
+  # The pixels' CSV line and the FER+ image name of the row (rows 0 and 2).
   assert [e["image/path"] for e in got] == [
-    f"{root / 'fer2013.csv'}:2",
-    f"{root / 'fer2013.csv'}:4",
+    f"{root / 'fer2013.csv'}:2/fer0000000.png",
+    f"{root / 'fer2013.csv'}:4/fer0000002.png",
   ]
+  assert [pathlib.Path(e["image/path"]).name for e in got] == ["fer0000000.png", "fer0000002.png"]
   assert [e["expression"] for e in got] == [NEUTRAL, NEUTRAL]
   np.testing.assert_allclose(got[0]["expression/votes"], _votes(neutral=0.6, happiness=0.4))
   np.testing.assert_allclose(got[1]["expression/votes"], _votes(neutral=5 / 8, happiness=3 / 8))
@@ -249,7 +251,7 @@ def test_ferplus_votes_mode_train(tmp_path):
   skips = common.Skips()
   got = list(ferplus.read(root, split="train", label_mode="votes", skips=skips))
   # Kept: rows 0, 1 (tie -> first column, neutral), 2, 3, 10; plurality emotion as label.
-  lines = [int(e["image/path"].rsplit(":", 1)[1]) for e in got]
+  lines = [int(e["image/path"].rsplit(":", 1)[1].split("/")[0]) for e in got]
   assert lines == [2, 3, 4, 5, 12]
   assert [e["expression"] for e in got] == [NEUTRAL] * 5
   np.testing.assert_allclose(got[1]["expression/votes"], _votes(neutral=0.5, happiness=0.5))

@@ -1,8 +1,18 @@
 """DISFA: per-AU intensity files + extracted frames, 8 evaluated AUs, 3 folds, no activities.
 
-Layout (root = the folder holding `ActionUnit_Labels/` and the per-subject frame folders):
+Layout (root = the folder holding `ActionUnit_Labels/` and the frames or the videos):
   <root>/ActionUnit_Labels/<SN>/<SN>_au<N>.txt   one `frameIdx,intensity` line per frame, 0-5
   <root>/<SN>/<t>.png (or .jpg)                   frames extracted from the videos, 0-based
+  <root>/Videos_LeftCamera/LeftVideo<SN>_comp.avi  or the videos as DISFA ships them
+  <root>/Videos_RightCamera/RightVideo<SN>_comp.avi   (camera='right'; names matched without case)
+
+Videos: a subject without a frame folder (or any subject, with camera='right') is read from its
+video. The frames are decoded with PyAV (it bundles ffmpeg) and written once as
+`<frames_dir>/<SN>/<t>.jpg` (quality 95; `frames_dir` defaults to `<root>/Frames_<Camera>Camera`,
+the builder passes a folder under the data dir); a subject whose extraction finished (its
+`.complete` file) is not decoded again, and an interrupted one resumes where its frames stop.
+A video whose frame count differs from the label lines is reported with both numbers (a counted
+skip; the frames beyond the shorter of the two are skipped and counted as usual).
 
 As in ME-GraphAU, the t-th line (0-based) of every label file is paired with image t, whatever
 number its frameIdx column carries (the files count from 1). Occurrence = intensity >= 2 (the
@@ -17,7 +27,11 @@ Subjects are the folders of ActionUnit_Labels/. `fold` = the subject's part in t
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -30,8 +44,12 @@ AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)
 ALL_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 PARTS: dict[int, tuple[str, ...]] = folds.DISFA_PARTS
 LABEL_DIR = "ActionUnit_Labels"
+CAMERAS = ("left", "right")
+VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv")
+COMPLETE = ".complete"  # written into a subject's extracted-frames folder when it is whole
 
-SKIP_SUBJECT_WITHOUT_FRAMES = "subject without frame folder"
+SKIP_SUBJECT_WITHOUT_FRAMES = "subject without frame folder or video"
+SKIP_VIDEO_FRAME_COUNT = "video frame count differs from the label lines"
 
 
 def tasks() -> list[str]:
@@ -108,12 +126,84 @@ def subjects(root: str | os.PathLike[str]) -> list[str]:
   )
 
 
+def video_dir(root: str, camera: str) -> str:
+  return os.path.join(root, f"Videos_{camera.capitalize()}Camera")
+
+
+def find_video(root: str, subject: str, camera: str) -> str | None:
+  """`Videos_<Camera>Camera/<Camera>Video<SN>[_comp].<ext>` (case-insensitive), or None."""
+  folder = video_dir(root, camera)
+  if not os.path.isdir(folder):
+    return None
+  pattern = re.compile(rf"{camera}video{subject.lower()}(_comp)?$")
+  for name in sorted(os.listdir(folder)):
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in VIDEO_EXTS and pattern.match(stem.lower()):
+      return os.path.join(folder, name)
+  return None
+
+
+def extract_frames(video: str, out_dir: str, *, progress: bool = True) -> int:
+  """Decodes `video` into `out_dir/<t>.jpg` (0-based, JPEG quality 95); returns the frame count.
+
+  Resumable: a finished folder (its `.complete` file, holding the count) is not decoded again;
+  after an interruption, frames already written are kept and the rest are added. Each frame is
+  written under a temporary name and renamed, so a frame file is never half-written.
+  """
+  import av  # pylint: disable=g-import-not-at-top  (only DISFA's videos need it)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  done = os.path.join(out_dir, COMPLETE)
+  if os.path.isfile(done):
+    with open(done, encoding="utf-8") as f:
+      return int(json.load(f)["frames"])
+  os.makedirs(out_dir, exist_ok=True)
+  n = 0
+  try:
+    with av.open(video) as container:
+      if not container.streams.video:
+        raise common.DatasetError(video, "has no video stream")
+      total = container.streams.video[0].frames or None
+      bar = tqdm(
+        total=total,
+        unit=" frames",
+        desc=f"Extracting {os.path.basename(video)}",
+        disable=not progress,
+        leave=False,
+      )
+      for frame in container.decode(video=0):
+        path = os.path.join(out_dir, f"{n}.jpg")
+        if not os.path.isfile(path):
+          tmp = path + ".tmp"
+          Image.fromarray(frame.to_ndarray(format="rgb24")).save(tmp, format="JPEG", quality=95)
+          os.replace(tmp, path)
+        n += 1
+        bar.update(1)
+      bar.close()
+  except common.DatasetError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (av raises its own error kinds)
+    raise common.DatasetError(
+      video, f"cannot decode the video after {n} frames ({type(e).__name__}: {e})"
+    ) from None
+  if n == 0:
+    raise common.DatasetError(video, "the video has no frames")
+  with open(done + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"frames": n, "video": os.path.abspath(video)}, f)
+  os.replace(done + ".tmp", done)
+  return n
+
+
 def read(
   root: str | os.PathLike[str],
   *,
   skips: common.Skips | None = None,
   image_ext: str | None = None,
   occurrence_threshold: int = 2,
+  camera: str = "left",
+  frames_dir: str | os.PathLike[str] | None = None,
+  progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
   """Yields every labelled DISFA frame in the common schema (subjects, frames sorted).
 
@@ -122,7 +212,12 @@ def read(
     skips: collects counted per-item skips (a fresh one, logged at the end, if None).
     image_ext: "png" or "jpg" to accept only that extension; None accepts png/jpg/jpeg.
     occurrence_threshold: an AU occurs when its intensity is >= this (1..5).
+    camera: 'left' (frame folders, else Videos_LeftCamera) or 'right' (Videos_RightCamera).
+    frames_dir: where frames extracted from videos go (default <root>/Frames_<Camera>Camera).
+    progress: a progress bar per extracted video.
   """
+  if camera not in CAMERAS:
+    raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
   if not 1 <= occurrence_threshold <= 5:
     raise ValueError(f"occurrence_threshold must be in 1..5, got {occurrence_threshold}")
   if image_ext is None:
@@ -133,19 +228,49 @@ def read(
       raise ValueError(f"image_ext must be one of {common.IMAGE_EXTS} or None, got {image_ext!r}")
     exts = (ext,)
   root = _check_root(root)
-  return _iterate(root, common.Skips() if skips is None else skips, exts, occurrence_threshold)
+  if frames_dir is None:
+    frames_dir = os.path.join(root, f"Frames_{camera.capitalize()}Camera")
+  videos = _Videos(root, camera, os.fspath(frames_dir), progress)
+  return _iterate(
+    root, common.Skips() if skips is None else skips, exts, occurrence_threshold, videos
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Videos:
+  root: str
+  camera: str
+  frames_dir: str
+  progress: bool
+
+  def frame_folder(self, subject: str, num_labels: int, skips: common.Skips) -> str | None:
+    """The subject's frame folder: extracted frames, else (from its video) extracted now."""
+    folder = os.path.join(self.root, subject)
+    if self.camera == "left" and os.path.isdir(folder):
+      return folder
+    video = find_video(self.root, subject, self.camera)
+    if video is None:
+      where = f"{folder} (or {video_dir(self.root, self.camera)}/{self.camera.capitalize()}Video{subject}_comp.avi)"
+      skips.add(SKIP_SUBJECT_WITHOUT_FRAMES, where)
+      return None
+    out = os.path.join(self.frames_dir, subject)
+    n = extract_frames(video, out, progress=self.progress)
+    if n != num_labels:
+      msg = f"{video}: {n} video frames, {num_labels} label lines in {LABEL_DIR}/{subject}"
+      logging.warning("DISFA %s", msg)
+      skips.add(SKIP_VIDEO_FRAME_COUNT, msg)
+    return out
 
 
 def _iterate(
-  root: str, skips: common.Skips, exts: tuple[str, ...], threshold: int
+  root: str, skips: common.Skips, exts: tuple[str, ...], threshold: int, videos: _Videos
 ) -> Iterator[dict[str, Any]]:
   count = 0
   for subject in subjects(root):
     intensity = read_subject_labels(root, subject)
     occurrence = (intensity >= threshold).astype(np.int8)
-    frame_dir = os.path.join(root, subject)
-    if not os.path.isdir(frame_dir):
-      skips.add(SKIP_SUBJECT_WITHOUT_FRAMES, frame_dir)
+    frame_dir = videos.frame_folder(subject, len(intensity), skips)
+    if frame_dir is None:
       continue
     images = common.list_frames(frame_dir, skips, exts)
     fold = fold_of(subject)
@@ -175,5 +300,6 @@ def _iterate(
     skips,
     count,
     root,
-    "<SN>/<t>.png frames for the lines of ActionUnit_Labels/<SN>/<SN>_au<N>.txt",
+    "<SN>/<t>.png frames or Videos_LeftCamera/LeftVideo<SN>_comp.avi for the lines of "
+    "ActionUnit_Labels/<SN>/<SN>_au<N>.txt",
   )

@@ -8,7 +8,9 @@ Two layouts, detected automatically (root = the folder holding them):
           with PNGs and a header-less `label.csv` (`fer0000000.png,"(0, 0, 48, 48)",4,0,0,...`,
           the same 10 vote columns in the same order).
 Usage Training / PublicTest / PrivateTest (folders Train / Valid / Test) -> train / validation /
-test.
+test. `image/path` names the image as the FERPlus files do: in the csv layout
+`<root>/fer2013.csv:<line>/<Image name>` (the pixels' line, then e.g. `fer0000001.png`, so its
+basename is the official file name), in the folders layout the PNG's path.
 
 Majority protocol (FERPlus `_process_target`): zero every vote count <= 1; the label is the
 argmax over the 10 columns if it holds > 50 % of the remaining votes, otherwise unknown; rows
@@ -200,9 +202,9 @@ def _read_csv_layout(
     if labelled is None:
       continue
     image = common.decode_image(_pixels(fer_row["pixels"], fer_path, fer_line))
-    yield common.make_example(
-      image=image, path=f"{fer_path}:{fer_line}", expression=labelled[0], votes=labelled[1]
-    )
+    # The pixels' CSV line, then the FER+ image name: basename(path) is the official file name.
+    path = f"{fer_path}:{fer_line}/{new_row['Image name']}"
+    yield common.make_example(image=image, path=path, expression=labelled[0], votes=labelled[1])
   if next(fer_rows, None) is not None:
     raise common.DatasetError(
       fer_path, f"has more rows than {new_path}; the two files must be row-aligned"
