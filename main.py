@@ -68,9 +68,13 @@ class _QuietLibraries(std_logging.Filter):
   _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/etils/", "/jax/_src/xla_bridge.py")
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-      p in record.pathname for p in self._NOISY
-    )
+    noisy = any(p in record.pathname for p in self._NOISY)
+    if noisy and record.exc_info and "/orbax/" in record.pathname:
+      # An orbax background-thread error (e.g. a full disk while a checkpoint is written):
+      # its one-line message stays, the thread's traceback goes; the run reports the outcome
+      # (clef_jax.checkpoint.CheckpointWriteError).
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING or not noisy
 
 
 def _usage_error(message: str) -> NoReturn:
@@ -184,10 +188,20 @@ def main(argv):
     jax.process_count(),
     jax.devices(),
   )
+  from clef_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   try:
     train.run(config, FLAGS.workdir)
   except train.ConfigError as e:  # refused before anything was written
     _usage_error(f"{e} ({spec})")
+  except checkpoint.CheckpointWriteError as e:  # e.g. a full disk: the message says what is kept
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The failed save's I/O threads would print "Event loop is closed" tracebacks at shutdown;
+    # what matters is written (the intact checkpoint, metrics.jsonl), so stop here.
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from typing import Any
 
 import grain
@@ -23,6 +25,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 _policies = ocp.checkpoint_managers
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full); the message says which one, why,
+  and which earlier checkpoint is intact. The partial write has been removed."""
+
+
+_OS_ERROR_RE = re.compile(r":\s*([^:\[\]]+?)\s*\[os_error_code='(\d+)'\]")
+
+
+def _reason(e: BaseException) -> str:
+  """Why a save failed, in a user's words: the OS error tensorstore reports (a full disk said
+  so), else the exception's first line."""
+  text = str(e)
+  m = _OS_ERROR_RE.search(text)
+  if (m and m.group(2) == "28") or (isinstance(e, OSError) and e.errno == 28):
+    return "the disk is full (No space left on device)"
+  if m:
+    return f"{m.group(1)} (errno {m.group(2)})"
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror} (errno {e.errno})"
+  first = text.splitlines()[0][:300] if text else ""
+  return f"{type(e).__name__}: {first}"
 
 
 class Checkpointer:
@@ -40,6 +66,7 @@ class Checkpointer:
       create=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._writing: int | None = None  # the step of the save that may still be in flight
 
   def all_steps(self) -> list[int]:
     self._manager.reload()
@@ -59,7 +86,14 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      # A failure of the previous (asynchronous) save surfaces here, or in close().
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+      raise self._write_failed(e, self._writing or step) from None
+    if saved:
+      self._writing = step
+    return saved
 
   def restore(
     self, abstract_state: Any, data_iterator: Any | None = None
@@ -97,8 +131,38 @@ class Checkpointer:
     return restored["state"]
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_failed(e, self._writing) from None
     self._manager.close()
+
+  def _write_failed(self, e: BaseException, step: int | None) -> CheckpointWriteError:
+    """The error to raise when writing checkpoint `step` failed: removes the partial write
+    (freeing its space) and names the newest intact checkpoint."""
+    partial = (
+      sorted(n for n in os.listdir(self.directory) if n.endswith(_TMP_SUFFIX))
+      if os.path.isdir(self.directory)
+      else []
+    )
+    for name in partial:
+      shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    intact = (
+      [int(n) for n in os.listdir(self.directory) if n.isdigit()]
+      if os.path.isdir(self.directory)
+      else []
+    )
+    what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    why = _reason(e)
+    kept = (
+      f"checkpoint {max(intact)} is intact; free space and rerun the same command to resume from it"
+      if intact
+      else "no earlier checkpoint exists; free space and rerun to start again"
+    )
+    removed = f" (its partial write {', '.join(partial)} was removed)" if partial else ""
+    return CheckpointWriteError(
+      f"writing {what} to {self.directory} failed: {why}{removed}; {kept}."
+    )
 
 
 def has_checkpoint(directory: str) -> bool:
