@@ -23,6 +23,7 @@ LABEL_KEYS = ("subject", "task", "activity_text", "frame", "fold", "expression",
 NUMERIC_BATCH_KEYS = (
   "image",
   "au",
+  "au_intensity",
   "expression",
   "expression/votes",
   "subject_id",

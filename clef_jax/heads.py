@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 from typing import Any, Sequence
@@ -93,7 +94,7 @@ class Head:
 
 def write_labels(workdir: str, task: str, labels: Sequence) -> None:
   """Records in a fine-tuning run's workdir what its head classifies (read by `from_run`)."""
-  labels = [int(x) if task == "au" else str(x) for x in labels]
+  labels = [int(x) if task in ("au", "au_intensity") else str(x) for x in labels]
   path = os.path.join(workdir, LABELS_NAME)
   with open(path, "w", encoding="utf-8") as f:
     json.dump({"task": task, "labels": labels}, f, indent=2)
@@ -140,7 +141,13 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   config = ml_collections.ConfigDict(raw)
   tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
   head = None
-  if config.mode in ("finetune", "linear_probe") and "heads" in params:
+  if config.mode in ("finetune", "linear_probe") and config.finetune.task == "au_intensity":
+    logging.warning(
+      "%s: an AU intensity head (a softmax over levels) is not exported or predicted yet; "
+      "only the towers are used",
+      workdir,
+    )
+  elif config.mode in ("finetune", "linear_probe") and "heads" in params:
     recorded = read_labels(workdir)
     if recorded is None:
       labels = _labels_from_data(config, workdir)

@@ -9,7 +9,7 @@ accuracy, mean class accuracy and the confusion matrix (rows = true class).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -184,3 +184,51 @@ def fer_metrics(pred: Any, label: Any, num_classes: int, mask: Any = None) -> di
     The dict of ``ConfusionCounts.metrics``.
   """
   return ConfusionCounts(num_classes).update(pred, label, mask).metrics()
+
+
+# ------------------------------------------------------------------------------------------
+# AU intensity: ICC(3,1), MAE, Pearson per AU (the field's metrics, e.g. DISFA / FERA 2015).
+# ------------------------------------------------------------------------------------------
+
+
+def icc31(ratings: Any) -> float:
+  """ICC(3,1) (Shrout & Fleiss 1979: two-way mixed, consistency, single rater) of `ratings`
+  [n targets, k raters]: (BMS - EMS) / (BMS + (k - 1) EMS). NaN for fewer than 2 targets; 0
+  where there is no variance at all (every rating equal)."""
+  x = np.asarray(ratings, np.float64)
+  n, k = x.shape
+  if n < 2 or k < 2:
+    return float("nan")
+  grand = x.mean()
+  ss_rows = k * np.sum(np.square(x.mean(1) - grand))
+  ss_cols = n * np.sum(np.square(x.mean(0) - grand))
+  ss_err = np.sum(np.square(x - grand)) - ss_rows - ss_cols
+  bms = ss_rows / (n - 1)
+  ems = ss_err / ((n - 1) * (k - 1))
+  denom = bms + (k - 1) * ems
+  return float((bms - ems) / denom) if denom > 0 else 0.0
+
+
+def intensity_metrics(pred: Any, label: Any, aus: Sequence[int]) -> dict[str, float]:
+  """pred [N, J] float, label [N, J] int (-1 unknown, masked) -> per-AU and mean ICC(3,1)
+  (prediction and label as the two raters), MAE and Pearson r ('au_int/icc/AU12', ...,
+  'au_int/icc/mean'). A constant prediction has ICC 0 and r 0 (not NaN)."""
+  pred = np.asarray(pred, np.float64)
+  label = np.asarray(label)
+  if pred.shape != label.shape or pred.ndim != 2 or pred.shape[1] != len(aus):
+    raise ValueError(f"intensity_metrics: pred {pred.shape}, label {label.shape}, {len(aus)} AUs")
+  out: dict[str, float] = {}
+  per = {"icc": [], "mae": [], "pearson": []}
+  for j, a in enumerate(aus):
+    known = label[:, j] >= 0
+    p, y = pred[known, j], label[known, j].astype(np.float64)
+    icc = icc31(np.stack([p, y], 1))
+    mae = float(np.mean(np.abs(p - y))) if len(y) else float("nan")
+    sp, sy = (float(np.std(p)), float(np.std(y))) if len(y) else (0.0, 0.0)
+    r = float(np.mean((p - p.mean()) * (y - y.mean())) / (sp * sy)) if sp > 0 and sy > 0 else 0.0
+    for key, v in (("icc", icc), ("mae", mae), ("pearson", r)):
+      out[f"au_int/{key}/AU{a}"] = v
+      per[key].append(v)
+  for key, values in per.items():
+    out[f"au_int/{key}/mean"] = float(np.nanmean(values)) if values else float("nan")
+  return out

@@ -425,6 +425,165 @@ def finetune_objective(
   )
 
 
+INTENSITY_LEVELS = 6  # FACS intensity codes: 0 (absent) and A-E (1-5)
+
+
+def intensity_texts(labels: Sequence) -> dict[str, list[list[str]]]:
+  """Intensity-aware label texts of AUs `labels` (the poster's extension):
+  {'absent': [T0][J] (the "without" prompts: level 0), 'levels': [T][J * 5] (level k of AU j
+  at j * 5 + k - 1: the name prompt of "<name> <intensity word k>", the words from the
+  prompts file's `intensity_levels`, e.g. "lip corner puller with marked intensity")}."""
+  words = prompts.data().get("intensity_levels")
+  if words is None:
+    raise KeyError("the prompts file has no 'intensity_levels' (six texts: level 0, then A-E)")
+  if len(words) != INTENSITY_LEVELS or len(set(words[1:])) != INTENSITY_LEVELS - 1:
+    raise ValueError(
+      f"prompts intensity_levels must hold {INTENSITY_LEVELS} entries (level 0, then a distinct "
+      f"text for each of the FACS levels A-E), got {words!r}"
+    )
+  names = [prompts.au_name(a) for a in labels]
+  present = [f"{n} {w}" for n in names for w in words[1:]]
+  return {
+    "absent": [[t.format(n) for n in names] for t in prompts.templates("au_negative")],
+    "levels": [[t.format(x) for x in present] for t in prompts.templates("name")],
+  }
+
+
+def intensity_objective(
+  config,
+  model,
+  tokenizer,
+  labels: Sequence,
+  columns: Sequence[int],
+  *,
+  level_freq: np.ndarray | None = None,
+) -> Objective:
+  """AU intensity (0-5) of the AUs `labels` (their positions `columns` in the batch's
+  `au_intensity`): head='text' classifies each AU over its six intensity-aware texts (softmax of
+  s·cos + b over the levels, cross-entropy), head='linear' regresses the codes (MSE). Both
+  predict a continuous intensity: the expectation over the levels (text) or the clipped output
+  (linear). Frames whose code is unknown (-1) are masked. `level_freq` [J, 6], the training
+  frames' share of each level, initialises the heads at the prior (text: level biases at its log;
+  linear: the bias at the mean code), as a classifier's bias is initialised at the class prior.
+  """
+  fc = config.finetune
+  mc = config.model
+  if fc.head not in ("text", "linear"):
+    raise ValueError(f"config.finetune.head={fc.head!r}: expected 'text' or 'linear'")
+  num = len(labels)
+  cols = np.asarray(columns, np.int32)
+  tokens = {}
+  if fc.head == "text":
+    tokens = {
+      k: np.stack([tokenizer(row) for row in v]) for k, v in intensity_texts(labels).items()
+    }
+  levels = jnp.arange(INTENSITY_LEVELS, dtype=jnp.float32)
+
+  freq = None if level_freq is None else np.asarray(level_freq, np.float64)
+
+  def init_heads(rng):
+    if fc.head == "linear":
+      head = nn.Dense(num).init(rng, jnp.zeros((1, mc.embed_dim)))["params"]
+      if freq is not None:
+        head["bias"] = jnp.asarray(freq @ np.arange(INTENSITY_LEVELS), jnp.float32)
+      return {"linear": head}
+    bias = np.zeros((num, INTENSITY_LEVELS))
+    if freq is not None:
+      bias = np.log(np.maximum(freq, 1e-4))
+      bias -= bias.mean(-1, keepdims=True)
+    return {"level_bias": jnp.asarray(bias, jnp.float32)}
+
+  def text_fn(encode, toks, rng):
+    del rng
+    if not toks:
+      return {}
+    absent = _template_mean(encode(toks["absent"]))  # [J, D]
+    present = _template_mean(encode(toks["levels"])).reshape(num, INTENSITY_LEVELS - 1, -1)
+    return {"levels": jnp.concatenate([absent[:, None], present], axis=1)}  # [J, K, D]
+
+  def outputs(params, zimg, ztxt):
+    """text: level logits [n, J, K]; linear: intensities [n, J]."""
+    if fc.head == "linear":
+      scale = math.sqrt(zimg.shape[-1]) if fc.linear_rescale else 1.0
+      return nn.Dense(num).apply({"params": params["heads"]["linear"]}, zimg * scale)
+    cos = jnp.einsum("nd,jkd->njk", zimg.astype(jnp.float32), ztxt["levels"].astype(jnp.float32))
+    return logit_scale(params, mc) * cos + params["heads"]["level_bias"]
+
+  def loss_fn(params, zimg, ztxt, batch, rng):
+    del rng
+    y = batch["au_intensity"][:, cols].astype(jnp.int32)  # [n, J], -1 unknown
+    known = (y >= 0) & batch["mask"][:, None]
+    count = jnp.maximum(jnp.sum(known), 1)
+    out = outputs(params, zimg, ztxt)
+    if fc.head == "linear":
+      err = jnp.square(out - y.astype(jnp.float32))
+      loss = jnp.sum(jnp.where(known, err, 0.0)) / count
+      pred = jnp.clip(out, 0, INTENSITY_LEVELS - 1)
+    else:
+      logp = jax.nn.log_softmax(out, axis=-1)
+      nll = -jnp.take_along_axis(logp, jnp.clip(y, 0)[..., None], axis=-1)[..., 0]
+      loss = jnp.sum(jnp.where(known, nll, 0.0)) / count
+      pred = jnp.sum(jnp.exp(logp) * levels, axis=-1)
+    mae = jnp.sum(jnp.where(known, jnp.abs(pred - y), 0.0)) / count
+    return loss, {"loss_in": loss, "mae": mae}
+
+  def predict_fn(params, zimg, ztxt):
+    """Continuous intensities [n, J] in [0, 5]."""
+    out = outputs(params, zimg, ztxt)
+    if fc.head == "linear":
+      return jnp.clip(out, 0, INTENSITY_LEVELS - 1)
+    return jnp.sum(jax.nn.softmax(out, axis=-1) * levels, axis=-1)
+
+  return Objective(
+    model=model,
+    model_config=mc,
+    tokens=tokens,
+    init_heads=init_heads,
+    images=lambda b: b["image"],
+    text_fn=text_fn,
+    loss_fn=loss_fn,
+    predict_fn=predict_fn,
+  )
+
+
+def _intensity_table(data) -> np.ndarray:
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+
+  table = data.train_table.get("au_intensity")
+  if table is None:
+    table = pipeline.label_table(data.train, ("au_intensity",))["au_intensity"]
+  return np.asarray(table)
+
+
+def intensity_level_freq(data, columns: Sequence[int]) -> np.ndarray:
+  """[J, 6]: each level's share of the training frames with a known code, per AU."""
+  codes = _intensity_table(data)[:, list(columns)]
+  out = np.zeros((len(columns), INTENSITY_LEVELS))
+  for j in range(len(columns)):
+    known = codes[:, j][codes[:, j] >= 0]
+    out[j] = np.bincount(known, minlength=INTENSITY_LEVELS)[:INTENSITY_LEVELS] / max(len(known), 1)
+  return out
+
+
+def intensity_columns(config, data) -> tuple[list[int], list[int]]:
+  """(AUs, their positions in `au_intensity`) that the training split codes with intensity (some
+  known code), e.g. BP4D's 6, 10, 12, 14, 17; `finetune.intensity_aus` restricts them."""
+  if not data.aus:
+    raise ValueError(f"dataset {data.name}/{data.builder_config} has no AU labels")
+  table = _intensity_table(data)
+  coded = [a for j, a in enumerate(data.aus) if np.any(table[:, j] >= 0)]
+  wanted = list(config.finetune.get("intensity_aus", ()) or coded)
+  missing = [a for a in wanted if a not in coded]
+  if missing:
+    raise ValueError(
+      f"config.finetune.intensity_aus: {missing} have no intensity codes in {data.name}/"
+      f"{data.builder_config} (coded: {coded})"
+    )
+  if not wanted:
+    raise ValueError(f"dataset {data.name}/{data.builder_config} codes no AU with intensity")
+  return wanted, [list(data.aus).index(a) for a in wanted]
+
+
 def embedding_objective(config, model) -> Objective:
   """An objective that only embeds (for zero-shot evaluation): no label texts, no loss."""
 
@@ -448,6 +607,7 @@ def embedding_objective(config, model) -> Objective:
 
 PRETRAIN_KEYS = ("image", "activity_id", "subject_id", "index", "mask")
 FOUNDATION_KEYS = ("image", "tokens", "mask")
+INTENSITY_KEYS = ("image", "au_intensity", "mask")
 
 
 def trained_labels(config, data) -> list:
@@ -466,7 +626,9 @@ def trained_labels(config, data) -> list:
     if not data.aus:
       raise ValueError(f"dataset {data.name}/{data.builder_config} has no AU labels")
     return list(data.aus)
-  raise ValueError(f"config.finetune.task={fc.task!r}: expected 'fer' or 'au'")
+  if fc.task == "au_intensity":
+    return intensity_columns(config, data)[0]
+  raise ValueError(f"config.finetune.task={fc.task!r}: expected 'fer', 'au' or 'au_intensity'")
 
 
 def build(config, model, tokenizer, data) -> tuple[Objective, tuple[str, ...]]:
@@ -477,6 +639,11 @@ def build(config, model, tokenizer, data) -> tuple[Objective, tuple[str, ...]]:
     return pretrain_objective(config, model, tokenizer, data.activity_texts), PRETRAIN_KEYS
   if config.mode == "zeroshot":
     return embedding_objective(config, model), ("image", "mask")
+  if config.finetune.task == "au_intensity":
+    labels, columns = intensity_columns(config, data)
+    freq = intensity_level_freq(data, columns)
+    obj = intensity_objective(config, model, tokenizer, labels, columns, level_freq=freq)
+    return obj, INTENSITY_KEYS
   labels = trained_labels(config, data)
   pos_weight = None
   if config.finetune.task == "au":

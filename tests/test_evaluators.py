@@ -146,7 +146,7 @@ def test_head_evaluator_compiles_once(tiny_data_dir):
   "fields, match",
   [
     (dict(type="zeroshot_frobnicate"), r"config\.evals\.bad\.type='zeroshot_frobnicate': expected"),
-    (dict(), r"config\.evals\.bad\.type=None: expected one of \['au_test'"),
+    (dict(), r"config\.evals\.bad\.type=None: expected one of \['au_intensity_test', 'au_test'"),
     (dict(type="zeroshot_fer", protocol="magic"), r"config\.evals\.bad\.protocol='magic'"),
     (dict(type="zeroshot_fer", texts="poems"), r"config\.evals\.bad\.texts='poems'"),
     (

@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any, Sequence
 
+from clef_jax.evaluators import au_intensity_test
 from clef_jax.evaluators import au_test
 from clef_jax.evaluators import common
 from clef_jax.evaluators import fer_test
@@ -26,6 +27,7 @@ from clef_jax.evaluators.common import Context, Evaluator, PredictFns, make_pred
 
 REGISTRY: dict[str, type[Evaluator]] = {
   "au_test": au_test.AuTest,
+  "au_intensity_test": au_intensity_test.AuIntensityTest,
   "fer_test": fer_test.FerTest,
   "linear_probe_au": linear_probe_au.LinearProbeAu,
   "zeroshot_activity": zeroshot_activity.ZeroshotActivity,
