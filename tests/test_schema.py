@@ -200,3 +200,16 @@ def test_input_pipeline_never_imports_clef_jax():
   assert out.returncode == 0, out.stderr[-3000:]
   # Every module was walked: the readers, builders, synthface, schema, ...
   assert int(out.stdout.split()[-1]) >= 20
+
+
+def test_free_text_templates_and_an_older_prompts_copy(tmp_path):
+  assert prompts.templates("free_text") == ["{}.", "a photo of {}.", "a close-up photo of {}."]
+  with open(prompts.DEFAULT_PATH, encoding="utf-8") as f:
+    d = json.load(f)
+  older = {k: v for k, v in d.items() if k not in ("free_text_templates", "intensity_levels")}
+  path = tmp_path / "prompts.json"
+  path.write_text(json.dumps(older))
+  # A copy from before free-text prompts: the prompt as given, no template ensemble.
+  assert prompts.templates("free_text", path) == ["{}."]
+  with pytest.raises(KeyError, match="unknown template kind 'nope'"):
+    prompts.templates("nope", path)
