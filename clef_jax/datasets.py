@@ -19,7 +19,16 @@ from input_pipeline import sampler as sampler_lib
 from input_pipeline import schema
 from input_pipeline import sources
 
-LABEL_KEYS = ("subject", "task", "activity_text", "frame", "fold", "expression", "au")
+LABEL_KEYS = (
+  "subject",
+  "task",
+  "activity_text",
+  "frame",
+  "fold",
+  "expression",
+  "au",
+  "au_intensity",
+)
 NUMERIC_BATCH_KEYS = (
   "image",
   "au",

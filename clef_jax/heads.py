@@ -68,12 +68,6 @@ class Head:
   def output(self) -> str:
     return "sigmoid" if self.task == "au" else "softmax"
 
-  @property
-  def label_names(self) -> list[str]:
-    if self.task == "fer":
-      return [str(x) for x in self.labels]
-    return [f"AU{a}" for a in self.labels]
-
   def logits(self, z: np.ndarray) -> np.ndarray:
     """float32 [N, D] unit-norm embeddings -> [N, C] logits."""
     return np.asarray(z, np.float32) @ self.weight.T + self.bias

@@ -546,18 +546,9 @@ def intensity_objective(
   )
 
 
-def _intensity_table(data) -> np.ndarray:
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-
-  table = data.train_table.get("au_intensity")
-  if table is None:
-    table = pipeline.label_table(data.train, ("au_intensity",))["au_intensity"]
-  return np.asarray(table)
-
-
 def intensity_level_freq(data, columns: Sequence[int]) -> np.ndarray:
   """[J, 6]: each level's share of the training frames with a known code, per AU."""
-  codes = _intensity_table(data)[:, list(columns)]
+  codes = np.asarray(data.train_table["au_intensity"])[:, list(columns)]
   out = np.zeros((len(columns), INTENSITY_LEVELS))
   for j in range(len(columns)):
     known = codes[:, j][codes[:, j] >= 0]
@@ -570,7 +561,7 @@ def intensity_columns(config, data) -> tuple[list[int], list[int]]:
   known code), e.g. BP4D's 6, 10, 12, 14, 17; `finetune.intensity_aus` restricts them."""
   if not data.aus:
     raise ValueError(f"dataset {data.name}/{data.builder_config} has no AU labels")
-  table = _intensity_table(data)
+  table = np.asarray(data.train_table["au_intensity"])
   coded = [a for j, a in enumerate(data.aus) if np.any(table[:, j] >= 0)]
   wanted = list(config.finetune.get("intensity_aus", ()) or coded)
   missing = [a for a in wanted if a not in coded]

@@ -196,9 +196,11 @@ class Predictor:
 
   def __call__(self, images: Sequence[np.ndarray]) -> Predictions:
     """Face crops (uint8 [H, W, 3], any size: eval transform to the model's input) -> outputs."""
-    crops = np.stack([to_input(im, self.image_size)[0] for im in images]) if len(images) else None
-    z = self.embed(crops) if crops is not None else self.embed(np.zeros((0, 1, 1, 3), np.uint8))
-    return self.from_embeddings(z)
+    s = self.image_size
+    crops = [to_input(im, s)[0] for im in images]
+    return self.from_embeddings(
+      self.embed(np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8))
+    )
 
   def from_embeddings(self, z: np.ndarray) -> Predictions:
     out = Predictions(z=z)

@@ -25,13 +25,8 @@ class AuIntensityTest(common.Evaluator):
     super().__init__(name, ev, ctx)
     self.require_head()
     self.aus, self.columns = objectives.intensity_columns(ctx.config, self.data)
-    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-
-    table = pipeline.label_table(self.data.train, ("au_intensity",))["au_intensity"]
-    train = np.asarray(table)[:, self.columns].astype(np.float64)
-    self.train_mean = np.array(
-      [train[train[:, j] >= 0, j].mean() for j in range(len(self.aus))], np.float64
-    )
+    freq = objectives.intensity_level_freq(self.data, self.columns)  # [J, 6] training shares
+    self.train_mean = freq @ np.arange(objectives.INTENSITY_LEVELS)
 
   def run(self, params) -> dict[str, Any]:
     e = self.embed(params, self.data.test, ("au_intensity",))
