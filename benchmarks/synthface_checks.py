@@ -9,8 +9,8 @@ Without ``--data`` it generates the default dataset (41 subjects x 8 tasks x 40 
 2. AUs are learnable on held-out subjects, mean F1 over BP4D's 12 evaluated AUs (TP/FP/FN summed
    over the fold, 9 = unknown masked), target >= 0.85: (a) a fast linear baseline, subject-
    normalised HOG (NumPy) + one ridge classifier per AU, BP4D's 3 subject-exclusive folds
-   (``--skip-hog`` skips it); (b) a small Flax CNN on [frame, frame - subject median] of the face
-   crop (``FACE_BOX``, at ``CNN_SIZE`` = 80 px),
+   (``--skip-hog`` skips it); (b) a small Flax CNN on [frame, frame - subject median] of the
+   aligned face crop (from the frame's 2DFeatures landmarks, at ``CNN_SIZE`` = 80 px),
    trained ``--cnn-steps`` steps on fold 1 (parts 1+2), tested on the held-out part 3.
 3. Identity is the easy shortcut: a linear classifier on raw pixels (24x24 RGB), trained on 4 of
    the 8 tasks of every subject and tested on the other 4: subject accuracy vs expression accuracy.
@@ -35,7 +35,9 @@ from sklearn import linear_model, preprocessing
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from input_pipeline import align  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthface  # pylint: disable=g-import-not-at-top
+from input_pipeline.readers import landmarks  # pylint: disable=g-import-not-at-top
 
 EVAL_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 # BP4D 3-fold subject-exclusive split (DATASETS.md).
@@ -44,10 +46,8 @@ PARTS = (
   "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005".split(),
   "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014".split(),
 )
-# The CNN sees the face, not the background: this crop (normalised x0, y0, x1, y1; it holds
-# brows to chin with a jaw drop for every sampled identity) at CNN_SIZE px, as AU models on real
-# data see an aligned face crop.
-FACE_BOX = (0.12, 0.22, 0.88, 0.98)
+# The checks see the aligned face crop (ALIGNED_SIZE px, as prepared); the CNN at CNN_SIZE px.
+ALIGNED_SIZE = 112
 CNN_SIZE = 80
 
 
@@ -73,7 +73,9 @@ def hog(gray: np.ndarray, cell: int = 8, bins: int = 9) -> np.ndarray:
 
 
 def load_bp4d(root: pathlib.Path):
-  """Reads frames and labels back from the written BP4D-like layout."""
+  """Reads frames and labels back from the written BP4D-like layout; every frame is aligned
+  from its 2DFeatures landmarks (input_pipeline.align, the builders' default margin) at 112 px,
+  as `prepare` stores it, and the checks below see that crop."""
   bp = root / "BP4D"
   expr = {}
   with open(bp / "SynthFace_expressions.csv", newline="") as f:
@@ -86,16 +88,17 @@ def load_bp4d(root: pathlib.Path):
       rows = list(csv.reader(f))
     header = rows[0]
     cols = [header.index(str(au)) for au in EVAL_AUS]
+    frames = sorted(int(p.stem) for p in (bp / s / t).glob("*.jpg"))
+    points = landmarks.read_bp4d(str(bp / "2DFeatures" / f"{s}_{t}.mat"), frames)
     for r in rows[1:]:
       fr = int(r[0])
-      im = Image.open(bp / s / t / f"{fr}.jpg").convert("RGB")
+      frame = np.asarray(Image.open(bp / s / t / f"{fr}.jpg").convert("RGB"))
+      im = Image.fromarray(align.align(frame, points[fr], "bp4d49", ALIGNED_SIZE))
       gray64.append(
         np.asarray(im.convert("L").resize((64, 64), Image.Resampling.BILINEAR), np.float32) / 255
       )
-      w, h = im.size
-      box = (FACE_BOX[0] * w, FACE_BOX[1] * h, FACE_BOX[2] * w, FACE_BOX[3] * h)
       face.append(
-        np.asarray(im.resize((CNN_SIZE, CNN_SIZE), Image.Resampling.BOX, box), np.float32) / 255
+        np.asarray(im.resize((CNN_SIZE, CNN_SIZE), Image.Resampling.BOX), np.float32) / 255
       )
       rgb24.append(np.asarray(im.resize((24, 24), Image.Resampling.BOX), np.float32).ravel() / 255)
       lab = np.array([int(r[c]) for c in cols])

@@ -18,11 +18,14 @@ Writes into --out:
   videos/*_aus.png    per video: per-frame AU probabilities (or expression / prompt scores)
   errors.txt          inputs that could not be read, with the reason (counted, never fatal)
 
-Faces: clef-jax has no face detector yet, so every image or video frame is taken as one face
-crop that is already aligned (as SynthFace frames and aligned dataset crops are): the centred
-square of its shorter side, resized to the model's input by the evaluators' transform
-(`augment.eval_image`). The box in the outputs is that square, in the input's pixels.
-`--no_detect` states this explicitly and silences the note.
+Faces: every image or video frame goes through the face detector of preparation
+(`input_pipeline.align.Detector`, MTCNN with its weights inside the `mtcnn` package), and each
+face found is aligned onto the preparation template (eye centres and mouth, margin 0.2) at the
+model's input size: one row per face, its box the detector's, in the input's pixels. An image or
+frame where no face is found is listed in errors.txt ('no face found'), never centre-cropped.
+`--no_detect` takes inputs that are already aligned face crops (SynthFace frames, a dataset's
+aligned crops): the centred square of the shorter side, resized as the evaluators do
+(`augment.eval_image`), the box being that square.
 
 Python API: `Predictor(spec)(images)` on uint8 [H, W, 3] arrays -> a `Predictions` of arrays.
 """
@@ -234,20 +237,39 @@ def prompt_texts(prompts: Sequence[str]) -> list[list[str]]:
   return [[t.format(p) for p in cleaned] for t in prompts_lib.templates("free_text")]
 
 
-def to_input(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-  """A face crop -> (uint8 [size, size, 3], box x0, y0, x1, y1 of the square used)."""
-  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
-
+def _rgb(image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, -1)
   if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
     raise ValueError(f"expected a uint8 [H, W, 3] RGB image, got {image.dtype} {image.shape}")
-  image = np.ascontiguousarray(image[..., :3])
+  return np.ascontiguousarray(image[..., :3])
+
+
+def to_input(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+  """A face crop -> (uint8 [size, size, 3], box x0, y0, x1, y1 of the square used)."""
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+
+  image = _rgb(image)
   h, w = image.shape[:2]
   side = min(h, w)
   x0, y0 = (w - side) // 2, (h - side) // 2
   return augment.eval_image(image, size), (x0, y0, x0 + side, y0 + side)
+
+
+def detect_inputs(
+  detector: Any, image: np.ndarray, size: int
+) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+  """Every face `detector` finds in an image -> [(aligned uint8 [size, size, 3], box x0, y0,
+  x1, y1)], the most confident first ([] when there is none)."""
+  from input_pipeline import align  # pylint: disable=g-import-not-at-top
+
+  image = _rgb(image)
+  out = []
+  for face in detector(image):
+    x, y, w, h = face.box
+    out.append((align.align(image, face.keypoints, "five", size), (x, y, x + w, y + h)))
+  return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,32 +444,38 @@ def _safe_name(file: str, root: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem.replace(os.sep, "__"))
 
 
-def overlay(image: np.ndarray, r: dict[str, Any], min_side: int = 256):
-  """A PIL image: the input (scaled up to `min_side` if smaller), its box and the top labels."""
+def overlay(
+  image: np.ndarray, face_rows: dict[str, Any] | Sequence[dict[str, Any]], min_side: int = 256
+):
+  """A PIL image: the input (scaled up to `min_side` if smaller), each face's box and its top
+  labels (`face_rows`: one row, or the rows of every face of the image)."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
 
+  if isinstance(face_rows, dict):
+    face_rows = [face_rows]
   im = Image.fromarray(image)
   scale = max(1.0, min_side / min(im.size))
   if scale > 1:
     im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
   draw = ImageDraw.Draw(im)
-  x0, y0, x1, y1 = (v * scale for v in r["box"])
-  draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 0), width=2)
-  lines = []
-  if "expression" in r:
-    e = r["expression"]
-    lines.append(f"{e['label']} {e['probs'][e['label']]:.2f}")
-  if "au" in r:
-    top = sorted(r["au"].items(), key=lambda kv: -kv[1]["prob"])[:TOP_AUS]
-    lines.append(" ".join(f"{k} {v['prob']:.2f}" for k, v in top))
-  if "prompt" in r:
-    lines.append(f"{r['prompt'][:40]} {r['prompts'][r['prompt']]['prob']:.2f}")
-  y = y0 + 3
-  for line in lines:
-    box = draw.textbbox((x0 + 3, y), line)
-    draw.rectangle(box, fill=(0, 0, 0))
-    draw.text((x0 + 3, y), line, fill=(255, 255, 0))
-    y = box[3] + 2
+  for r in face_rows:
+    x0, y0, x1, y1 = (v * scale for v in r["box"])
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 0), width=2)
+    lines = []
+    if "expression" in r:
+      e = r["expression"]
+      lines.append(f"{e['label']} {e['probs'][e['label']]:.2f}")
+    if "au" in r:
+      top = sorted(r["au"].items(), key=lambda kv: -kv[1]["prob"])[:TOP_AUS]
+      lines.append(" ".join(f"{k} {v['prob']:.2f}" for k, v in top))
+    if "prompt" in r:
+      lines.append(f"{r['prompt'][:40]} {r['prompts'][r['prompt']]['prob']:.2f}")
+    y = y0 + 3
+    for line in lines:
+      box = draw.textbbox((x0 + 3, y), line)
+      draw.rectangle(box, fill=(0, 0, 0))
+      draw.text((x0 + 3, y), line, fill=(255, 255, 0))
+      y = box[3] + 2
   return im
 
 
@@ -494,8 +522,13 @@ def run(
   every: int = 1,
   overlays: bool = True,
   progress: bool = True,
+  detect: bool = True,
 ) -> dict[str, Any]:
-  """Predicts on every face of `inputs`, writes the outputs into `out_dir`, returns a summary."""
+  """Predicts on every face of `inputs`, writes the outputs into `out_dir`, returns a summary.
+
+  detect: find and align the faces with the detector (see the module docstring); False takes
+  each image as an aligned face crop.
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   if every < 1:
@@ -506,6 +539,11 @@ def run(
       "to predict. Pass --prompts=..., or a fine-tuned run / an export with clef_heads.json"
     )
   files, problems = list_inputs(inputs)
+  detector = None
+  if detect:
+    from input_pipeline import align  # pylint: disable=g-import-not-at-top
+
+    detector = align.Detector()
   root = inputs if os.path.isdir(inputs) else ""
   out = pathlib.Path(out_dir)
   (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -526,21 +564,40 @@ def run(
       nonlocal header, n_faces
       if not batch:
         return
-      crops, boxes = zip(*(to_input(f.image, predictor.image_size) for f in batch))
+      faces, crops, boxes = [], [], []
+      for f in batch:
+        if detector is None:
+          found = [to_input(f.image, predictor.image_size)]
+        else:
+          found = detect_inputs(detector, f.image, predictor.image_size)
+          if not found:
+            where = f.file if f.frame is None else f"{f.file} frame {f.frame}"
+            problems.append(Problem(where, "no face found by the detector"))
+        for crop, box in found:
+          faces.append(f)
+          crops.append(crop)
+          boxes.append(box)
+      batch.clear()
+      if not faces:
+        return
       pred = predictor.from_embeddings(predictor.embed(np.stack(crops)))
       if header is None:
         header = csv_header(pred)
         writer.writerow(header)
-      for face, r in zip(batch, rows(batch, boxes, pred)):
+      images: dict[int, tuple[Face, list[dict[str, Any]]]] = {}
+      for face, r in zip(faces, rows(faces, boxes, pred)):
         writer.writerow(csv_row(r))
         fj.write(json.dumps(r) + "\n")
         if face.frame is None:
-          if overlays:
-            overlay(face.image, r).save(out / "overlays" / f"{_safe_name(face.file, root)}.png")
+          images.setdefault(id(face), (face, []))[1].append(r)
         else:
           per_video.setdefault(face.file, []).append(r)
-      n_faces += len(batch)
-      batch.clear()
+      if overlays:
+        for face, image_rows in images.values():
+          overlay(face.image, image_rows).save(
+            out / "overlays" / f"{_safe_name(face.file, root)}.png"
+          )
+      n_faces += len(faces)
 
     for face in iter_faces(files, problems, every):
       if face.file != last_file:
@@ -598,15 +655,9 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument(
     "--no_detect",
     action="store_true",
-    help="inputs are ready face crops (the only mode for now: there is no face detector yet)",
+    help="inputs are aligned face crops: no detection (the centred square of each image)",
   )
   args = ap.parse_args(argv)
-  if not args.no_detect:
-    print(
-      "note: no face detector yet; each image / frame is taken as one aligned face crop (its "
-      "centred square). Pass --no_detect to silence this.",
-      file=sys.stderr,
-    )
   try:
     prompts = next(csv.reader([args.prompts], skipinitialspace=True)) if args.prompts else []
     predictor = Predictor(
@@ -617,7 +668,14 @@ def main(argv: list[str] | None = None) -> int:
       dtype=args.dtype,
       step=args.step,
     )
-    summary = run(predictor, args.inputs, args.out, every=args.every, overlays=not args.no_overlays)
+    summary = run(
+      predictor,
+      args.inputs,
+      args.out,
+      every=args.every,
+      overlays=not args.no_overlays,
+      detect=not args.no_detect,
+    )
   except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -53,15 +53,29 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from input_pipeline import align as align_lib
 from input_pipeline import readers
 from input_pipeline import schema
 from input_pipeline.readers import common
+from input_pipeline.readers import landmarks as landmarks_lib
 
 DEFAULT_IMAGE_SIZE = 112
 JPEG_QUALITY = 95
-VERSION = tfds.core.Version("1.1.0")
+VERSION = tfds.core.Version("1.2.0")
 AU_KIND, FER_KIND = "au", "fer"
 SKIP_NO_PART = "subject in no part of the fold split"
+SKIP_NO_FACE = "no face found by the detector"
+SKIP_BAD_LANDMARKS = "landmarks that define no alignment (points collapse)"
+
+# Face alignment modes (FaceConfig.align; prepare --align): the config-name suffix of a
+# non-default one, and what it does.
+ALIGN_MODES = {
+  "landmarks": "lm",  # the dataset's own landmarks; frames without them skipped and counted
+  "landmarks_or_detector": "lmdet",  # ... frames without them aligned from the detector
+  "detector": "det",  # the detector's five keypoints for every image (align.Detector)
+  "none": "noalign",  # no alignment: shorter side resized, centre crop
+}
+_ALIGN_BY_SUFFIX = {v: k for k, v in ALIGN_MODES.items()}
 
 
 def resize_face(image: np.ndarray, size: int) -> np.ndarray:
@@ -89,9 +103,12 @@ class FaceConfig(tfds.core.BuilderConfig):
 
   image_size: int = DEFAULT_IMAGE_SIZE
   options: tuple[tuple[str, Any], ...] = ()
+  align: str = "none"  # ALIGN_MODES
+  align_margin: float = align_lib.DEFAULT_MARGIN
 
 
 _SIZE_RE = re.compile(r"^(.+)_(\d+)px$")
+_ALIGN_RE = re.compile(r"^(.+?)(?:_(lm|lmdet|det|noalign))?(?:_m(\d+))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +128,16 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {
     "1.0.0": "First release: common schema, faces resized and JPEG-encoded.",
     "1.1.0": "caption (Text) in every example; metadata caption_stats.",
+    "1.2.0": "Faces aligned (dataset landmarks or a detector) by default where they exist.",
   }
   BUILDER_CONFIGS = [FaceConfig(name="default")]
+  # How faces are aligned unless the config name says otherwise (ALIGN_MODES).
+  DEFAULT_ALIGN = "none"
+
+  @classmethod
+  def default_align(cls, base: str) -> str:
+    """The alignment mode of the config `base` (a config name without suffixes)."""
+    return cls.DEFAULT_ALIGN
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -140,7 +165,39 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _reader_kwargs(self) -> dict[str, Any]:
     """What the reader gets: the config's options (+ machine-specific ones, not in metadata)."""
+    if self._alignment().align in ("landmarks", "landmarks_or_detector"):
+      return {**self._options(), "landmarks": True}
     return self._options()
+
+  def _alignment(self) -> FaceConfig:
+    """The config with its alignment fields (TFDS hands class configs, e.g. 'default', as they
+    are declared, without the dataset's alignment default)."""
+    return make_config(self.name, self.builder_config.name)
+
+  def _face(self, ex: dict[str, Any], skips: common.Skips) -> np.ndarray | None:
+    """The stored face of an example: aligned (by the config's mode) or resized; None = skip."""
+    cfg = self._alignment()
+    size, mode, margin = cfg.image_size, cfg.align, cfg.align_margin
+    points = ex.pop("landmarks", None)
+    scheme = ex.pop("landmark_scheme", "")
+    if mode == "none":
+      return resize_face(ex["image"], size)
+    if mode != "detector" and points is not None:
+      try:
+        return align_lib.align(ex["image"], points, scheme, size, margin)
+      except ValueError:
+        skips.add(SKIP_BAD_LANDMARKS, ex["image/path"])
+        return None
+    if mode == "landmarks":
+      skips.add(landmarks_lib.SKIP_NO_LANDMARKS, ex["image/path"])
+      return None
+    if getattr(self, "_detector", None) is None:
+      self._detector = align_lib.Detector()
+    found = self._detector.align(ex["image"], size, margin)
+    if found is None:
+      skips.add(SKIP_NO_FACE, ex["image/path"])
+      return None
+    return found[0]
 
   def _num_aus(self) -> int | None:
     """J of the au vectors, or None where the data decides (manifest)."""
@@ -255,7 +312,10 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         elif len(au) != num_aus:
           raise common.DatasetError(ex["image/path"], f"{len(au)} AU values, expected {num_aus}")
         record = dict(ex)
-        record["image"] = encode_jpeg(resize_face(ex["image"], size))
+        face = self._face(record, skips)
+        if face is None:
+          continue
+        record["image"] = encode_jpeg(face)
         if split not in files:
           files[split] = open(os.path.join(spill_dir, f"{split}.pkl"), "wb")
           stats[split] = {
@@ -296,6 +356,12 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     md["stats"] = stats
     md["caption_stats"] = captions.as_dict()
     md["image_size"] = size
+    cfg = self._alignment()
+    md["align"] = {
+      "mode": cfg.align,
+      "margin": cfg.align_margin,
+      "template": align_lib.template(cfg.align_margin).round(4).tolist(),
+    }
     md["options"] = {k: v for k, v in self._options().items()}
     return {split: s["examples"] for split, s in stats.items()}
 
@@ -340,6 +406,8 @@ class Bp4d(_FaceBuilder):
   (AUCoding/AU_INT/ optional).
   """
 
+  DEFAULT_ALIGN = "landmarks"
+
   @classmethod
   def spec(cls, config: str) -> _Spec:
     return _Spec("bp4d", AU_KIND)
@@ -355,6 +423,8 @@ class Bp4dPlus(_FaceBuilder):
   <subject>/<task>/<frame>.jpg folders) and AUCoding/AU_OCC/<subject>_<task>.csv. The config
   seed<N> picks the seed of the subject-exclusive 3-fold split (printed while preparing).
   """
+
+  DEFAULT_ALIGN = "landmarks"
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
@@ -375,6 +445,8 @@ class Disfa(_FaceBuilder):
   Videos_LeftCamera/LeftVideo<SN>_comp.avi (config 'right': Videos_RightCamera/), whose frames
   are extracted once into <data_dir>/downloads/disfa_frames/<camera>/ (resumable).
   """
+
+  DEFAULT_ALIGN = "landmarks"
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
@@ -400,6 +472,10 @@ class RafDb(_FaceBuilder):
   Point --manual_dir at the RAF-DB folder that holds basic/ (basic/EmoLabel/list_patition_label.txt
   and basic/Image/aligned/ or basic/Image/original/).
   """
+
+  @classmethod
+  def default_align(cls, base: str) -> str:
+    return "detector" if base == "original" else "none"  # 'aligned' images are aligned already
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
@@ -437,6 +513,8 @@ class Affectnet(_FaceBuilder):
   Manually_Annotated_Images/ (or train_set/ and val_set/ with images/ and annotations/).
   """
 
+  DEFAULT_ALIGN = "landmarks"
+
   @classmethod
   def spec(cls, config: str) -> _Spec:
     return _Spec("affectnet", FER_KIND, splits=("train", "test"))
@@ -452,6 +530,10 @@ class Synthface(_FaceBuilder):
   Point --manual_dir at the output folder of `python -m input_pipeline.synthface --out DIR`
   (the BP4D-like tree, and RAF/ for the RAF-like part).
   """
+
+  @classmethod
+  def default_align(cls, base: str) -> str:
+    return "none" if _synthface_part(base) == "raf" else "landmarks"
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
@@ -513,9 +595,16 @@ BUILDERS: dict[str, type[_FaceBuilder]] = {
 }
 
 
-def _base_name(name: str) -> str:
+def _split_name(name: str) -> tuple[str, str | None, int | None, int | None]:
+  """'<base>[_<align>][_m<margin %>][_<N>px]' -> (base, align suffix, margin %, size)."""
   m = _SIZE_RE.match(name)
-  return m.group(1) if m else name
+  rest, size = (m.group(1), int(m.group(2))) if m else (name, None)
+  a = _ALIGN_RE.match(rest)
+  return a.group(1), a.group(2), (int(a.group(3)) if a.group(3) else None), size
+
+
+def _base_name(name: str) -> str:
+  return _split_name(name)[0]
 
 
 _SYNTHFACE_RE = re.compile(r"^(bp4d|raf)(_[a-z0-9_]+)?$")
@@ -528,21 +617,39 @@ def _synthface_part(config: str) -> str:
 
 
 def make_config(
-  dataset: str, config: str | None = None, image_size: int | None = None
+  dataset: str,
+  config: str | None = None,
+  image_size: int | None = None,
+  *,
+  align: str | None = None,
+  align_margin: float | None = None,
 ) -> FaceConfig:
   """The FaceConfig of `dataset` named `config` (default: the first), at `image_size`.
 
-  `config` may carry a size suffix ('7class_224px'); `image_size`, if given, overrides it and
-  the returned config's name then carries the suffix (unless it is the default 112).
-  bp4d_plus accepts any 'seed<N>', synthface any 'bp4d_<tag>' / 'raf_<tag>'.
+  Config names are '<base>[_<align>][_m<margin %>][_<N>px]': `config` may carry a size suffix
+  ('7class_224px'), an alignment suffix of ALIGN_MODES ('default_noalign', 'original_det') and
+  a margin in percent ('default_m25'); `image_size`, `align` and `align_margin`, if given,
+  override them, and the returned config's name carries every value that is not its dataset's
+  default (size 112, `default_align`, margin 0.2). bp4d_plus accepts any 'seed<N>', synthface
+  any 'bp4d_<tag>' / 'raf_<tag>'.
   """
   cls = builder_class(dataset)
   name = config or cls.BUILDER_CONFIGS[0].name
-  base = _base_name(name)
-  m = _SIZE_RE.match(name)
-  size = image_size or (int(m.group(2)) if m else DEFAULT_IMAGE_SIZE)
+  base, align_suffix, margin_pct, named_size = _split_name(name)
+  size = image_size or named_size or DEFAULT_IMAGE_SIZE
   if size < 8:
     raise ValueError(f"image_size must be >= 8, got {size}")
+  if align is not None and align not in ALIGN_MODES:
+    raise ValueError(f"unknown alignment mode {align!r}; known: {sorted(ALIGN_MODES)}")
+  mode = align or (_ALIGN_BY_SUFFIX[align_suffix] if align_suffix else cls.default_align(base))
+  margin = (
+    align_margin
+    if align_margin is not None
+    else (margin_pct / 100 if margin_pct is not None else align_lib.DEFAULT_MARGIN)
+  )
+  align_lib.template(margin)  # checks the range
+  if abs(margin * 100 - round(margin * 100)) > 1e-9:
+    raise ValueError(f"alignment margin {margin} must be a whole percentage (e.g. 0.1, 0.25)")
   known = {c.name: c for c in cls.BUILDER_CONFIGS}
   if base in known:
     proto = known[base]
@@ -561,10 +668,18 @@ def make_config(
     extra = extra.get(dataset, "")
     raise ValueError(
       f"unknown config {name!r} for {dataset}; known: {sorted(known)}{extra}, "
-      "optionally suffixed _<N>px"
+      f"optionally suffixed _<align> ({', '.join(_ALIGN_BY_SUFFIX)}), _m<margin %>, _<N>px"
     )
-  full = base if size == DEFAULT_IMAGE_SIZE else f"{base}_{size}px"
-  return dataclasses.replace(proto, name=full, image_size=size)
+  full = base
+  if mode != cls.default_align(base):
+    full += f"_{ALIGN_MODES[mode]}"
+  if mode != "none" and abs(margin - align_lib.DEFAULT_MARGIN) > 1e-9:
+    full += f"_m{round(margin * 100)}"
+  if size != DEFAULT_IMAGE_SIZE:
+    full += f"_{size}px"
+  return dataclasses.replace(
+    proto, name=full, image_size=size, align=mode, align_margin=float(margin)
+  )
 
 
 def expected_aus(dataset: str, config: str | None = None) -> list[int] | None:

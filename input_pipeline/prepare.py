@@ -1,13 +1,17 @@
 r"""Prepares one dataset from the user's folder into TFDS ArrayRecord files, and summarises it.
 
   python -m input_pipeline.prepare --dataset=bp4d --manual_dir=/data/BP4D \
-      --data_dir=~/tensorflow_datasets [--config=…] [--image_size=112]
+      --data_dir=~/tensorflow_datasets [--config=…] [--image_size=112] \
+      [--align=landmarks|landmarks_or_detector|detector|none] [--align_margin=0.2]
 
 Datasets: bp4d, bp4d_plus, disfa, raf_db, ferplus, affectnet, synthface, manifest (see
 docs/datasets.md for the folder each expects). The reader pass and TFDS's writing show progress
 bars; the summary lists examples per split, per-class counts or per-AU positives, and the
 skipped items with their reasons. A missing, non-folder or empty --manual_dir is refused before
 anything is written (exit code 1, naming the folder and what the dataset expects there).
+Faces are aligned by default from the dataset's own landmarks (BP4D, DISFA, AffectNet, SynthFace)
+or by the MTCNN detector (RAF-DB 'original'); --align picks another mode, --align_margin the
+crop's margin (input_pipeline.align); both become part of the config name ('default_noalign').
 Preparation builds under a temporary `<data_dir>/.prepare.…` folder and moves the dataset into
 place only when complete, so a failed run leaves data_dir as it was: no dataset that looks
 prepared, and with `--overwrite` the dataset prepared before stays intact and usable until the
@@ -37,6 +41,13 @@ def define_flags() -> None:
   flags.DEFINE_string("config", None, "Builder config (default: the first one).")
   flags.DEFINE_integer("image_size", None, "Stored face size (default 112).")
   flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that is already prepared.")
+  flags.DEFINE_enum(
+    "align",
+    None,
+    sorted(builders.ALIGN_MODES),
+    "Face alignment (default: the dataset's; landmarks where it ships them).",
+  )
+  flags.DEFINE_float("align_margin", None, "Margin of the aligned crop (default 0.2).")
 
 
 def summary(name: str, info: dict) -> str:
@@ -56,6 +67,10 @@ def summary(name: str, info: dict) -> str:
         "    AU positives/known: "
         + ", ".join(f"AU{a} {p}/{k}" for a, p, k in zip(aus, s["au_positives"], s["au_known"]))
       )
+  al = info.get("align")
+  if al:
+    margin = f", margin {al['margin']}" if al["mode"] != "none" else ""
+    lines.append(f"  faces aligned: {al['mode']}{margin}")
   parts = info.get("parts", {})
   if parts:
     lines.append("  subject parts (fold f trains on the other parts, tests part k+1-f):")
@@ -78,7 +93,9 @@ def main(argv):
   manual_dir = os.path.expanduser(f.manual_dir)
   cfg = None
   try:
-    cfg = builders.make_config(name, f.config, f.image_size)
+    cfg = builders.make_config(
+      name, f.config, f.image_size, align=f.align, align_margin=f.align_margin
+    )
     reused = sources.is_prepared(name, data_dir, cfg.name) and not f.overwrite
     sources.prepare(name, manual_dir, data_dir, cfg.name, overwrite=f.overwrite)
     print(summary(name, sources.info(name, data_dir, cfg.name)))

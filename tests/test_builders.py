@@ -37,13 +37,15 @@ def prepared_bp4d(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("bp4d")
   root = fixtures_au.write_bp4d(tmp / "BP4D")
   data_dir = tmp / "tfds"
-  sources.prepare("bp4d", root, data_dir, image_size=SIZE)
+  # Unaligned (the fixture's frames are solid colours without landmarks; alignment has its own
+  # tests in test_align.py): each stored face is its frame resized.
+  sources.prepare("bp4d", root, data_dir, "default_noalign", image_size=SIZE)
   return root, data_dir
 
 
 def test_bp4d_round_trip_fold1(prepared_bp4d):
   root, data_dir = prepared_bp4d
-  config = f"default_{SIZE}px"
+  config = f"default_noalign_{SIZE}px"
   expected = list(bp4d.read(root))
   assert len(expected) == 18  # 3 subjects x 2 tasks x 3 frames
   train_split, test_split = sources.fold_splits("bp4d", 1)
@@ -69,7 +71,7 @@ def test_bp4d_round_trip_fold1(prepared_bp4d):
 
 def test_bp4d_metadata_and_info(prepared_bp4d):
   _, data_dir = prepared_bp4d
-  meta = sources.info("bp4d", data_dir, f"default_{SIZE}px")
+  meta = sources.info("bp4d", data_dir, f"default_noalign_{SIZE}px")
   assert meta["aus"] == BP4D_AUS
   assert meta["subjects"] == ["F001", "F003", "F004"]
   assert meta["tasks"] == sorted({t for _, t in fixtures_au.default_bp4d_sessions()})

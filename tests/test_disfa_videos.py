@@ -134,12 +134,14 @@ def test_bad_video_and_missing_subject(tmp_path):
 def test_prepare_extracts_into_the_data_dir(tmp_path):
   root = _tree(tmp_path / "DISFA")
   data_dir = tmp_path / "data"
-  src = sources.prepare("disfa", root, data_dir)
+  src = sources.prepare("disfa", root, data_dir, "default_noalign")  # the videos have no landmarks
   frames = data_dir / "downloads" / "disfa_frames" / "left"
   assert (frames / "SN001" / disfa.COMPLETE).is_file() and (frames / "SN003" / "5.jpg").is_file()
   part = {s: p for p in (1, 2, 3) for s in disfa.PARTS[p]}
-  ds = sources.open_source("disfa", f"part{part['SN001']}", str(data_dir), decode_images=False)
+  ds = sources.open_source(
+    "disfa", f"part{part['SN001']}", str(data_dir), "default_noalign", decode_images=False
+  )
   assert len(ds) == 5 and os.path.isdir(src)
-  info = sources.info("disfa", str(data_dir))
+  info = sources.info("disfa", str(data_dir), "default_noalign")
   assert info["skips"][disfa.SKIP_VIDEO_FRAME_COUNT] == 1
   assert info["options"] == {"camera": "left"}  # no machine-specific path in the metadata

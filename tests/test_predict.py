@@ -311,6 +311,7 @@ def test_predict_cli_folder_with_video_and_broken_file(runs, inputs, tmp_path, f
       f"--out={out}",
       "--prompts=a person smiling,a person frowning",
       "--batch_size=8",
+      "--no_detect",  # the inputs are aligned 32 px crops
     ],
     cwd=ROOT,
     env=ENV,
@@ -398,7 +399,7 @@ def test_predict_manifest_and_bad_inputs(runs, inputs, tmp_path):
     + b"\xff\xfe\n"
   )
   pred = predict.Predictor(f"clef:{runs['au']}")
-  summary = predict.run(pred, str(m), str(tmp_path / "out"), progress=False)
+  summary = predict.run(pred, str(m), str(tmp_path / "out"), progress=False, detect=False)
   assert summary["faces"] == 1 and summary["files"] == 2
   where = [p.where for p in summary["problems"]]
   assert where[:3] == [f"{m}:2", f"{m}:4", f"{m}:5"]
@@ -413,3 +414,44 @@ def test_predict_manifest_and_bad_inputs(runs, inputs, tmp_path):
     predict.list_inputs(str(tmp_path / "missing.png"))
   with pytest.raises(ValueError, match="prompt 1 is empty"):
     predict.prompt_texts(["a smile", "  "])
+
+
+def test_predict_detects_and_aligns_faces_in_full_frames(runs, tmp_path):
+  """Full SynthFace video frames (the face somewhere in a 224 x 168 frame) and a blank image:
+  each face is found, its box holds the frame's eyes, and the blank image is listed in
+  errors.txt ('no face found'), not centre-cropped into a prediction."""
+  pytest.importorskip("mtcnn")
+  from input_pipeline.synthface import population  # pylint: disable=g-import-not-at-top
+  from input_pipeline.synthface import render  # pylint: disable=g-import-not-at-top
+  from input_pipeline import align  # pylint: disable=g-import-not-at-top
+
+  d = tmp_path / "frames"
+  d.mkdir()
+  eyes = {}
+  for i, (cx, hang) in enumerate([(0.4, 0.03), (0.6, 0.1)]):
+    subj = population.make_subject(0, 2 * i, "F001")
+    place = render.frame_placement(112, (cx, hang, 1.0), (120, 120, 120))
+    img, pts = render.render_frame(
+      subj.identity, np.zeros(len(render.AUS)), 112, render.NO_NUISANCE, place
+    )
+    Image.fromarray(img).save(d / f"frame{i}.png")
+    eyes[f"frame{i}.png"] = align.key_points(pts + 1.0, "bp4d49")[:2]
+  Image.fromarray(np.full((168, 224, 3), 128, np.uint8)).save(d / "blank.png")
+  pred = predict.Predictor(f"clef:{runs['au']}")
+  summary = predict.run(pred, str(d), str(tmp_path / "out"), progress=False)
+  assert summary["faces"] == 2 and summary["files"] == 3
+  assert [(p.where, p.reason) for p in summary["problems"]] == [
+    (str(d / "blank.png"), "no face found by the detector")
+  ]
+  rows = [
+    json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+  ]
+  for r in rows:
+    x0, y0, x1, y1 = r["box"]
+    e = eyes[os.path.basename(r["file"])]
+    assert np.all((e[:, 0] > x0) & (e[:, 0] < x1) & (e[:, 1] > y0) & (e[:, 1] < y1)), r["box"]
+    assert (x1 - x0) < 200  # the face's box, not the whole frame
+  assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == [
+    "frame0.png",
+    "frame1.png",
+  ]

@@ -19,6 +19,7 @@ import pytest
 
 from input_pipeline import builders
 from input_pipeline import sources
+from input_pipeline import synthface
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -178,10 +179,17 @@ def test_synthface_of_two_sizes_coexist_in_one_data_dir(tmp_path, monkeypatch):
   c = dict(b, raf_test=1)
   raw_c = tmp_path / "synthface_raw_fpt2_raftrain5_raftest1"
   raw_c.mkdir()
-  (raw_c / "synthface.json").write_text(json.dumps(b), encoding="utf-8")
+  (raw_c / "synthface.json").write_text(
+    json.dumps({**b, "version": synthface.VERSION}), encoding="utf-8"
+  )
   with pytest.raises(
     ValueError,
     match=r"synthface_raw_fpt2_raftrain5_raftest1: holds a SynthFace generated with other "
     r"arguments \(have, wanted\): \{'raf_test': \(2, 1\)\}",
   ):
     sources.ensure_synthface(tmp_path, **c)
+  # One an older generator wrote (1.0: face crops, no landmark files) is ours to generate again.
+  (raw_c / "synthface.json").write_text(json.dumps({**c, "version": "1.0"}), encoding="utf-8")
+  pc = sources.ensure_synthface(tmp_path, **c, **run)
+  assert json.loads((raw_c / "synthface.json").read_text())["version"] == synthface.VERSION
+  assert (raw_c / "BP4D" / "2DFeatures").is_dir() and len(pc) == 2

@@ -14,6 +14,7 @@ import pytest
 
 from clef_jax import prompts
 from input_pipeline import synthface
+from input_pipeline.readers import landmarks
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 from input_pipeline.synthface import writer
@@ -89,9 +90,17 @@ def test_bp4d_layout(tiny):
       assert [int(r["frame"]) for r in expr_rows if r["subject"] == s and r["task"] == t] == jpgs
   assert n_frames == summary["bp4d_frames"] == 3 * 8 * 6
   img = Image.open(next(bp.glob("F001/T1/*.jpg")))
-  assert img.format == "JPEG" and img.size == (48, 48) and img.mode == "RGB"
+  # Full video frames (2 x 1.5 the face size), each session with its 2DFeatures file: one
+  # 49-point entry per frame, inside the frame.
+  assert img.format == "JPEG" and img.size == (96, 72) and img.mode == "RGB"
   meta = json.loads((out / "synthface.json").read_text())
   assert meta["seed"] == 3 and meta["size"] == 48 and meta["version"] == synthface.VERSION
+  assert meta["bp4d_frame"] == [96, 72]
+  jpgs = sorted(int(p.stem) for p in bp.glob("F001/T1/*.jpg"))
+  points = landmarks.read_bp4d(str(bp / "2DFeatures" / "F001_T1.mat"), jpgs)
+  assert sorted(points) == jpgs
+  for p in points.values():
+    assert p.shape == (49, 2) and np.all(p >= 1) and np.all(p <= [96, 72])
 
 
 def test_raf_layout(tiny):

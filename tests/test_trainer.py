@@ -162,12 +162,17 @@ def test_frozen_feature_objective_skips_the_image_tower():
 
 def test_bf16_run_tracks_the_fp32_loss_curve():
   """model.dtype=bfloat16 (fp32 params, optimizer state, softmax, LayerNorm stats, losses)
-  follows the fp32 loss curve: 12 steps fitting a fixed batch, every step's loss within 3 % of
-  the initial loss of fp32's (bf16 has an 8-bit mantissa, ~0.4 % per rounding; measured: 2 %
-  at most, where the curve falls steepest), and both fall clearly."""
+  follows the fp32 loss curve: 20 steps fitting a fixed batch at lr 1e-3, every step's loss
+  within 3 % of the initial loss of fp32's (bf16 has an 8-bit mantissa, ~0.4 % per rounding;
+  measured: 1.7 % at most, where the curve falls steepest), and both fall clearly.
+
+  At lr 3e-3 (12 steps) the loss leaves its plateau so abruptly that when it does is chaotic:
+  after SynthFace's frames became aligned crops, bf16 left it ~0.4 steps after fp32, 8 % of the
+  initial loss apart at the steepest step, with both curves otherwise alike; at 2e-3, 5 %. The
+  comparison is of precision, so it runs where the curve is smooth."""
   curves = {}
   for dtype in ("float32", "bfloat16"):
-    config, obj = _setup(**{"optim.lr": 3e-3, "optim.total_steps": 12, "model.dtype": dtype})
+    config, obj = _setup(**{"optim.lr": 1e-3, "optim.total_steps": 20, "model.dtype": dtype})
     mesh = sharding.make_mesh(config.mesh)
     state, spec = trainer.create_train_state(config, obj, mesh)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
@@ -175,14 +180,14 @@ def test_bf16_run_tracks_the_fp32_loss_curve():
     batch = _batch(config, n=32)
     losses = []
     with jax.set_mesh(mesh):
-      for _ in range(12):
+      for _ in range(20):
         state, m = step(state, sharding.global_batch(batch, mesh))
         losses.append(float(m["loss"]))
     opt_floats = [x for x in jax.tree.leaves(state["opt"]) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert opt_floats and all(x.dtype == jnp.float32 for x in opt_floats)
     curves[dtype] = np.asarray(losses)
   f32, b16 = curves["float32"], curves["bfloat16"]
-  assert f32[-1] < 0.7 * f32[0] and b16[-1] < 0.7 * b16[0], curves
+  assert f32[-1] < 0.2 * f32[0] and b16[-1] < 0.2 * b16[0], curves
   np.testing.assert_allclose(b16, f32, rtol=0, atol=0.03 * f32[0])
 
 

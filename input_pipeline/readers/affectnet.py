@@ -9,6 +9,10 @@ The validation set is the test set: split 'test' (alias 'validation') reads vali
 val_set. Codes 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt map
 to the canonical expressions; 8 none, 9 uncertain, 10 non-face are dropped (counted), and so is 7
 with `num_classes=7`. Any other code is a DatasetError (path:line).
+
+Landmarks (`landmarks=True`, for the builders' face alignment): the csv layout's
+`facial_landmarks` column ('x1;y1;...', 68 iBUG points in the full image), or the npy layout's
+`<i>_lnd.npy` (68 x 2, or 136 values, in the crop). Aligned images are not box-cropped first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 
 from input_pipeline import schema
 from input_pipeline.readers import common
+from input_pipeline.readers import landmarks as landmarks_lib
 
 CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
 TO_CANONICAL = tuple(schema.expression_index(c) for c in CLASSES)
@@ -32,6 +37,8 @@ CSV_FILES = {"train": "training.csv", "test": "validation.csv"}
 NPY_DIRS = {"train": "train_set", "test": "val_set"}
 CSV_COLUMNS = ("subDirectory_filePath", "expression")
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
+LANDMARK_COLUMN = "facial_landmarks"
+LANDMARK_SCHEME = "ibug68"
 
 
 def layout(root: str | os.PathLike[str]) -> str:
@@ -74,11 +81,12 @@ def crop_box(image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray | 
 
 
 def _read_csv_layout(
-  root: str, split: str, num_classes: int, crop: bool, skips: common.Skips
+  root: str, split: str, num_classes: int, crop: bool, skips: common.Skips, landmarks: bool
 ) -> Iterator[dict[str, Any]]:
   path = os.path.join(root, "Manually_Annotated_file_lists", CSV_FILES[split])
   image_dir = os.path.join(root, "Manually_Annotated_Images")
-  needed = CSV_COLUMNS + (BOX_COLUMNS if crop else ())
+  crop = crop and not landmarks
+  needed = CSV_COLUMNS + (BOX_COLUMNS if crop else ()) + ((LANDMARK_COLUMN,) if landmarks else ())
   for line, row in common.read_csv(path):
     missing = [c for c in needed if c not in row]
     if missing:
@@ -98,7 +106,11 @@ def _read_csv_layout(
       if image is None:
         skips.add(SKIP_BOX, where)
         continue
-    yield common.make_example(image=image, path=image_path, expression=expression)
+    lm = {}
+    if landmarks:
+      points = landmarks_lib.parse_affectnet(row[LANDMARK_COLUMN], path, line)
+      lm = {"landmarks": points, "landmark_scheme": LANDMARK_SCHEME}
+    yield common.make_example(image=image, path=image_path, expression=expression, **lm)
 
 
 def _npy_code(path: str) -> int:
@@ -109,8 +121,20 @@ def _npy_code(path: str) -> int:
     raise common.DatasetError(path, f"cannot read an expression code: {e}") from None
 
 
+def _npy_landmarks(path: str) -> np.ndarray | None:
+  if not os.path.isfile(path):
+    return None
+  try:
+    value = np.asarray(np.load(path, allow_pickle=False), np.float64).reshape(-1)
+  except (OSError, ValueError) as e:
+    raise common.DatasetError(path, f"cannot read landmarks: {e}") from None
+  if value.size != 136:
+    raise common.DatasetError(path, f"{value.size} landmark values, expected 136 (68 x 2)")
+  return value.reshape(68, 2).astype(np.float32)
+
+
 def _read_npy_layout(
-  root: str, split: str, num_classes: int, skips: common.Skips
+  root: str, split: str, num_classes: int, skips: common.Skips, landmarks: bool
 ) -> Iterator[dict[str, Any]]:
   base = os.path.join(root, NPY_DIRS[split])
   image_dir, ann_dir = os.path.join(base, "images"), os.path.join(base, "annotations")
@@ -143,7 +167,11 @@ def _read_npy_layout(
     image = common.load_image(image_path, skips)
     if image is None:
       continue
-    yield common.make_example(image=image, path=image_path, expression=expression)
+    lm = {}
+    if landmarks:
+      points = _npy_landmarks(os.path.join(ann_dir, f"{stem}_lnd.npy"))
+      lm = {"landmarks": points, "landmark_scheme": LANDMARK_SCHEME}
+    yield common.make_example(image=image, path=image_path, expression=expression, **lm)
 
 
 def read(
@@ -153,12 +181,14 @@ def read(
   skips: common.Skips | None = None,
   num_classes: int = 8,
   crop: bool = False,
+  landmarks: bool = False,
   **unused: Any,
 ) -> Iterator[dict[str, Any]]:
   """Yields AffectNet examples of `split` ('train'/'test', 'validation' = 'test'; None = both).
 
   crop: cut the face box (face_x/y/width/height) out of the image (csv layout only; the npy
-  layout's images are already face crops).
+  layout's images are already face crops); not done when `landmarks` are asked for.
+  landmarks: add the 68 points of each image (see the module docstring).
   """
   del unused
   if split == "validation":
@@ -172,6 +202,6 @@ def read(
   kind = layout(root)
   for s in SPLITS if split is None else (split,):
     if kind == "csv":
-      yield from _read_csv_layout(root, s, num_classes, crop, skips)
+      yield from _read_csv_layout(root, s, num_classes, crop, skips, landmarks)
     else:
-      yield from _read_npy_layout(root, s, num_classes, skips)
+      yield from _read_npy_layout(root, s, num_classes, skips, landmarks)

@@ -29,6 +29,7 @@ import numpy as np
 from input_pipeline import activities as activities_lib
 from input_pipeline.readers import common
 from input_pipeline.readers import folds
+from input_pipeline.readers import landmarks as landmarks_lib
 
 NAME = "bp4d"
 AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -43,6 +44,8 @@ _OCC_NAME_RE = re.compile(r"^(.+)_(T\d+)\.csv$", re.IGNORECASE)
 
 SKIP_INTENSITY_FILE_MISSING = "AU intensity file missing (intensity left -1)"
 SKIP_LABELS_WITHOUT_FRAMES = "label file without frame folder"
+SKIP_LANDMARK_FILE_MISSING = "session without 2DFeatures landmark file (its frames have none)"
+LANDMARK_SCHEME = "bp4d49"
 
 # Labels of one session: frame -> (occurrence int8 [J], intensity int8 [J]).
 SessionLabels = dict[int, tuple[np.ndarray, np.ndarray]]
@@ -248,7 +251,11 @@ def subjects(root: str | os.PathLike[str]) -> list[str]:
 
 
 def read(
-  root: str | os.PathLike[str], *, skips: common.Skips | None = None, intensity: bool = True
+  root: str | os.PathLike[str],
+  *,
+  skips: common.Skips | None = None,
+  intensity: bool = True,
+  landmarks: bool = False,
 ) -> Iterator[dict[str, Any]]:
   """Yields every labelled BP4D frame in the common schema (subjects, tasks, frames sorted).
 
@@ -256,15 +263,37 @@ def read(
     root: the BP4D folder (see the module docstring).
     skips: collects counted per-item skips (a fresh one, logged at the end, if None).
     intensity: fill `au_intensity` for AU 6, 10, 12, 14, 17 from AUCoding/AU_INT if present.
+    landmarks: add each frame's 49 tracked points from `2DFeatures/<subject>_<task>.mat`
+      (readers.landmarks; `landmarks` None where tracking failed or the session has no file).
   Raises:
     DatasetError for a missing/empty root, a missing label file, a missing AU column or a code
-    out of range (structural problems; raised when iteration reaches them).
+    out of range (structural problems; raised when iteration reaches them), and for a missing
+    2DFeatures/ folder when landmarks are asked for.
   """
   root = _check_root(root)
-  return _iterate(root, common.Skips() if skips is None else skips, intensity)
+  if landmarks:
+    common.require_dir(
+      os.path.join(root, landmarks_lib.BP4D_DIR),
+      "BP4D's tracked landmarks <subject>_<task>.mat (for face alignment; without them, "
+      "prepare with --align=detector or --align=none)",
+    )
+  return _iterate(root, common.Skips() if skips is None else skips, intensity, landmarks)
 
 
-def _iterate(root: str, skips: common.Skips, intensity: bool) -> Iterator[dict[str, Any]]:
+def session_landmarks(
+  root: str, subject: str, task: str, frames: Sequence[int], skips: common.Skips
+) -> dict[int, np.ndarray | None]:
+  """Frame number -> [49, 2] points of a session's 2DFeatures file ({} if it has none)."""
+  path = os.path.join(root, landmarks_lib.BP4D_DIR, f"{subject}_{task}.mat")
+  if not os.path.isfile(path):
+    skips.add(SKIP_LANDMARK_FILE_MISSING, path)
+    return {}
+  return landmarks_lib.read_bp4d(path, sorted(frames))
+
+
+def _iterate(
+  root: str, skips: common.Skips, intensity: bool, landmarks: bool
+) -> Iterator[dict[str, Any]]:
   count = 0
   seen_sessions = set()
   for subject in subject_dirs(root):
@@ -282,12 +311,16 @@ def _iterate(root: str, skips: common.Skips, intensity: bool) -> Iterator[dict[s
       text = activity(NAME, task, frame_dir)
       labels = read_session_labels(root, subject, task, skips, intensity=intensity)
       images = common.list_frames(frame_dir, skips)
+      points = session_landmarks(root, subject, task, images, skips) if landmarks else {}
       for frame, path in match_frames(labels, images, label_file, frame_dir, skips):
         image = common.load_image(path, skips)
         if image is None:
           continue
         au, au_int = labels[frame]
         count += 1
+        lm = (
+          {"landmarks": points.get(frame), "landmark_scheme": LANDMARK_SCHEME} if landmarks else {}
+        )
         yield common.make_example(
           image=image,
           path=path,
@@ -298,6 +331,7 @@ def _iterate(root: str, skips: common.Skips, intensity: bool) -> Iterator[dict[s
           au=au,
           au_intensity=au_int,
           fold=fold,
+          **lm,
         )
   for name in sorted(os.listdir(os.path.join(root, OCC_DIR))):
     m = _OCC_NAME_RE.match(name)

@@ -31,6 +31,7 @@ from input_pipeline import activities as activities_lib
 from input_pipeline.readers import bp4d
 from input_pipeline.readers import common
 from input_pipeline.readers import folds as folds_lib
+from input_pipeline.readers import landmarks as landmarks_lib
 
 NAME = "bp4d_plus"
 AUS: tuple[int, ...] = bp4d.AUS
@@ -127,6 +128,7 @@ def read(
   fold_seed: int = 0,
   intensity: bool = True,
   frame_offset: int | None = None,
+  landmarks: bool = False,
 ) -> Iterator[dict[str, Any]]:
   """Yields the AU-coded BP4D+ frames in the common schema (subjects, tasks, frames sorted).
 
@@ -138,12 +140,26 @@ def read(
     intensity: fill `au_intensity` for AU 6, 10, 12, 14, 17 from AUCoding/AU_INT if present.
     frame_offset: image number = CSV frame + offset; None detects it per session (-1 when a
       `0.jpg` image exists, else 0).
+    landmarks: add each frame's 49 tracked points from `2DFeatures/<subject>_<task>.mat`, as
+      in BP4D (element i of `fit` is the session's i-th image; None where tracking failed).
   """
   root, sources = _check_root(root)
+  if landmarks:
+    common.require_dir(
+      os.path.join(root, landmarks_lib.BP4D_DIR),
+      "BP4D+'s tracked landmarks <subject>_<task>.mat (for face alignment; without them, "
+      "prepare with --align=detector or --align=none)",
+    )
   split = parts(tuple(sources), folds=folds, fold_seed=fold_seed)
   folds_lib.log_parts(NAME, split)
   return _iterate(
-    root, sources, split, common.Skips() if skips is None else skips, intensity, frame_offset
+    root,
+    sources,
+    split,
+    common.Skips() if skips is None else skips,
+    intensity,
+    frame_offset,
+    landmarks,
   )
 
 
@@ -154,6 +170,7 @@ def _iterate(
   skips: common.Skips,
   intensity: bool,
   frame_offset: int | None,
+  landmarks: bool,
 ) -> Iterator[dict[str, Any]]:
   count = 0
   for subject, (kind, src) in sources.items():
@@ -180,6 +197,9 @@ def _iterate(
         text = bp4d.activity(NAME, task, where)
         labels = bp4d.read_session_labels(root, subject, task, skips, intensity=intensity)
         offset = frame_offset if frame_offset is not None else (-1 if 0 in images else 0)
+        points = {}
+        if landmarks:  # keyed by image number; labels by CSV frame (= image number - offset)
+          points = bp4d.session_landmarks(root, subject, task, images, skips)
         pairs = bp4d.match_frames(
           labels,
           images,
@@ -200,6 +220,9 @@ def _iterate(
             continue
           au, au_int = labels[frame]
           count += 1
+          lm = {}
+          if landmarks:
+            lm = {"landmarks": points.get(frame + offset), "landmark_scheme": "bp4d49"}
           yield common.make_example(
             image=image,
             path=path,
@@ -210,6 +233,7 @@ def _iterate(
             au=au,
             au_intensity=au_int,
             fold=fold,
+            **lm,
           )
     except zipfile.BadZipFile as e:
       raise common.DatasetError(src, f"not a readable zip archive: {e}") from None

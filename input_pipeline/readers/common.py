@@ -156,8 +156,15 @@ def make_example(
   votes: Sequence[float] | np.ndarray | None = None,
   fold: int = 0,
   caption: str = "",
+  landmarks: np.ndarray | None = None,
+  landmark_scheme: str = "",
 ) -> dict[str, Any]:
-  """Builds one example in the common schema, with defaults for what a dataset lacks."""
+  """Builds one example in the common schema, with defaults for what a dataset lacks.
+
+  `landmarks` (float32 [K, 2] or None where the dataset has none for this image) and
+  `landmark_scheme` (input_pipeline.align.SCHEMES) are added only when a scheme is given: a
+  reader asked for landmarks passes them to the builder's face alignment (not stored).
+  """
   au_arr = np.full((num_aus,), -1, np.int8) if au is None else np.asarray(au, np.int8)
   int_arr = (
     np.full((len(au_arr),), -1, np.int8)
@@ -180,7 +187,7 @@ def make_example(
     "expression/votes": votes_arr,
     "fold": int(fold),
     "caption": str(caption),
-  }
+  } | ({"landmarks": landmarks, "landmark_scheme": landmark_scheme} if landmark_scheme else {})
 
 
 def decode_image(data: bytes | np.ndarray | str | os.PathLike[str]) -> np.ndarray:

@@ -21,6 +21,10 @@ read; each must exist and all must have the same number of lines. An intensity o
 DatasetError naming file and line. Per item, counted in `Skips`: label lines without image,
 images beyond the label lines, unreadable images, non-frame files, a subject without frames.
 
+Landmarks (`landmarks=True`, for the builders' face alignment): the 66 AAM points DISFA ships for
+the left camera, `Landmark_Points/<SN>/tmp_frame_lm/<SN>_<t>_lm.mat` (or `l0<t>_lm.mat`),
+variable `pts`, t the 0-based frame (readers.landmarks); a frame without a file gets None.
+
 Subjects are the folders of ActionUnit_Labels/. `fold` = the subject's part in the ME-GraphAU
 3-fold split (folds.DISFA_PARTS; 0 for a subject in no part).
 """
@@ -38,8 +42,10 @@ import numpy as np
 
 from input_pipeline.readers import common
 from input_pipeline.readers import folds
+from input_pipeline.readers import landmarks as landmarks_lib
 
 NAME = "disfa"
+LANDMARK_SCHEME = "disfa66"
 AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)
 ALL_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 PARTS: dict[int, tuple[str, ...]] = folds.DISFA_PARTS
@@ -204,6 +210,7 @@ def read(
   camera: str = "left",
   frames_dir: str | os.PathLike[str] | None = None,
   progress: bool = True,
+  landmarks: bool = False,
 ) -> Iterator[dict[str, Any]]:
   """Yields every labelled DISFA frame in the common schema (subjects, frames sorted).
 
@@ -215,6 +222,7 @@ def read(
     camera: 'left' (frame folders, else Videos_LeftCamera) or 'right' (Videos_RightCamera).
     frames_dir: where frames extracted from videos go (default <root>/Frames_<Camera>Camera).
     progress: a progress bar per extracted video.
+    landmarks: add each frame's 66 points from Landmark_Points/ (left camera only).
   """
   if camera not in CAMERAS:
     raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
@@ -228,11 +236,22 @@ def read(
       raise ValueError(f"image_ext must be one of {common.IMAGE_EXTS} or None, got {image_ext!r}")
     exts = (ext,)
   root = _check_root(root)
+  if landmarks:
+    if camera != "left":
+      raise ValueError(
+        "DISFA's Landmark_Points are of the left camera; align the right camera's frames "
+        "with the detector (prepare --align=detector) or not at all (--align=none)"
+      )
+    common.require_dir(
+      os.path.join(root, landmarks_lib.DISFA_DIR),
+      "DISFA's landmark files <SN>/tmp_frame_lm/<SN>_<t>_lm.mat (for face alignment; without "
+      "them, prepare with --align=detector or --align=none)",
+    )
   if frames_dir is None:
     frames_dir = os.path.join(root, f"Frames_{camera.capitalize()}Camera")
   videos = _Videos(root, camera, os.fspath(frames_dir), progress)
   return _iterate(
-    root, common.Skips() if skips is None else skips, exts, occurrence_threshold, videos
+    root, common.Skips() if skips is None else skips, exts, occurrence_threshold, videos, landmarks
   )
 
 
@@ -263,7 +282,12 @@ class _Videos:
 
 
 def _iterate(
-  root: str, skips: common.Skips, exts: tuple[str, ...], threshold: int, videos: _Videos
+  root: str,
+  skips: common.Skips,
+  exts: tuple[str, ...],
+  threshold: int,
+  videos: _Videos,
+  landmarks: bool,
 ) -> Iterator[dict[str, Any]]:
   count = 0
   for subject in subjects(root):
@@ -275,6 +299,7 @@ def _iterate(
     images = common.list_frames(frame_dir, skips, exts)
     fold = fold_of(subject)
     where = os.path.join(root, LABEL_DIR, subject)
+    lm_files = landmarks_lib.disfa_files(root, subject) if landmarks else {}
     for t in range(len(intensity)):
       if t not in images:
         skips.add(common.SKIP_ROW_WITHOUT_IMAGE, f"{where} line {t + 1}")
@@ -283,6 +308,10 @@ def _iterate(
       if image is None:
         continue
       count += 1
+      lm = {}
+      if landmarks:
+        points = landmarks_lib.read_disfa(lm_files[t]) if t in lm_files else None
+        lm = {"landmarks": points, "landmark_scheme": LANDMARK_SCHEME}
       yield common.make_example(
         image=image,
         path=images[t],
@@ -291,6 +320,7 @@ def _iterate(
         au=occurrence[t],
         au_intensity=intensity[t],
         fold=fold,
+        **lm,
       )
     for t in images:
       if t >= len(intensity):

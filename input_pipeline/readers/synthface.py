@@ -99,6 +99,7 @@ def read(
   intensity: bool = True,
   folds: int | None = 3,
   fold_seed: int = 0,
+  landmarks: bool = False,
 ) -> Iterator[dict[str, Any]]:
   """Yields the SynthFace BP4D-like frames (bp4d.read) with `expression` filled in.
 
@@ -108,6 +109,7 @@ def read(
     intensity: read AU_INT intensities (the generator writes them).
     folds: number of seeded subject-exclusive parts; None keeps BP4D's parts by subject name.
     fold_seed: seed of that split.
+    landmarks: add the 49 tracked points of each frame (BP4D's 2DFeatures layout; bp4d.read).
   """
   inner = bp4d_root(root)
   path = os.path.join(inner, EXPRESSIONS_FILE)
@@ -117,7 +119,7 @@ def read(
       "expression file not found; expected a header "
       f"{','.join(_COLUMNS)} written by the SynthFace generator",
     )
-  examples = bp4d.read(inner, skips=skips, intensity=intensity)
+  examples = bp4d.read(inner, skips=skips, intensity=intensity, landmarks=landmarks)
   split = None
   if folds is not None:
     split = folds_lib.seeded_parts(bp4d.subjects(inner), folds, fold_seed)

@@ -458,7 +458,7 @@ def generate(
   (tmp / "images").mkdir(parents=True)
   try:
     shots = plan(seed, identities, images_per_identity, rates)
-    items = [(s.rel, s.person.identity, s.aus, s.nuisance, s.jpeg_quality) for s in shots]
+    items = [(s.rel, s.person.identity, s.aus, s.nuisance, s.jpeg_quality, None) for s in shots]
     chunk = 64
     jobs = [(str(tmp), size, items[k : k + chunk]) for k in range(0, len(items), chunk)]
     workers = workers or min(2, os.cpu_count() or 1)

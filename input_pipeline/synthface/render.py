@@ -352,6 +352,15 @@ def _au(a: np.ndarray, au: int) -> float:
   return visibility(x) if x > 0 else 0.0
 
 
+def _yaw_map(yaw: float, cx: float = 0.5):
+  """Cheap yaw: x -> x squashed towards the turned side and shifted by depth."""
+
+  def fx(x, depth: float = 1.0):
+    return cx + (np.asarray(x) - cx) * (1 - 0.12 * abs(yaw)) + 0.05 * yaw * depth
+
+  return fx
+
+
 def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
   """Draws one face on ``p``; ``a`` is the AU vector (0–5) ordered like AUS."""
   A = {au: _au(a, au) for au in AUS}
@@ -359,10 +368,7 @@ def _draw_face(p: _Painter, f: Identity, a: np.ndarray, yaw: float):
   # Wrinkles and furrows: dark enough to read on every skin tone.
   line_col = _mix(skin, (25, 12, 10), 0.55 + 0.25 * (sum(f.skin) < 450))
   cx = 0.5
-
-  def fx(x, depth: float = 1.0):
-    """Cheap yaw: squash towards the turned side and shift by depth."""
-    return cx + (np.asarray(x) - cx) * (1 - 0.12 * abs(yaw)) + 0.05 * yaw * depth
+  fx = _yaw_map(yaw)
 
   drop = 0.05 * A[26]  # jaw drop moves the chin and the lower lip down.
   hw, ey = f.head_w, f.eye_y
@@ -730,15 +736,9 @@ def _nose(p: _Painter, f: Identity, A, fx, skin, line_col):
       )
 
 
-def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
-  """Lips, mouth interior, chin and the skin around the mouth.
-
-  Each lower-face AU gets its own geometric signature: AU12 corners up and out, AU15 corners
-  down with marionette lines, AU14 corners in with deep dimples, AU17 lower lip pushed up into
-  an inverted U over a bright chin boss, AU23 a narrow, thin-lipped mouth with vertical purse
-  lines, AU24 the lips pressed flat (red almost gone) between bright bulges, AU10 the upper lip
-  lifted off the teeth.
-  """
+def _lip_shape(f: Identity, A, fx, drop: float) -> tuple:
+  """The lip lines of ``_mouth`` (15 samples from corner to corner): corner_y, gap, lo_extra,
+  thin, x, line_y, ui (upper inner), li (lower inner), uo (upper outer), lo (lower outer), xs."""
   cx, my = 0.5, f.mouth_y
   # AU14 and AU24 leave the lip outline alone: they are drawn as layers over it, each on its own
   # pixels with an opacity proportional to the AU, so their pixel change grows with intensity.
@@ -760,6 +760,20 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
   uo = ui - ut * (0.3 + 0.7 * np.sqrt(prof)) - bow - up_raise * prof**0.5
   lo = li + lt * (0.3 + 0.7 * np.sqrt(prof)) + 0.5 * lo_extra * prof
   xs = fx(cx + cw * x, 1.1)
+  return corner_y, gap, lo_extra, thin, x, line_y, ui, li, uo, lo, xs
+
+
+def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
+  """Lips, mouth interior, chin and the skin around the mouth.
+
+  Each lower-face AU gets its own geometric signature: AU12 corners up and out, AU15 corners
+  down with marionette lines, AU14 corners in with deep dimples, AU17 lower lip pushed up into
+  an inverted U over a bright chin boss, AU23 a narrow, thin-lipped mouth with vertical purse
+  lines, AU24 the lips pressed flat (red almost gone) between bright bulges, AU10 the upper lip
+  lifted off the teeth.
+  """
+  cx = 0.5
+  corner_y, gap, lo_extra, thin, x, line_y, ui, li, uo, lo, xs = _lip_shape(f, A, fx, drop)
 
   def P(y):
     return np.stack([xs, y], 1)
@@ -934,13 +948,168 @@ def render_face(
     im = im.transform(
       im.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=ident.bg
     )
+  return _photometric(np.asarray(im, np.uint8), n)
+
+
+def _photometric(img: np.ndarray, n: Nuisance) -> np.ndarray:
+  """Lighting gain and gradient, tint and sensor noise of ``n`` on uint8 [H, W, 3]."""
   if n.gain == 1.0 and n.gradient == 0.0 and n.tint == (1.0, 1.0, 1.0) and n.noise == 0.0:
-    return np.asarray(im, np.uint8)
-  x = np.asarray(im, np.float32)
-  g = np.linspace(-1, 1, size, dtype=np.float32)
-  ramp = math.cos(n.gradient_angle) * g[None, :] + math.sin(n.gradient_angle) * g[:, None]
+    return img
+  h, w = img.shape[:2]
+  x = img.astype(np.float32)
+  gx = np.linspace(-1, 1, w, dtype=np.float32)
+  gy = np.linspace(-1, 1, h, dtype=np.float32)
+  ramp = math.cos(n.gradient_angle) * gx[None, :] + math.sin(n.gradient_angle) * gy[:, None]
   light = n.gain * (1 + n.gradient * ramp)
   x = x * light[..., None] * np.asarray(n.tint, np.float32)
   if n.noise > 0:
     x += n.noise * np.random.default_rng(n.noise_seed).standard_normal(x.shape, np.float32)
   return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full video frames with tracked landmarks (the BP4D-like part; BP4D's 2DFeatures layout).
+# ----------------------------------------------------------------------------------------------
+
+
+def landmarks49_unit(ident: Identity, aus, yaw: float = 0.0) -> np.ndarray:
+  """float64 [49, 2]: the face's 49 points (BP4D 2DFeatures order) in the unit face square.
+
+  Brows 0-9, nose 10-18, eyes 19-24 / 25-30 (outer corner, two upper-lid, inner corner, two
+  lower-lid points), mouth 31-48 (corners 31 and 37, outer lips, inner lips), read off the same
+  geometry the renderer draws: eyes from ``_eye``'s lids, lips from ``_lip_shape``.
+  """
+  f, a = ident, au_vector(aus)
+  A = {au: _au(a, au) for au in AUS}
+  fx = _yaw_map(yaw)
+  pts = []
+  by = f.eye_y - f.brow_off
+  for s in (-1, 1):  # brows, image-left first, each left to right
+    ex = 0.5 + s * f.eye_dx
+    t = np.linspace(-1, 1, 5)
+    pts += [(fx(ex + t_ * f.eye_w * 1.2), by - f.brow_arch * (1 - t_**2)) for t_ in t]
+  for k in range(4):  # nose bridge, top to bottom
+    pts.append((fx(0.5, 1.2), f.eye_y + (f.nose_y - f.eye_y) * (k + 0.5) / 4.5))
+  for t_ in (-1.0, -0.5, 0.0, 0.5, 1.0):  # nose base, left to right
+    pts.append((fx(0.5 + t_ * f.nose_w, 1.3), f.nose_y + 0.01 * (1 - abs(t_))))
+  for s in (-1, 1):
+    ex, ey, ew, eh = 0.5 + s * f.eye_dx, f.eye_y, f.eye_w, f.eye_h
+    h_up = eh * (1.0 + 1.1 * A[5] - 0.6 * A[7] - 0.15 * A[6])
+    h_lo = max(eh * (0.85 - 0.85 * A[7] - 0.3 * A[6]), eh * 0.06)
+    inner = np.array([ex - s * ew, ey + 0.002])
+    outer = np.array([ex + s * ew, ey - f.eye_tilt])
+    up = _curve(inner, (ex + s * ew * 0.08, ey - h_up), outer, 11)
+    lo = _curve(inner, (ex + s * ew * 0.05, ey + h_lo), outer, 11)
+    up[:, 0], lo[:, 0] = fx(up[:, 0]), fx(lo[:, 0])
+    if s < 0:  # image-left eye: outer corner, upper lid left to right, inner, lower lid back
+      pts += [up[10], up[7], up[3], up[0], lo[3], lo[7]]
+    else:
+      pts += [up[0], up[3], up[7], up[10], lo[7], lo[3]]
+  drop = 0.05 * A[26]
+  _, _, _, _, _, line_y, ui, li, uo, lo, xs = _lip_shape(f, A, fx, drop)
+  pts.append((xs[0], line_y[0]))
+  pts += [(xs[i], uo[i]) for i in (2, 4, 7, 10, 12)]
+  pts.append((xs[14], line_y[14]))
+  pts += [(xs[i], lo[i]) for i in (12, 10, 7, 4, 2)]
+  pts += [(xs[i], ui[i]) for i in (4, 7, 10)]
+  pts += [(xs[i], li[i]) for i in (10, 7, 4)]
+  out = np.array([(float(x), float(y)) for x, y in pts], np.float64)
+  assert out.shape == (49, 2), out.shape
+  return out
+
+
+def face_landmarks(ident: Identity, aus, size: int, nuisance: Nuisance = NO_NUISANCE) -> np.ndarray:
+  """float64 [49, 2]: where ``render_face(ident, aus, size, nuisance)`` shows the 49 points,
+  in 0-based pixel centres of that image (the nuisance's roll, scale and shift applied)."""
+  p = landmarks49_unit(ident, aus, nuisance.yaw) * size  # continuous pixel coordinates
+  n = nuisance
+  if n.roll or n.scale != 1.0 or n.shift != (0.0, 0.0):
+    c = size
+    t = math.radians(n.roll)
+    cos, sin = math.cos(t) / n.scale, math.sin(t) / n.scale
+    ox, oy = c / 2 + n.shift[0] * c, c / 2 + n.shift[1] * c
+    # render_face samples input = R @ output + t; a landmark's output is R^-1 (input - t).
+    r = np.array([[cos, sin], [-sin, cos]])
+    tr = np.array([c / 2 - cos * ox - sin * oy, c / 2 + sin * ox - cos * oy])
+    p = (p - tr) @ np.linalg.inv(r).T
+  return p - 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where the rendered face square sits in a full video frame."""
+
+  frame: tuple[int, int]  # frame (width, height) in pixels
+  center: tuple[float, float]  # centre of the face square, fractions of the frame
+  side: int  # side of the face square in the frame, pixels
+  wall: tuple[int, int, int] = (128, 128, 128)  # the lab wall behind the person
+
+
+@functools.lru_cache(maxsize=16)
+def _blend_mask(side: int) -> np.ndarray:
+  """float32 [side, side, 1]: opaque over head, neck and shoulders, fading to 0 at the sides
+  and top of the face square (the bottom, the shirt, stays opaque)."""
+  g = (np.arange(side, dtype=np.float32) + 0.5) / side
+  x, y = g[None, :] - 0.5, g[:, None]
+  top = np.clip((y - 0.02) / 0.12, 0, 1)
+  sides = np.clip((0.48 - np.abs(x)) / 0.1, 0, 1)
+  return (top * sides)[..., None]
+
+
+def render_frame(
+  ident: Identity, aus, size: int, nuisance: Nuisance, placement: Placement
+) -> tuple[np.ndarray, np.ndarray]:
+  """A full video frame: the face rendered at ``size`` px, resized to ``placement.side`` and
+  blended over a lab wall at ``placement.center``; lighting and sensor noise over the whole
+  frame. Returns (uint8 [H, W, 3], float64 [49, 2] landmarks in 0-based frame pixels)."""
+  geometric = dataclasses.replace(nuisance, gain=1.0, gradient=0.0, tint=(1.0, 1.0, 1.0), noise=0.0)
+  face = render_face(ident, aus, size, geometric)
+  pts = frame_landmarks(ident, aus, size, nuisance, placement)
+  w, h = placement.frame
+  side = placement.side
+  im = Image.fromarray(face)
+  if side != size:
+    im = im.resize((side, side), Image.Resampling.BICUBIC)
+  x0, y0 = _origin(placement)
+  gy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+  wall = np.asarray(placement.wall, np.float32) * (1.05 - 0.15 * gy)
+  frame = np.broadcast_to(wall, (h, w, 3)).copy()
+  # The face square clipped to the frame.
+  fx0, fy0, fx1, fy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+  if fx1 > fx0 and fy1 > fy0:
+    sq = np.asarray(im, np.float32)[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    m = _blend_mask(side)[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    frame[fy0:fy1, fx0:fx1] = m * sq + (1 - m) * frame[fy0:fy1, fx0:fx1]
+  frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+  return _photometric(frame, nuisance), pts
+
+
+def _origin(placement: Placement) -> tuple[int, int]:
+  w, h = placement.frame
+  side = placement.side
+  return round(placement.center[0] * w - side / 2), round(placement.center[1] * h - side / 2)
+
+
+def frame_landmarks(
+  ident: Identity, aus, size: int, nuisance: Nuisance, placement: Placement
+) -> np.ndarray:
+  """float64 [49, 2]: the 49 points of ``render_frame``'s face, 0-based frame pixel centres."""
+  pts = face_landmarks(ident, aus, size, nuisance)
+  x0, y0 = _origin(placement)
+  return (pts + 0.5) * (placement.side / size) + np.array([x0, y0]) - 0.5
+
+
+# A BP4D-like frame is FRAME_ASPECT x size pixels (4:3, as BP4D's 1392 x 1040) and the face
+# square in it FACE_SIDE x size at scale 1.
+FRAME_ASPECT = (2.0, 1.5)
+FACE_SIDE = 1.25
+
+
+def frame_placement(size: int, head: Sequence[float], wall=(128, 128, 128)) -> Placement:
+  """The Placement of one frame from a session's head-motion row (centre x, overhang of the
+  square below the frame as a fraction of its side, scale); see population.Session.head."""
+  w, h = round(FRAME_ASPECT[0] * size), round(FRAME_ASPECT[1] * size)
+  cx, hang, scale = (float(v) for v in head)
+  side = max(8, round(FACE_SIDE * size * scale))
+  cy = (h + hang * side - side / 2) / h
+  return Placement((w, h), (cx, cy), side, tuple(int(v) for v in wall))

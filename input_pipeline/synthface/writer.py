@@ -2,7 +2,11 @@
 
 Layout under ``out``::
 
-  BP4D/<subject>/<task>/<frame>.jpg                      frames, unpadded numbers
+  BP4D/<subject>/<task>/<frame>.jpg                      full video frames (2 x 1.5 size px, the
+                                                         face moving in them), unpadded numbers
+  BP4D/2DFeatures/<subject>_<task>.mat                   49 tracked points per frame (MATLAB v5:
+                                                         struct array fit, field pred 49 x 2,
+                                                         1-based pixel coordinates)
   BP4D/AUCoding/AU_OCC/<subject>_<task>.csv              header 0,1,2,4,…; codes 0/1/9
   BP4D/AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv    lines frame,intensity (0–5, 9)
   BP4D/SynthFace_expressions.csv                         subject,task,frame,expression
@@ -34,11 +38,12 @@ import tqdm
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 
-VERSION = "1.0"
+VERSION = "2.0"  # 2.0: BP4D-like part as full frames with 2DFeatures landmarks
 INT_AUS: tuple[int, ...] = (6, 10, 12, 14, 17)  # BP4D's intensity-coded AUs.
 
-# One rendering job: [(relative path, identity, AU vector, nuisance, jpeg quality)].
-_Item = tuple[str, render.Identity, np.ndarray, render.Nuisance, int]
+# One rendering job: [(relative path, identity, AU vector, nuisance, jpeg quality, placement in
+# a full frame or None for a face crop)].
+_Item = tuple[str, render.Identity, np.ndarray, render.Nuisance, int, render.Placement | None]
 
 
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
@@ -50,11 +55,31 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
 
 def _render_job(args: tuple[str, int, list[_Item]]) -> int:
   root, size, items = args
-  for rel, ident, aus, nuis, q in items:
+  for rel, ident, aus, nuis, q, place in items:
     path = os.path.join(root, rel)
+    if place is None:
+      img = render.render_face(ident, aus, size, nuis)
+    else:
+      img = render.render_frame(ident, aus, size, nuis, place)[0]
     with open(path, "wb") as f:
-      f.write(encode_jpeg(render.render_face(ident, aus, size, nuis), q))
+      f.write(encode_jpeg(img, q))
   return len(items)
+
+
+def write_landmarks(path: pathlib.Path, points: Sequence[np.ndarray | None]):
+  """BP4D's 2DFeatures file: struct array `fit` (one per frame), field `pred` 49 x 2 (1-based
+  MATLAB pixel coordinates; an empty matrix for an untracked frame), MATLAB v5."""
+  import scipy.io  # pylint: disable=import-outside-toplevel
+
+  fit = np.empty((1, len(points)), dtype=[("pred", object)])
+  for i, p in enumerate(points):
+    fit["pred"][0, i] = np.zeros((0, 0)) if p is None else np.asarray(p, np.float64) + 1.0
+  path.parent.mkdir(parents=True, exist_ok=True)
+  scipy.io.savemat(path, {"fit": fit}, do_compression=True)
+  # savemat stamps the time into the 116-byte text header: a fixed one keeps the tree a
+  # function of the seed.
+  with open(path, "r+b") as f:
+    f.write(b"MATLAB 5.0 MAT-file, written by the clef-jax SynthFace generator".ljust(116))
 
 
 def _write_text(path: pathlib.Path, lines: Iterable[str]):
@@ -81,7 +106,7 @@ def _check_args(subjects: int, frames_per_task: int, raf_train: int, raf_test: i
 
 
 def _plan_bp4d(
-  root: pathlib.Path, seed: int, n_subjects: int, frames_per_task: int
+  root: pathlib.Path, seed: int, n_subjects: int, frames_per_task: int, size: int
 ) -> tuple[list[list[_Item]], dict[str, Any]]:
   """Writes the BP4D label files; returns rendering jobs (one per session) and counts."""
   bp = root / "BP4D"
@@ -113,6 +138,14 @@ def _plan_bp4d(
         )
       expr_lines += [f"{name},{task},{fr},{e}" for fr, e in zip(sess.frames, sess.expressions)]
       (bp / name / task).mkdir(parents=True, exist_ok=True)
+      places = [render.frame_placement(size, h, sess.wall) for h in sess.head]
+      write_landmarks(
+        bp / "2DFeatures" / f"{name}_{task}.mat",
+        [
+          render.frame_landmarks(subj.identity, sess.aus[k], size, sess.nuisance[k], places[k])
+          for k in range(len(sess.frames))
+        ],
+      )
       jobs.append(
         [
           (
@@ -121,6 +154,7 @@ def _plan_bp4d(
             sess.aus[k],
             sess.nuisance[k],
             sess.jpeg_quality,
+            places[k],
           )
           for k, fr in enumerate(sess.frames)
         ]
@@ -156,6 +190,7 @@ def _plan_raf(
         im.aus,
         im.nuisance,
         im.jpeg_quality,
+        None,
       )
     )
   _write_text(root / "RAF" / "basic" / "EmoLabel" / "list_patition_label.txt", lines)
@@ -196,7 +231,8 @@ def generate(
     subjects: BP4D-like subjects (41 -> F001–F023, M001–M018).
     frames_per_task: frames of each of the 8 tasks of each subject.
     raf_train, raf_test: RAF-like images (other identities).
-    size: image side in pixels.
+    size: side of a face in pixels (RAF-like images; the BP4D-like frames are 2 x 1.5 that,
+      with the face square 1.1-1.3 times it, moving).
     progress: show a tqdm bar.
     overwrite: replace a non-empty ``out_dir``.
     workers: rendering processes (default min(2, CPUs)); the output does not depend on it.
@@ -210,7 +246,7 @@ def generate(
     shutil.rmtree(tmp)
   tmp.mkdir()
   try:
-    bp_jobs, bp_counts = _plan_bp4d(tmp, seed, subjects, frames_per_task)
+    bp_jobs, bp_counts = _plan_bp4d(tmp, seed, subjects, frames_per_task, size)
     raf_jobs, raf_counts = _plan_raf(tmp, seed, raf_train, raf_test)
     jobs = [(str(tmp), size, j) for j in bp_jobs + raf_jobs if j]
     total = sum(len(j[2]) for j in jobs)
@@ -235,6 +271,8 @@ def generate(
       "raf_train": raf_train,
       "raf_test": raf_test,
       "size": size,
+      "bp4d_frame": [round(render.FRAME_ASPECT[0] * size), round(render.FRAME_ASPECT[1] * size)],
+      "landmarks": "BP4D/2DFeatures/<subject>_<task>.mat (49 points, 1-based)",
       "tasks": list(population.TASKS),
       "aus": list(render.AUS),
       "int_aus": list(INT_AUS),
