@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import re
-import shutil
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from input_pipeline import paths
 
 _policies = ocp.checkpoint_managers
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
@@ -55,7 +56,7 @@ class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` for our two items."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.text(directory)  # local: absolute; gs://: as it is
     save_policies = [_policies.PreemptionCheckpointingPolicy()]
     if every_steps > 0:
       save_policies.insert(0, _policies.FixedIntervalPolicy(every_steps))
@@ -122,7 +123,7 @@ class Checkpointer:
 
   def _restore_step(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    has_data = (paths.path(self.directory) / str(step) / "data").is_dir()
     if data_iterator is not None and has_data:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     elif data_iterator is not None:
@@ -140,18 +141,14 @@ class Checkpointer:
   def _write_failed(self, e: BaseException, step: int | None) -> CheckpointWriteError:
     """The error to raise when writing checkpoint `step` failed: removes the partial write
     (freeing its space) and names the newest intact checkpoint."""
-    partial = (
-      sorted(n for n in os.listdir(self.directory) if n.endswith(_TMP_SUFFIX))
-      if os.path.isdir(self.directory)
-      else []
-    )
+    names = _listdir(self.directory)
+    partial = sorted(n for n in names if n.endswith(_TMP_SUFFIX))
     for name in partial:
-      shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    intact = (
-      [int(n) for n in os.listdir(self.directory) if n.isdigit()]
-      if os.path.isdir(self.directory)
-      else []
-    )
+      try:
+        paths.rmtree(paths.path(self.directory) / name)
+      except Exception as rm_error:  # pylint: disable=broad-except  (the report matters more)
+        logging.warning("could not remove %s/%s: %s", self.directory, name, rm_error)
+    intact = [int(n) for n in names if n.isdigit()]
     what = f"checkpoint {step}" if step is not None else "a checkpoint"
     why = _reason(e)
     kept = (
@@ -165,11 +162,24 @@ class Checkpointer:
     )
 
 
+def _listdir(directory: str) -> list[str]:
+  """The entry names of `directory` ([] when it does not exist), local or gs://."""
+  d = paths.path(directory)
+  return [p.name for p in d.iterdir()] if d.is_dir() else []
+
+
+# On object stores orbax writes a step in place and marks it finished with this object last
+# (there is no rename); locally it renames `<step>.orbax-checkpoint-tmp` to `<step>`.
+_COMMIT_FILE = "commit_success.txt"
+
+
 def has_checkpoint(directory: str) -> bool:
   """Whether `directory` holds at least one finished checkpoint (orbax step folder)."""
-  return os.path.isdir(directory) and any(
-    name.isdigit() and os.path.isdir(os.path.join(directory, name))
-    for name in os.listdir(directory)
+  d = paths.path(directory)
+  remote = paths.is_remote(directory)
+  return any(
+    name.isdigit() and ((d / name / _COMMIT_FILE).exists() if remote else (d / name).is_dir())
+    for name in _listdir(directory)
   )
 
 
@@ -186,13 +196,12 @@ def load_run_state(
   workdir: str, step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
   """`load_params` plus the step it read (the latest finished one unless `step` is given)."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
+  config_path = paths.path(workdir) / "config.json"
+  if not config_path.is_file():
     raise FileNotFoundError(f"{config_path}: not a clef-jax workdir (config.json missing)")
-  with open(config_path, encoding="utf-8") as f:
-    config = json.load(f)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  config = json.loads(config_path.read_text(encoding="utf-8"))
+  ckpt_dir = os.fspath(paths.path(workdir) / "checkpoints")
+  if not paths.path(ckpt_dir).is_dir():
     raise FileNotFoundError(f"{ckpt_dir}: no checkpoints in this workdir")
   with ocp.CheckpointManager(ckpt_dir) as manager:
     steps = sorted(manager.all_steps())
@@ -202,7 +211,7 @@ def load_run_state(
   if step not in steps:
     raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {steps}")
   # Restore onto one host CPU device whatever the mesh/process count it was saved from.
-  path = os.path.join(ckpt_dir, str(step), "state")
+  path = os.fspath(paths.path(ckpt_dir) / str(step) / "state")
   host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   with ocp.StandardCheckpointer() as ckptr:
     metadata = ckptr.metadata(path).item_metadata

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from input_pipeline import paths
 from input_pipeline import pipeline
 from input_pipeline import sampler as sampler_lib
 from input_pipeline import schema
@@ -45,9 +46,9 @@ NUMERIC_BATCH_KEYS = (
 
 
 def data_dir(config) -> str:
-  return os.path.abspath(
-    os.path.expanduser(config.data.data_dir or os.environ.get("CLEF_DATA_DIR", "") or "./data")
-  )
+  """config.data.data_dir, else $CLEF_DATA_DIR, else ./data: a local path made absolute, or a
+  gs:// URL as it is."""
+  return paths.text(config.data.data_dir or os.environ.get("CLEF_DATA_DIR", "") or "./data")
 
 
 class Subset:

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from input_pipeline import paths
+
 FORMAT = "clef-heads"
 VERSION = 1
 JSON_NAME = "clef_heads.json"
@@ -89,20 +91,17 @@ class Head:
 def write_labels(workdir: str, task: str, labels: Sequence) -> None:
   """Records in a fine-tuning run's workdir what its head classifies (read by `from_run`)."""
   labels = [int(x) if task in ("au", "au_intensity") else str(x) for x in labels]
-  path = os.path.join(workdir, LABELS_NAME)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump({"task": task, "labels": labels}, f, indent=2)
-    f.write("\n")
+  text = json.dumps({"task": task, "labels": labels}, indent=2) + "\n"
+  paths.write_text(paths.path(workdir) / LABELS_NAME, text)
 
 
 def read_labels(workdir: str) -> tuple[str, list] | None:
   """(task, labels) of a fine-tuning run's workdir, or None when it has no labels.json."""
-  path = os.path.join(workdir, LABELS_NAME)
-  if not os.path.isfile(path):
+  path = paths.path(workdir) / LABELS_NAME
+  if not path.is_file():
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      d = json.load(f)
+    d = json.loads(path.read_text(encoding="utf-8"))
     task, labels = d["task"], list(d["labels"])
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{path}: not a clef-jax labels file ({type(e).__name__}: {e})") from None
@@ -149,7 +148,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
       task, labels = recorded
       if task != config.finetune.task:
         raise ValueError(
-          f"{os.path.join(workdir, LABELS_NAME)} says task {task!r}, config.json says "
+          f"{paths.path(workdir) / LABELS_NAME} says task {task!r}, config.json says "
           f"{config.finetune.task!r}"
         )
     head = from_run(config, params, tok, labels)
@@ -165,7 +164,7 @@ def _labels_from_data(config, workdir: str) -> list:
     data = data_lib.for_finetune(config, data_lib.setup(config))
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(
-      f"{os.path.join(workdir, LABELS_NAME)} is missing (a run from before it was written) and "
+      f"{paths.path(workdir) / LABELS_NAME} is missing (a run from before it was written) and "
       f"the run's dataset {config.data.name}/{config.data.config} cannot be opened to name the "
       f"head's labels: {type(e).__name__}: {e}"
     ) from None

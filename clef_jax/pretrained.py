@@ -20,6 +20,7 @@ warning that names them.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from flax import traverse_util
 
 from clef_jax import models
 from clef_jax.models import variants
+from input_pipeline import paths
 
 Params = dict[str, Any]  # nested dict of np.ndarray (float32)
 Loader = Callable[..., tuple[ml_collections.ConfigDict, Params]]
@@ -501,14 +503,13 @@ _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 def load_hf(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Params]:
   """Loads a transformers CLIPModel folder (config.json + *.safetensors)."""
   what = f"hf:{path}"
-  cfg_path = os.path.join(path, "config.json")
-  if not os.path.isdir(path):
+  cfg_path = paths.path(path) / "config.json"
+  if not paths.path(path).is_dir():
     raise FileNotFoundError(f"{what}: not a directory.")
-  if not os.path.isfile(cfg_path):
+  if not cfg_path.is_file():
     raise FileNotFoundError(f"{what}: no config.json in {path}.")
   try:
-    with open(cfg_path) as f:
-      hf_config = json.load(f)
+    hf_config = json.loads(cfg_path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise ValueError(f"{cfg_path}: invalid JSON ({e}).") from e
 
@@ -569,20 +570,19 @@ def load_hf(path: str, **overrides: Any) -> tuple[ml_collections.ConfigDict, Par
 
 
 def _read_hf_weights(path: str, what: str) -> dict[str, np.ndarray]:
-  single = os.path.join(path, "model.safetensors")
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.isfile(single):
-    return _read_safetensors(single)
-  if os.path.isfile(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+  folder = paths.path(path)
+  single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+  if single.is_file():
+    return _read_safetensors(os.fspath(single))
+  if index.is_file():
+    files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
     state = {}
     for name in files:
-      state.update(_read_safetensors(os.path.join(path, name)))
+      state.update(_read_safetensors(os.fspath(folder / name)))
     return state
-  torch_bin = os.path.join(path, "pytorch_model.bin")
-  if os.path.isfile(torch_bin):
-    return _read_torch_file(torch_bin)
+  torch_bin = folder / "pytorch_model.bin"
+  if torch_bin.is_file():
+    return _read_torch_file(os.fspath(torch_bin))
   raise FileNotFoundError(
     f"{what}: no model.safetensors (or model.safetensors.index.json, pytorch_model.bin) in {path}."
   )
@@ -600,6 +600,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
 
   try:
+    if paths.is_remote(path):  # no memory map of an object: its bytes
+      return safetensors.numpy.load(paths.path(path).read_bytes())
     return safetensors.numpy.load_file(path)
   except safetensors.SafetensorError as e:
     raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
@@ -659,20 +661,29 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
     raise ImportError(
       f"Reading {path} needs PyTorch (the CPU build is enough): pip install torch."
     ) from e
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise FileNotFoundError(f"{path}: no such file.")
-  if _is_torchscript(path):
+  # torch reads a local file by name; an object (gs://) is read into memory first.
+  data = io.BytesIO(paths.path(path).read_bytes()) if paths.is_remote(path) else None
+
+  def source():
+    if data is None:
+      return path
+    data.seek(0)
+    return data
+
+  if _is_torchscript(source()):
     with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI ships it.
       warnings.simplefilter("ignore", DeprecationWarning)
-      obj = torch.jit.load(path, map_location="cpu").state_dict()
+      obj = torch.jit.load(source(), map_location="cpu").state_dict()
   else:
     try:
-      obj = torch.load(path, map_location="cpu", weights_only=True)
+      obj = torch.load(source(), map_location="cpu", weights_only=True)
     except Exception:  # pylint: disable=broad-except
       # Non-tensor objects (e.g. training args in FaRL/open_clip checkpoints) need
       # full unpickling; anything else unreadable is reported with the path.
       try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(source(), map_location="cpu", weights_only=False)
       except Exception as e:  # pylint: disable=broad-except
         raise ValueError(f"{path}: not a readable torch checkpoint ({e}).") from e
       warnings.warn(
@@ -693,7 +704,7 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _is_torchscript(path: str) -> bool:
+def _is_torchscript(path: str | io.BytesIO) -> bool:
   if not zipfile.is_zipfile(path):
     return False
   with zipfile.ZipFile(path) as z:

@@ -22,12 +22,18 @@ Specs:
 from __future__ import annotations
 
 import abc
+import atexit
+import functools
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import Sequence
 
 import numpy as np
 import tokenizers
+
+from input_pipeline import paths
 
 EMBEDDED_VOCAB_SIZE = 4096
 EMBEDDED_PATH = pathlib.Path(__file__).parent / "data" / "tokenizer.json"
@@ -203,8 +209,26 @@ class _HF(Tokenizer):
     return [len(ids) for ids in out["input_ids"]]
 
 
+@functools.cache
+def _local_copy(url: str, spec: str) -> str:
+  """The files of the remote folder `url` (gs://) copied into a local temporary folder (removed
+  at exit), for tokenizer libraries that read local files only."""
+  src = paths.path(url)
+  if not src.is_dir():
+    raise FileNotFoundError(f"tokenizer spec {spec!r}: {url} does not exist")
+  local = tempfile.mkdtemp(prefix="clef_tokenizer.")
+  atexit.register(shutil.rmtree, local, ignore_errors=True)
+  for f in src.iterdir():
+    if f.is_file():
+      (pathlib.Path(local) / f.name).write_bytes(f.read_bytes())
+  return local
+
+
 def _hf_folder(spec: str) -> pathlib.Path:
-  folder = pathlib.Path(os.path.expanduser(spec.removeprefix("hf:")))
+  where = spec.removeprefix("hf:")
+  if paths.is_remote(where):
+    where = _local_copy(where, spec)
+  folder = pathlib.Path(os.path.expanduser(where))
   if not folder.is_dir():
     what = "is not a folder" if folder.exists() else "does not exist"
     raise FileNotFoundError(

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 from flax import traverse_util
+
+from input_pipeline import paths
 
 from clef_jax import MODES
 from clef_jax import checkpoint as ckpt_lib
@@ -116,9 +117,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config.model.dtype,
     f" (model.dtype=auto on {jax.devices()[0].platform})" if requested == "auto" else "",
   )
-  workdir = os.path.abspath(workdir)
-  made_here = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.text(workdir)  # a local path made absolute, or a gs:// URL as it is
+  made_here = not paths.path(workdir).exists()
+  paths.makedirs(workdir, "--workdir")
   # One run per workdir (process 0 holds the lock; the processes of one job share the workdir).
   lock = writers.WorkdirLock(workdir) if jax.process_index() == 0 else None
   try:
@@ -128,15 +129,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   except Exception:
     # Removed while the lock is held, so no other run can have started in it meanwhile.
     # A run that logged a step keeps its workdir: its metrics are what explain the failure.
-    metrics = os.path.join(workdir, "metrics.jsonl")
+    metrics = paths.path(workdir) / "metrics.jsonl"
     if (
       made_here
       and lock is not None
-      and not ckpt_lib.has_checkpoint(os.path.join(workdir, "checkpoints"))
-      and not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0)
+      and not ckpt_lib.has_checkpoint(_join(workdir, "checkpoints"))
+      and not (metrics.is_file() and metrics.stat().length > 0)
     ):
       logging.warning("The run failed before its first step: removing %s.", workdir)
-      shutil.rmtree(workdir, ignore_errors=True)
+      lock.release()  # its file is in the workdir
+      lock = None
+      paths.rmtree(workdir)
     raise
   finally:
     if lock is not None:
@@ -146,6 +149,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # Setup shared by training and zero-shot runs.
 # ------------------------------------------------------------------------------------------
+
+
+def _join(workdir: str, name: str) -> str:
+  return os.fspath(paths.path(workdir) / name)
+
+
+def _read_json(path: str) -> Any:
+  return json.loads(paths.path(path).read_text(encoding="utf-8"))
 
 
 def resolve_init(config, resuming_from: str | None = None) -> dict[str, Any] | None:
@@ -160,8 +171,7 @@ def resolve_init(config, resuming_from: str | None = None) -> dict[str, Any] | N
   if resuming_from is not None:
     # The run's own checkpoint will replace the weights: take the architecture it was built
     # with from its config.json instead of reading the (possibly large) init checkpoint again.
-    with open(os.path.join(resuming_from, "config.json"), encoding="utf-8") as f:
-      saved = json.load(f)["model"]
+    saved = _read_json(_join(resuming_from, "config.json"))["model"]
     with config.unlocked():
       config.model = ml_collections.ConfigDict(
         {**saved, "dtype": config.model.dtype, "remat": config.model.remat}
@@ -242,8 +252,8 @@ def evaluate_init(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       "mode=zeroshot classifies with trained weights: pass "
       "--config.init=clef:WORKDIR (or hf:DIR / openai:FILE)"
     )
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.text(workdir)
+  paths.makedirs(workdir, "--workdir")
   is_main = jax.process_index() == 0
   loaded = resolve_init(config)
   if is_main:
@@ -320,8 +330,7 @@ _RESUME_MAY_CHANGE = (
 def check_resumable(config, workdir: str) -> None:
   """Refuses (before anything is written) to resume a workdir whose config.json describes
   another run, naming every field that differs."""
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    saved = traverse_util.flatten_dict(json.load(f), sep=".")
+  saved = traverse_util.flatten_dict(_read_json(_join(workdir, "config.json")), sep=".")
   now = traverse_util.flatten_dict(
     json.loads(json.dumps(writers.jsonable(config.to_dict()))), sep="."
   )
@@ -362,11 +371,11 @@ def progress_line(step: int, total: int, m: dict[str, float], sps: float, ips: f
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per config in workdir (resuming if it holds checkpoints); returns final results."""
   # ---------------------------------------------------------------- setup
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.text(workdir)
+  paths.makedirs(workdir, "--workdir")
   is_main = jax.process_index() == 0
-  resuming = os.path.isfile(os.path.join(workdir, "config.json")) and ckpt_lib.has_checkpoint(
-    os.path.join(workdir, "checkpoints")
+  resuming = paths.path(_join(workdir, "config.json")).is_file() and ckpt_lib.has_checkpoint(
+    _join(workdir, "checkpoints")
   )
   if resuming:
     check_resumable(config, workdir)
@@ -392,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- restore or init
   train_iter = data_lib.train_iterator(config, data, keys)
   ckpt = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
+    _join(workdir, "checkpoints"),
     every_steps=config.checkpoint_every_steps,
     keep=config.keep_checkpoints,
   )
@@ -406,6 +415,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       first = 0
       state = trainer.init_state(spec, config, loaded)
+      if is_main:
+        writers.trim_metrics(workdir, 0)  # rows of a run killed before its first checkpoint
   del loaded
   writers.log_parameter_overview(state["params"])
   step_fn = trainer.jit_train_step(config, objective, spec, mesh, label_map)

@@ -7,6 +7,12 @@
 
 Reading needs neither TensorFlow nor the builder code: the prepared folder
 `<data_dir>/<name>/<config>/<version>/` is opened with `tfds.builder_from_directory`.
+
+`data_dir` may be a `gs://` URL (every path here goes through etils.epath, see
+input_pipeline.paths): TFDS reads the metadata through epath and ArrayRecord reads the records
+with its own GCS client. Building a dataset needs local files (the readers, the generators and
+TFDS's writers), so preparing into a remote data_dir builds in a local temporary folder and
+uploads the finished dataset (`prepare`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import tempfile
 from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from input_pipeline import builders
+from input_pipeline import paths
 from input_pipeline import schema
 from input_pipeline.readers import common
 from input_pipeline.readers import folds
@@ -50,29 +58,29 @@ def dataset_dir(name: str, data_dir: str | os.PathLike[str], config: str | None 
   """`<data_dir>/<name>/<config>/<version>`: where the prepared dataset lives (or would)."""
   cfg = builders.make_config(name, config)
   version = str(builders.builder_class(name).VERSION)
-  return os.path.join(os.fspath(data_dir), name, cfg.name, version)
+  return os.fspath(epath.Path(data_dir) / name / cfg.name / version)
 
 
 def is_prepared(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> bool:
   """True once preparation completed (TFDS renames the incomplete folder only at the end)."""
-  return os.path.isfile(os.path.join(dataset_dir(name, data_dir, config), "dataset_info.json"))
+  return (epath.Path(dataset_dir(name, data_dir, config)) / "dataset_info.json").is_file()
 
 
 def _prepared(
   name: str, data_dir: str | os.PathLike[str], config: str | None
 ) -> tfds.core.DatasetBuilder:
   path = dataset_dir(name, data_dir, config)
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+  if not (epath.Path(path) / "dataset_info.json").is_file():
     cfg = f" --config={config}" if config else ""
-    parent = os.path.dirname(path)
+    parent = epath.Path(path).parent
     older = sorted(
-      v
-      for v in (os.listdir(parent) if os.path.isdir(parent) else [])
-      if os.path.isfile(os.path.join(parent, v, "dataset_info.json"))
+      v.name
+      for v in (parent.iterdir() if parent.is_dir() else [])
+      if (v / "dataset_info.json").is_file()
     )
     hint = (
       f" (found version {', '.join(older)}, prepared by an older clef-jax; this code reads "
-      f"{os.path.basename(path)}: prepare again, the old folder can then be deleted)"
+      f"{epath.Path(path).name}: prepare again, the old folder can then be deleted)"
       if older
       else ""
     )
@@ -149,6 +157,12 @@ def check_manual_dir(name: str, manual_dir: str | os.PathLike[str]) -> None:
   there, when it is missing, not a folder or empty."""
   path = os.fspath(manual_dir)
   expects = " ".join(builders.builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+  if paths.is_remote(path):
+    raise common.DatasetError(
+      path,
+      "the dataset's own files are read from a local folder (copy them to the machine that "
+      f"prepares; --data_dir may be gs://). {expects}",
+    )
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: folder not found. {expects}")
   if not os.path.isdir(path):
@@ -175,23 +189,34 @@ def prepare(
   moved to `<data_dir>/<name>/<config>/<version>` only once complete, replacing the old one
   there (if any) only then: a failure (a missing or empty `manual_dir`, a structural error in
   the data, Ctrl-C) leaves data_dir as it was, the old dataset intact and nothing half-written.
+
+  A remote `data_dir` (gs://) has no rename: the dataset is built in a local temporary folder
+  (its work dir too, so e.g. DISFA's extracted frames are not kept), and once complete the old
+  one is deleted and the new one uploaded, `dataset_info.json` last, so a dataset whose upload
+  was cut short is never taken for prepared (a rerun prepares it again).
   """
   cfg = builders.make_config(name, config, image_size)
   final = dataset_dir(name, data_dir, cfg.name)
   if is_prepared(name, data_dir, cfg.name) and not overwrite:
     return final
   check_manual_dir(name, manual_dir)
-  os.makedirs(data_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".prepare.{name}.{cfg.name}.", dir=os.fspath(data_dir))
+  remote = paths.is_remote(data_dir)
+  paths.makedirs(data_dir, "data_dir")
+  prefix = f".prepare.{name}.{cfg.name}."
+  tmp = tempfile.mkdtemp(prefix=prefix, dir=None if remote else os.fspath(data_dir))
   try:
     # The work dir outlives the temporary build: e.g. DISFA's frames extracted from its videos.
-    work_dir = os.path.join(os.fspath(data_dir), "downloads")
+    work_dir = os.path.join(tmp if remote else os.fspath(data_dir), "downloads")
     b = builders.builder(name, tmp, cfg.name, work_dir=work_dir)
     b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
     )
     built = os.fspath(b.data_dir)  # <tmp>/<name>/<config>/<version>, complete
+    if remote:
+      paths.rmtree(final)
+      paths.upload_tree(built, final, last="dataset_info.json")
+      return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
     old = os.path.join(tmp, "replaced")
     if os.path.exists(final):
@@ -269,21 +294,21 @@ def ensure_synthface(
   'subj6_fpt6_raftrain64_raftest32_size32'). Prepared parts and a raw folder generated with the
   same arguments are reused; a raw folder holding another SynthFace (generated there by hand) is
   an error naming both argument sets; one written by an older generator version is generated
-  again.
+  again. With a remote data_dir (gs://) the raw folder is generated in a local temporary folder,
+  the missing parts are prepared from it into data_dir, and it is deleted.
   """
   data_dir = os.fspath(data_dir)
   wanted = _synthface_args({"seed": seed, **sizes})
   run_args = {k: sizes[k] for k in SYNTHFACE_RUN_ARGS if k in sizes}
   tag = _synthface_tag(wanted)
   configs = [synthface_config(c, image_size=image_size, **wanted) for c in SYNTHFACE_CONFIGS]
-  raw = os.path.join(data_dir, f"{SYNTHFACE_RAW}_{tag}" if tag else SYNTHFACE_RAW)
-  summary_path = os.path.join(raw, "synthface.json")
+  raw = os.fspath(epath.Path(data_dir) / (f"{SYNTHFACE_RAW}_{tag}" if tag else SYNTHFACE_RAW))
+  summary_path = epath.Path(raw) / "synthface.json"
   have = None
-  if os.path.isfile(summary_path):
+  if summary_path.is_file():
     from input_pipeline.synthface import writer  # pylint: disable=import-outside-toplevel
 
-    with open(summary_path, encoding="utf-8") as f:
-      have = json.load(f)
+    have = json.loads(summary_path.read_text(encoding="utf-8"))
     if have.get("version") != writer.VERSION:
       # Generated by an older clef-jax (e.g. 1.0: face crops, no landmarks): ours to remake.
       logging.warning(
@@ -302,6 +327,16 @@ def ensure_synthface(
         f"delete {raw} and the prepared {prepared} to generate it again"
       )
   missing = [c for c in configs if not is_prepared("synthface", data_dir, c)]
+  if missing and paths.is_remote(data_dir):
+    from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory(prefix="clef_synthface.") as local:
+      local_raw = os.path.join(local, os.path.basename(raw))
+      logging.info("generating SynthFace %s into %s (for %s)", wanted, local_raw, data_dir)
+      synthface.generate(local_raw, **wanted, **run_args)
+      for c in missing:
+        prepare("synthface", local_raw, data_dir, c)
+    missing = []
   if missing and have is None:
     from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
 
@@ -320,34 +355,37 @@ def ensure_synthface_captions(
 
   If it is missing, runs `input_pipeline.synthface.captions.generate(raw, **args)` (seed,
   identities, images_per_identity, size, ...) into `<data_dir>/synthface_captions_raw` (reused
-  when generated with the same arguments; other arguments are an error) and prepares it.
+  when generated with the same arguments; other arguments are an error) and prepares it. With
+  a remote data_dir the raw folder is generated in a local temporary folder and deleted after.
   """
   data_dir = os.fspath(data_dir)
   config = CAPTIONS_CONFIG
   if image_size and image_size != builders.DEFAULT_IMAGE_SIZE:
     config = f"{config}_{image_size}px"
-  raw = os.path.join(data_dir, CAPTIONS_RAW)
-  summary_path = os.path.join(raw, "captions.json")
+  raw = os.fspath(epath.Path(data_dir) / CAPTIONS_RAW)
+  summary_path = epath.Path(raw) / "captions.json"
   have = None
-  if os.path.isfile(summary_path):
-    with open(summary_path, encoding="utf-8") as f:
-      have = json.load(f)
+  if summary_path.is_file():
+    have = json.loads(summary_path.read_text(encoding="utf-8"))
     flat = {**have, **{f"rate_{k}": v for k, v in have.get("rates", {}).items()}}
     diff = {k: (flat.get(k), v) for k, v in args.items() if k in flat and flat[k] != v}
     if diff:
       raise ValueError(
         f"{raw}: SynthFace-Captions was generated with other arguments (have, wanted): {diff}; "
-        f"use another data_dir or delete {raw} and {os.path.join(data_dir, 'manifest', config)}"
+        f"use another data_dir or delete {raw} and {epath.Path(data_dir) / 'manifest' / config}"
       )
   if not is_prepared("manifest", data_dir, config):
-    if have is None:
-      from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory(prefix="clef_captions.") as local:
+      if paths.is_remote(data_dir):  # generated and read locally, prepared into the bucket
+        raw, have = os.path.join(local, CAPTIONS_RAW), None
+      if have is None:
+        from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
 
-      rates = {k.removeprefix("rate_"): args.pop(k) for k in list(args) if k.startswith("rate_")}
-      logging.info("generating SynthFace-Captions into %s", raw)
-      summary = captions.generate(
-        raw, overwrite=os.path.isdir(raw), rates=captions.Rates(**rates), **args
-      )
-      logging.info("%s", captions.describe(summary))
-    prepare("manifest", raw, data_dir, config)
+        rates = {k.removeprefix("rate_"): args.pop(k) for k in list(args) if k.startswith("rate_")}
+        logging.info("generating SynthFace-Captions into %s", raw)
+        summary = captions.generate(
+          raw, overwrite=os.path.isdir(raw), rates=captions.Rates(**rates), **args
+        )
+        logging.info("%s", captions.describe(summary))
+      prepare("manifest", raw, data_dir, config)
   return dataset_dir("manifest", data_dir, config)
