@@ -36,6 +36,7 @@ from clef_jax import pretrained
 from clef_jax import tokenizer as tokenizer_lib
 from clef_jax.models import variants
 from clef_jax.models import vit
+from input_pipeline import paths
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = (
@@ -449,7 +450,7 @@ def export_run(
     else "- Head: none (a run without a trained label head)."
   )
   readme = (
-    f"Exported by `python -m clef_jax.export` from the clef-jax run `{os.path.abspath(workdir)}`"
+    f"Exported by `python -m clef_jax.export` from the clef-jax run `{paths.text(workdir)}`"
     f" (mode {run.config.mode}, step {run.step}).\n\n{head_line}\n"
   )
 

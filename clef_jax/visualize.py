@@ -36,6 +36,7 @@ from scipy import ndimage
 from clef_jax import checkpoint as ckpt_lib
 from clef_jax import models
 from clef_jax import prompts
+from input_pipeline import paths
 
 RELEVANCE_METHOD = (
   "integrated gradients of cos(image, prompt) w.r.t. pixels "
@@ -62,7 +63,7 @@ def load_run(
   config = ml_collections.ConfigDict(cfg)
   if "model" not in config or "data" not in config:
     raise ValueError(
-      f"{os.path.join(workdir, 'config.json')}: no 'model'/'data' section; "
+      f"{paths.path(workdir) / 'config.json'}: no 'model'/'data' section; "
       "is this a clef-jax workdir?"
     )
   if data_dir:
@@ -240,7 +241,7 @@ def embed_split(
 
 def run_title(config: ml_collections.ConfigDict, workdir: str) -> str:
   """A short description of what produced a workdir (mode, objective, pairing, init)."""
-  parts = [os.path.basename(os.path.normpath(workdir)), config.mode]
+  parts = [paths.path(workdir).name, config.mode]
   if config.mode == "pretrain" and "pretrain" in config:
     p = config.pretrain
     parts.append(f"{p.objective}, pairing={p.pairing}, λPI={p.lambda_pi:g}, λPA={p.lambda_pa:g}")
@@ -353,7 +354,7 @@ def embeddings_main(
     )
     rows.append(e)
     line = {
-      "workdir": os.path.abspath(w),
+      "workdir": paths.text(w),
       "split": e["split"],
       "n": len(e["z"]),
       "behaviour_kind": e["behaviour_kind"],
