@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import warnings
 import zipfile
 from typing import Any, Callable, Iterable, Mapping
@@ -600,8 +601,12 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
 
   try:
-    if paths.is_remote(path):  # no memory map of an object: its bytes
-      return safetensors.numpy.load(paths.path(path).read_bytes())
+    if paths.is_remote(path):
+      # An object is read through a local copy: safetensors' loader of bytes knows no BF16.
+      with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(paths.path(path).read_bytes())
+        f.flush()
+        return safetensors.numpy.load_file(f.name)
     return safetensors.numpy.load_file(path)
   except safetensors.SafetensorError as e:
     raise ValueError(f"{path}: not a readable safetensors file ({e})") from None

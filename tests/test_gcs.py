@@ -234,3 +234,33 @@ def test_a_missing_bucket_is_named(gcs):
     paths.makedirs("gs://no-such-bucket/x", "--workdir")
   with pytest.raises(FileNotFoundError, match=f"gs://{BUCKET}/nothing/synthface/"):
     sources.info("synthface", f"gs://{BUCKET}/nothing", "bp4d")
+
+
+def test_init_and_tokenizer_from_the_bucket_match_the_local_ones(gcs):
+  """`--config.init=hf:gs://…` and `--config.tokenizer=gs://…` on the shipped foundation folder
+  (a transformers CLIP folder with a CLIP BPE tokenizer) give what the local folder gives."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  from clef_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from clef_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  from configs import pretrain  # pylint: disable=g-import-not-at-top
+
+  _, fs = gcs
+  remote = f"gs://{BUCKET}/models/synthface-clip"
+  paths.upload_tree(pretrain.FOUNDATION, remote)
+  assert "model.safetensors" in _objects(fs, "models/synthface-clip")
+  local_cfg, local_params = pretrained.load(f"hf:{pretrain.FOUNDATION}")
+  cfg, params = pretrained.load(f"hf:{remote}")
+  assert cfg.to_dict() == local_cfg.to_dict()
+  a, b = traverse_util.flatten_dict(local_params), traverse_util.flatten_dict(params)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+  texts = ["smiling with raised cheeks", "a frown"]
+  np.testing.assert_array_equal(
+    tokenizer.get(remote, context_length=cfg.context_length)(texts),
+    tokenizer.get(pretrain.FOUNDATION, context_length=cfg.context_length)(texts),
+  )
+  with pytest.raises(FileNotFoundError, match=f"hf:gs://{BUCKET}/models/none: not a directory"):
+    pretrained.load(f"hf:gs://{BUCKET}/models/none")
