@@ -206,6 +206,9 @@ def test_pretrain_on_gcs_killed_and_resumed_matches_local(gcs, tiny_data_dir, tm
   assert ".lock" not in objects  # released at the end
   assert json.loads(paths.path(f"{workdir}/results.json").read_text())["step"] == TOTAL
   assert not os.path.exists(os.path.join(ROOT, "gs:"))  # the old code made ./gs:/bucket/...
+  # `clef:gs://…` (checkpoint.load_params, what `--config.init=clef:` reads): the parameters
+  # of the killed-and-resumed run equal the local run's, bit for bit.
+  test_train._assert_same_params(local, workdir)  # pylint: disable=protected-access
 
 
 def test_remote_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
