@@ -110,8 +110,10 @@ def setup(config) -> Data:
   if name == "synthface":
     # 'bp4d' / 'raf' name the part; the sizes name its prepared config ('bp4d' at the defaults).
     sizes = config.data.synthface.to_dict()
-    bconf = sources.synthface_config(bconf or sources.SYNTHFACE_CONFIGS[0], **sizes)
-    sources.ensure_synthface(ddir, **sizes)
+    part = bconf or sources.SYNTHFACE_CONFIGS[0]
+    bconf = sources.synthface_config(part, **sizes)
+    parts = tuple(dict.fromkeys((*sources.SYNTHFACE_CONFIGS, part.split("_")[0])))
+    sources.ensure_synthface(ddir, parts=parts, **sizes)
   elif name == "manifest" and bconf == sources.CAPTIONS_CONFIG:
     sources.ensure_synthface_captions(ddir, **config.data.captions.to_dict())
   info = sources.info(name, ddir, config=bconf)

@@ -130,7 +130,16 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     )
   )
   c.data.synthface = ml_collections.ConfigDict(
-    dict(seed=0, subjects=41, frames_per_task=40, raf_train=2400, raf_test=600, size=112)
+    dict(
+      seed=0,
+      subjects=41,
+      frames_per_task=40,
+      raf_train=2400,
+      raf_test=600,
+      size=112,
+      disfa_subjects=12,
+      disfa_frames=96,
+    )
   )
 
   c.optim = ml_collections.ConfigDict(
@@ -191,3 +200,5 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
   c.data.synthface.raf_train = 64
   c.data.synthface.raf_test = 32
   c.data.synthface.size = 32
+  c.data.synthface.disfa_subjects = 3
+  c.data.synthface.disfa_frames = 8

@@ -525,10 +525,10 @@ class Synthface(_FaceBuilder):
   parts) or its RAF-like part (expressions, train / test)."""
 
   name = "synthface"
-  BUILDER_CONFIGS = [FaceConfig(name="bp4d"), FaceConfig(name="raf")]
+  BUILDER_CONFIGS = [FaceConfig(name="bp4d"), FaceConfig(name="raf"), FaceConfig(name="disfa")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point --manual_dir at the output folder of `python -m input_pipeline.synthface --out DIR`
-  (the BP4D-like tree, and RAF/ for the RAF-like part).
+  (the BP4D-like tree; RAF/ for the RAF-like part, DISFA/ for the DISFA-like part).
   """
 
   @classmethod
@@ -537,13 +537,19 @@ class Synthface(_FaceBuilder):
 
   @classmethod
   def spec(cls, config: str) -> _Spec:
-    if _synthface_part(config) == "raf":
+    part = _synthface_part(config)
+    if part == "raf":
       return _Spec("raf_db", FER_KIND, subdir="RAF", splits=("train", "test"))
+    if part == "disfa":
+      return _Spec("disfa", AU_KIND, subdir="DISFA")
     return _Spec("synthface", AU_KIND)
 
   def _classes(self) -> list[str]:
-    if _synthface_part(self.builder_config.name) == "raf":
+    part = _synthface_part(self.builder_config.name)
+    if part == "raf":
       return super()._classes()
+    if part == "disfa":
+      return []  # DISFA codes AUs only
     return schema.expressions()  # the BP4D-like part labels expressions too
 
 
@@ -607,11 +613,11 @@ def _base_name(name: str) -> str:
   return _split_name(name)[0]
 
 
-_SYNTHFACE_RE = re.compile(r"^(bp4d|raf)(_[a-z0-9_]+)?$")
+_SYNTHFACE_RE = re.compile(r"^(bp4d|raf|disfa)(_[a-z0-9_]+)?$")
 
 
 def _synthface_part(config: str) -> str:
-  """'bp4d' or 'raf': the SynthFace part a synthface config ('raf', 'raf_<tag>_64px') reads."""
+  """'bp4d', 'raf' or 'disfa': the SynthFace part a config ('raf', 'raf_<tag>_64px') reads."""
   m = _SYNTHFACE_RE.match(_base_name(config))
   return m.group(1) if m else _base_name(config)
 

@@ -37,7 +37,8 @@ from input_pipeline.readers import folds
 
 FER_DATASETS = ("raf_db", "ferplus", "affectnet")
 SYNTHFACE_RAW = "synthface_raw"
-SYNTHFACE_CONFIGS = ("bp4d", "raf")
+SYNTHFACE_CONFIGS = ("bp4d", "raf")  # the parts every SynthFace user gets prepared
+SYNTHFACE_PARTS = ("bp4d", "raf", "disfa")  # 'disfa' is prepared when a run asks for it
 # The arguments of `synthface.generate` that decide its output, with the short names that tag the
 # folders of a SynthFace generated with other values than the defaults (see synthface_config).
 SYNTHFACE_ARGS = {
@@ -47,6 +48,8 @@ SYNTHFACE_ARGS = {
   "raf_train": "raftrain",
   "raf_test": "raftest",
   "size": "size",
+  "disfa_subjects": "disfasubj",
+  "disfa_frames": "disfafr",
 }
 SYNTHFACE_RUN_ARGS = ("progress", "workers")  # passed on to generate; the output does not vary
 # SynthFace-Captions (the LAION-Face analog) is prepared as a user's manifest would be.
@@ -236,15 +239,15 @@ def synthface_config(part: str = "bp4d", *, image_size: int | None = None, **arg
   """The prepared config name of SynthFace part `part` generated with `args` (those of
   `synthface.generate`: seed, subjects, frames_per_task, raf_train, raf_test, size).
 
-  `part` is 'bp4d' or 'raf', optionally suffixed `_<N>px` (`image_size` overrides it). The
+  `part` is 'bp4d', 'raf' or 'disfa', optionally suffixed `_<N>px` (`image_size` overrides it). The
   default sizes keep the plain names ('bp4d', 'raf', as `--config` of the prepare command); any
   other values are tagged with them, e.g. 'bp4d_subj6_fpt6_raftrain64_raftest32_size32', so
   SynthFaces of several sizes live side by side in one data_dir.
   """
-  m = re.fullmatch(r"(bp4d|raf)(_\d+px)?", part)
+  m = re.fullmatch(r"(bp4d|raf|disfa)(_\d+px)?", part)
   if not m:
     raise ValueError(
-      f"unknown SynthFace part {part!r}; known: {list(SYNTHFACE_CONFIGS)}, optionally suffixed "
+      f"unknown SynthFace part {part!r}; known: {list(SYNTHFACE_PARTS)}, optionally suffixed "
       "_<N>px (the generator's sizes, config.data.synthface, name the prepared config)"
     )
   tag = _synthface_tag(_synthface_args(args))
@@ -280,10 +283,16 @@ def _synthface_tag(args: dict[str, int]) -> str:
 
 
 def ensure_synthface(
-  data_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int | None = None, **sizes: Any
+  data_dir: str | os.PathLike[str],
+  *,
+  seed: int = 0,
+  image_size: int | None = None,
+  parts: tuple[str, ...] = SYNTHFACE_CONFIGS,
+  **sizes: Any,
 ) -> dict[str, str]:
-  """Makes sure both SynthFace parts of these sizes are prepared under data_dir; returns
-  {config: path}, the configs named by `synthface_config`.
+  """Makes sure the SynthFace `parts` of these sizes (default 'bp4d' and 'raf'; 'disfa', the
+  DISFA-like part, when asked) are prepared under data_dir; returns {config: path}, the configs
+  named by `synthface_config`.
 
   If either is missing, runs the generator (`input_pipeline.synthface.generate(out, seed=seed,
   **sizes)`; sizes such as subjects, frames_per_task, raf_train, raf_test, size; progress and
@@ -301,7 +310,7 @@ def ensure_synthface(
   wanted = _synthface_args({"seed": seed, **sizes})
   run_args = {k: sizes[k] for k in SYNTHFACE_RUN_ARGS if k in sizes}
   tag = _synthface_tag(wanted)
-  configs = [synthface_config(c, image_size=image_size, **wanted) for c in SYNTHFACE_CONFIGS]
+  configs = [synthface_config(c, image_size=image_size, **wanted) for c in parts]
   raw = os.fspath(epath.Path(data_dir) / (f"{SYNTHFACE_RAW}_{tag}" if tag else SYNTHFACE_RAW))
   summary_path = epath.Path(raw) / "synthface.json"
   have = None

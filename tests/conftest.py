@@ -23,7 +23,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TINY_SYNTHFACE = dict(seed=0, subjects=6, frames_per_task=6, raf_train=64, raf_test=32, size=32)
+TINY_SYNTHFACE = dict(
+  seed=0,
+  subjects=6,
+  frames_per_task=6,
+  raf_train=64,
+  raf_test=32,
+  size=32,
+  disfa_subjects=3,
+  disfa_frames=8,
+)
 
 
 @pytest.fixture(scope="session")

@@ -313,3 +313,50 @@ def test_detector_finds_a_synthface_face_and_counts_an_empty_image():
   assert np.linalg.norm(faces[0].keypoints[:2] - eyes, axis=1).max() < 0.35 * iod
   assert det(np.full((120, 160, 3), 128, np.uint8)) == []
   assert det.align(np.full((120, 160, 3), 128, np.uint8), 64) is None
+
+
+def _ibug68_from_bp4d49(pts49: np.ndarray) -> np.ndarray:
+  """68 iBUG points (0-based) holding a 49-point face's eyes and mouth at iBUG's indices (the
+  jaw, brows and nose left at the face's centre: alignment reads only eyes and mouth)."""
+  out = np.tile(pts49.mean(0), (68, 1))
+  out[36:48] = pts49[19:31]
+  out[48:60] = pts49[31:43]
+  out[60:68] = np.concatenate([pts49[43:46], pts49[46:49], pts49[43:45]])
+  return out
+
+
+def test_affectnet_faces_are_aligned_from_facial_landmarks(tmp_path):
+  """AffectNet's csv layout: a SynthFace frame with its 68 points in `facial_landmarks` is
+  stored aligned (pupils on the template, ±2 px); a row without landmarks is skipped and
+  counted; a malformed one names the csv line."""
+  root = tmp_path / "AffectNet"
+  lists = root / "Manually_Annotated_file_lists"
+  lists.mkdir(parents=True)
+  header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+  subj = population.make_subject(0, 5, "F006")
+  rows = {}
+  for split, file in (("train", "training.csv"), ("test", "validation.csv")):
+    lines = [header]
+    for i, cx in enumerate((0.4, 0.6)):
+      place = render.frame_placement(112, (cx, 0.05, 1.0), (110, 120, 130))
+      img, pts = render.render_frame(
+        subj.identity, np.zeros(len(render.AUS)), 112, render.NO_NUISANCE, place
+      )
+      rel = f"{split}/{i}.png"
+      (root / "Manually_Annotated_Images" / split).mkdir(parents=True, exist_ok=True)
+      Image.fromarray(img).save(root / "Manually_Annotated_Images" / rel)
+      lm = ";".join(f"{v:.3f}" for v in _ibug68_from_bp4d49(pts).ravel()) if i == 0 else ""
+      lines.append(f'{rel},0,0,224,168,"{lm}",1,0.5,0.1')
+    rows[split] = lines
+    (lists / file).write_text("\n".join(lines) + "\n")
+  data = tmp_path / "data"
+  sources.prepare("affectnet", str(root), str(data), "8class")
+  md = sources.info("affectnet", str(data), "8class")
+  assert md["align"]["mode"] == "landmarks" and md["num_examples"] == {"train": 1, "test": 1}
+  assert md["skips"][landmarks.SKIP_NO_LANDMARKS] == 2
+  face = sources.open_source("affectnet", "train", str(data), "8class")[0]["image"]
+  np.testing.assert_allclose(_pupils(face, 112), align.template()[:2] * 112 - 0.5, atol=2.0)
+  bad = rows["train"][:2] + [rows["train"][2].replace('""', '"1;2;3"')]
+  (lists / "training.csv").write_text("\n".join(bad) + "\n")
+  with pytest.raises(common.DatasetError, match=r"training.csv:3: facial_landmarks has 3 numbers"):
+    sources.prepare("affectnet", str(root), str(tmp_path / "data2"), "8class")

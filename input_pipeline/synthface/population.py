@@ -128,9 +128,11 @@ def subject_names(n: int) -> list[str]:
   return [f"F{i + 1:03d}" for i in range(n_f)] + [f"M{i + 1:03d}" for i in range(n - n_f)]
 
 
-def make_subject(seed: int, index: int, name: str) -> Subject:
+def make_subject(seed: int, index: int, name: str, sex: str | None = None) -> Subject:
+  """A subject with a stable identity and expressive habits (`sex` defaults to the name's
+  first letter, F or M, as BP4D's subject ids say)."""
   rng = rng_for(seed, _S_BP4D_SUBJECT, index)
-  ident = render.sample_identity(rng, name[0])
+  ident = render.sample_identity(rng, sex or name[0])
   habits = tuple(
     (int(au), float(rng.uniform(1.5, 3.5)))
     for au in rng.choice(_HABIT_AUS, size=rng.integers(1, 3), replace=False)
@@ -338,3 +340,49 @@ def make_raf_image(seed: int, index: int) -> RafImage:
     nuisance=nuis,
     jpeg_quality=int(rng.integers(60, 96)),
   )
+
+
+# ----------------------------------------------------------------------------------------------
+# The DISFA-like part: other people, one long recording each (as DISFA's subjects watch one
+# video of emotion-eliciting clips), coded for DISFA's 12 AUs.
+# ----------------------------------------------------------------------------------------------
+
+DISFA_INDEX_OFFSET = 1000  # identity streams of their own: no DISFA-like subject is a BP4D one
+
+
+def disfa_subject_names(n: int, parts: dict[int, tuple[str, ...]]) -> list[str]:
+  """n DISFA subject ids taken in turn from the 3 parts of the standard split (so every part
+  has subjects): part1[0], part2[0], part3[0], part1[1], ..."""
+  if not 1 <= n <= sum(len(v) for v in parts.values()):
+    raise ValueError(f"need 1..{sum(len(v) for v in parts.values())} DISFA-like subjects, got {n}")
+  order = [
+    parts[k][i]
+    for i in range(max(map(len, parts.values())))
+    for k in sorted(parts)
+    if i < len(parts[k])
+  ]
+  return order[:n]
+
+
+def make_disfa_session(seed: int, index: int, name: str, n_frames: int) -> tuple[Subject, Session]:
+  """Subject `index` of the DISFA-like part and its recording: n_frames frames made of the 8
+  activities' episodes in turn (frames numbered 0..n_frames-1)."""
+  if n_frames < len(TASKS):
+    raise ValueError(f"need at least {len(TASKS)} frames per DISFA-like subject, got {n_frames}")
+  k = DISFA_INDEX_OFFSET + index
+  subj = make_subject(seed, k, name, sex="FM"[index % 2])
+  sizes = [n_frames // len(TASKS) + (i < n_frames % len(TASKS)) for i in range(len(TASKS))]
+  parts = [make_session(seed, k, subj, task, m) for task, m in zip(TASKS, sizes)]
+  first = parts[0]
+  sess = Session(
+    subject=name,
+    task="",
+    frames=np.arange(n_frames),
+    aus=np.concatenate([p.aus for p in parts]),
+    expressions=tuple(e for p in parts for e in p.expressions),
+    nuisance=tuple(n for p in parts for n in p.nuisance),
+    jpeg_quality=first.jpeg_quality,
+    head=np.concatenate([p.head for p in parts]),
+    wall=first.wall,
+  )
+  return subj, sess

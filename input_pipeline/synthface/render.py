@@ -910,6 +910,18 @@ def _mouth(p: _Painter, f: Identity, A, fx, skin, line_col, drop: float):
       )
 
 
+def _nuisance_coeffs(n: Nuisance, size: int) -> tuple[float, ...] | None:
+  """Pillow AFFINE coefficients (output pixel -> input pixel) of the nuisance's roll, scale and
+  shift about the centre of a ``size`` image; None when it has none."""
+  if not (n.roll or n.scale != 1.0 or n.shift != (0.0, 0.0)):
+    return None
+  c = size
+  t = math.radians(n.roll)
+  cos, sin = math.cos(t) / n.scale, math.sin(t) / n.scale
+  ox, oy = c / 2 + n.shift[0] * c, c / 2 + n.shift[1] * c
+  return (cos, sin, c / 2 - cos * ox - sin * oy, -sin, cos, c / 2 + sin * ox - cos * oy)
+
+
 def canvas_scale(size: int) -> int:
   """Supersampling factor used for an output of ``size`` pixels."""
   return max(2, math.ceil(192 / size))
@@ -938,13 +950,8 @@ def render_face(
   _draw_face(p, ident, a, nuisance.yaw)
   im = p.im.reduce(ss)
   n = nuisance
-  if n.roll or n.scale != 1.0 or n.shift != (0.0, 0.0):
-    c = size
-    t = math.radians(n.roll)
-    cos, sin = math.cos(t) / n.scale, math.sin(t) / n.scale
-    # Inverse map: output pixel -> input pixel, rotating/scaling about the centre.
-    ox, oy = c / 2 + n.shift[0] * c, c / 2 + n.shift[1] * c
-    coeffs = (cos, sin, c / 2 - cos * ox - sin * oy, -sin, cos, c / 2 + sin * ox - cos * oy)
+  coeffs = _nuisance_coeffs(n, size)
+  if coeffs is not None:
     im = im.transform(
       im.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=ident.bg
     )
@@ -1018,20 +1025,58 @@ def landmarks49_unit(ident: Identity, aus, yaw: float = 0.0) -> np.ndarray:
   return out
 
 
-def face_landmarks(ident: Identity, aus, size: int, nuisance: Nuisance = NO_NUISANCE) -> np.ndarray:
-  """float64 [49, 2]: where ``render_face(ident, aus, size, nuisance)`` shows the 49 points,
-  in 0-based pixel centres of that image (the nuisance's roll, scale and shift applied)."""
-  p = landmarks49_unit(ident, aus, nuisance.yaw) * size  # continuous pixel coordinates
-  n = nuisance
-  if n.roll or n.scale != 1.0 or n.shift != (0.0, 0.0):
-    c = size
-    t = math.radians(n.roll)
-    cos, sin = math.cos(t) / n.scale, math.sin(t) / n.scale
-    ox, oy = c / 2 + n.shift[0] * c, c / 2 + n.shift[1] * c
-    # render_face samples input = R @ output + t; a landmark's output is R^-1 (input - t).
-    r = np.array([[cos, sin], [-sin, cos]])
-    tr = np.array([c / 2 - cos * ox - sin * oy, c / 2 + sin * ox - cos * oy])
-    p = (p - tr) @ np.linalg.inv(r).T
+def jaw17_unit(ident: Identity, aus, yaw: float = 0.0) -> np.ndarray:
+  """float64 [17, 2]: the jaw line of the 68/66-point layouts (iBUG points 0-16, from the
+  image-left ear level over the chin to the right), along the head outline ``_draw_face``
+  draws, evenly spaced by arc length."""
+  f, a = ident, au_vector(aus)
+  drop = 0.05 * _au(a, 26)
+  hw, ey, cx = f.head_w, f.eye_y, 0.5
+  jaw_y = f.chin_y - 0.1 + drop * 0.6
+  half = [
+    (hw, ey),
+    (hw * 0.97, ey + 0.13),
+    (hw * f.jaw_w, jaw_y),
+    (hw * 0.3, f.chin_y - 0.01 + drop),
+  ]
+  ctrl = np.array(
+    [(cx - x, y) for x, y in half] + [(cx, f.chin_y + drop)] + [(cx + x, y) for x, y in half[::-1]]
+  )
+  seg = np.linalg.norm(np.diff(ctrl, axis=0), axis=1)
+  t = np.concatenate([[0.0], np.cumsum(seg)])
+  at = np.linspace(0.0, t[-1], 17)
+  pts = np.stack([np.interp(at, t, ctrl[:, 0]), np.interp(at, t, ctrl[:, 1])], 1)
+  pts[:, 0] = _yaw_map(yaw)(pts[:, 0], 0.3)
+  return pts
+
+
+def landmarks_unit(ident: Identity, aus, yaw: float = 0.0, scheme: str = "bp4d49") -> np.ndarray:
+  """The face's landmarks in the unit face square: 'bp4d49' (BP4D 2DFeatures) or 'disfa66'
+  (DISFA's 66-point AAM: the jaw line 0-16, then the same 49 points in the same order)."""
+  pts = landmarks49_unit(ident, aus, yaw)
+  if scheme == "bp4d49":
+    return pts
+  if scheme == "disfa66":
+    return np.concatenate([jaw17_unit(ident, aus, yaw), pts])
+  raise ValueError(f"unknown landmark scheme {scheme!r}; known: bp4d49, disfa66")
+
+
+def face_landmarks(
+  ident: Identity,
+  aus,
+  size: int,
+  nuisance: Nuisance = NO_NUISANCE,
+  scheme: str = "bp4d49",
+) -> np.ndarray:
+  """float64 [K, 2]: where ``render_face(ident, aus, size, nuisance)`` shows the points of
+  `scheme`, in 0-based pixel centres of that image (the nuisance's roll, scale and shift
+  applied)."""
+  p = landmarks_unit(ident, aus, nuisance.yaw, scheme) * size  # continuous pixel coordinates
+  coeffs = _nuisance_coeffs(nuisance, size)
+  if coeffs is not None:
+    # render_face samples input = M @ output + t; a landmark's output is M^-1 (input - t).
+    a, b, tx, c, d, ty = coeffs
+    p = (p - np.array([tx, ty])) @ np.linalg.inv(np.array([[a, b], [c, d]])).T
   return p - 0.5
 
 
@@ -1091,10 +1136,15 @@ def _origin(placement: Placement) -> tuple[int, int]:
 
 
 def frame_landmarks(
-  ident: Identity, aus, size: int, nuisance: Nuisance, placement: Placement
+  ident: Identity,
+  aus,
+  size: int,
+  nuisance: Nuisance,
+  placement: Placement,
+  scheme: str = "bp4d49",
 ) -> np.ndarray:
-  """float64 [49, 2]: the 49 points of ``render_frame``'s face, 0-based frame pixel centres."""
-  pts = face_landmarks(ident, aus, size, nuisance)
+  """float64 [K, 2]: the points of ``render_frame``'s face, 0-based frame pixel centres."""
+  pts = face_landmarks(ident, aus, size, nuisance, scheme)
   x0, y0 = _origin(placement)
   return (pts + 0.5) * (placement.side / size) + np.array([x0, y0]) - 0.5
 

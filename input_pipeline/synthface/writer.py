@@ -10,6 +10,10 @@ Layout under ``out``::
   BP4D/AUCoding/AU_OCC/<subject>_<task>.csv              header 0,1,2,4,…; codes 0/1/9
   BP4D/AUCoding/AU_INT/AU06/<subject>_<task>_AU06.csv    lines frame,intensity (0–5, 9)
   BP4D/SynthFace_expressions.csv                         subject,task,frame,expression
+  DISFA/<SN>/<t>.jpg                                     DISFA-like full frames, 0-based
+  DISFA/ActionUnit_Labels/<SN>/<SN>_au<N>.txt            lines frameIdx,intensity (1-based, 0–5)
+                                                         for DISFA's 12 AUs
+  DISFA/Landmark_Points/<SN>/tmp_frame_lm/<SN>_<t>_lm.mat   66 points `pts` (1-based)
   RAF/basic/Image/aligned/train_00001_aligned.jpg …      test_0001_aligned.jpg …
   RAF/basic/EmoLabel/list_patition_label.txt             "train_00001.jpg 5" (RAF order 1..7)
   synthface.json                                         version, seed, sizes, counts
@@ -35,11 +39,13 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from input_pipeline.readers import folds
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 
-VERSION = "2.0"  # 2.0: BP4D-like part as full frames with 2DFeatures landmarks
+VERSION = "2.0"  # 2.0: BP4D-like full frames with 2DFeatures landmarks; the DISFA-like part
 INT_AUS: tuple[int, ...] = (6, 10, 12, 14, 17)  # BP4D's intensity-coded AUs.
+DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # DISFA's coded AUs.
 
 # One rendering job: [(relative path, identity, AU vector, nuisance, jpeg quality, placement in
 # a full frame or None for a face crop)].
@@ -76,8 +82,12 @@ def write_landmarks(path: pathlib.Path, points: Sequence[np.ndarray | None]):
     fit["pred"][0, i] = np.zeros((0, 0)) if p is None else np.asarray(p, np.float64) + 1.0
   path.parent.mkdir(parents=True, exist_ok=True)
   scipy.io.savemat(path, {"fit": fit}, do_compression=True)
-  # savemat stamps the time into the 116-byte text header: a fixed one keeps the tree a
-  # function of the seed.
+  _fix_mat_header(path)
+
+
+def _fix_mat_header(path: pathlib.Path):
+  """savemat stamps the time into the 116-byte text header: a fixed one keeps the tree a
+  function of the seed."""
   with open(path, "r+b") as f:
     f.write(b"MATLAB 5.0 MAT-file, written by the clef-jax SynthFace generator".ljust(116))
 
@@ -89,7 +99,19 @@ def _write_text(path: pathlib.Path, lines: Iterable[str]):
       f.write(line + "\n")
 
 
-def _check_args(subjects: int, frames_per_task: int, raf_train: int, raf_test: int, size: int):
+def _check_args(
+  subjects: int,
+  frames_per_task: int,
+  raf_train: int,
+  raf_test: int,
+  size: int,
+  disfa_subjects: int = 0,
+  disfa_frames: int = 8,
+):
+  if not 0 <= disfa_subjects <= sum(len(v) for v in folds.DISFA_PARTS.values()):
+    raise ValueError(f"--disfa-subjects must be in 0..27 (DISFA's subjects), got {disfa_subjects}")
+  if disfa_subjects and disfa_frames < len(population.TASKS):
+    raise ValueError(f"--disfa-frames must be >= {len(population.TASKS)}, got {disfa_frames}")
   if subjects < 1:
     raise ValueError(f"--subjects must be ≥ 1, got {subjects}")
   if frames_per_task < 1:
@@ -168,6 +190,54 @@ def _plan_bp4d(
   }
 
 
+def _plan_disfa(
+  root: pathlib.Path, seed: int, n_subjects: int, n_frames: int, size: int
+) -> tuple[list[list[_Item]], dict[str, Any]]:
+  """Writes the DISFA-like label and landmark files; returns rendering jobs and counts."""
+  import scipy.io  # pylint: disable=import-outside-toplevel
+
+  dis = root / "DISFA"
+  jobs: list[list[_Item]] = []
+  n_frames_total = 0
+  if n_subjects == 0:
+    return jobs, {"disfa_images": 0}
+  for i, name in enumerate(population.disfa_subject_names(n_subjects, folds.DISFA_PARTS)):
+    subj, sess = population.make_disfa_session(seed, i, name, n_frames)
+    codes = population.intensity_codes(sess.aus)
+    for au in DISFA_AUS:
+      col = codes[:, render.AU_INDEX[au]]
+      _write_text(
+        dis / "ActionUnit_Labels" / name / f"{name}_au{au}.txt",
+        [f"{t + 1},{c}" for t, c in enumerate(col)],
+      )
+    places = [render.frame_placement(size, h, sess.wall) for h in sess.head]
+    lm_dir = dis / "Landmark_Points" / name / "tmp_frame_lm"
+    lm_dir.mkdir(parents=True, exist_ok=True)
+    for t in range(n_frames):
+      pts = render.frame_landmarks(
+        subj.identity, sess.aus[t], size, sess.nuisance[t], places[t], "disfa66"
+      )
+      path = lm_dir / f"{name}_{t:04d}_lm.mat"
+      scipy.io.savemat(path, {"pts": pts + 1.0})
+      _fix_mat_header(path)
+    (dis / name).mkdir(parents=True, exist_ok=True)
+    jobs.append(
+      [
+        (
+          f"DISFA/{name}/{t}.jpg",
+          subj.identity,
+          sess.aus[t],
+          sess.nuisance[t],
+          sess.jpeg_quality,
+          places[t],
+        )
+        for t in range(n_frames)
+      ]
+    )
+    n_frames_total += n_frames
+  return jobs, {"disfa_images": n_frames_total}
+
+
 def _plan_raf(
   root: pathlib.Path, seed: int, raf_train: int, raf_test: int, chunk: int = 100
 ) -> tuple[list[list[_Item]], dict[str, Any]]:
@@ -216,6 +286,8 @@ def generate(
   raf_train: int = 2400,
   raf_test: int = 600,
   size: int = 112,
+  disfa_subjects: int = 12,
+  disfa_frames: int = 96,
   progress: bool = True,
   overwrite: bool = False,
   workers: int | None = None,
@@ -231,13 +303,15 @@ def generate(
     subjects: BP4D-like subjects (41 -> F001–F023, M001–M018).
     frames_per_task: frames of each of the 8 tasks of each subject.
     raf_train, raf_test: RAF-like images (other identities).
+    disfa_subjects, disfa_frames: the DISFA-like part (other identities again, DISFA's subject
+      ids and 12 AUs, one recording of `disfa_frames` frames each; 0 subjects: no DISFA/).
     size: side of a face in pixels (RAF-like images; the BP4D-like frames are 2 x 1.5 that,
       with the face square 1.1-1.3 times it, moving).
     progress: show a tqdm bar.
     overwrite: replace a non-empty ``out_dir``.
     workers: rendering processes (default min(2, CPUs)); the output does not depend on it.
   """
-  _check_args(subjects, frames_per_task, raf_train, raf_test, size)
+  _check_args(subjects, frames_per_task, raf_train, raf_test, size, disfa_subjects, disfa_frames)
   out = pathlib.Path(out_dir).absolute()
   _prepare_target(out, overwrite)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +322,8 @@ def generate(
   try:
     bp_jobs, bp_counts = _plan_bp4d(tmp, seed, subjects, frames_per_task, size)
     raf_jobs, raf_counts = _plan_raf(tmp, seed, raf_train, raf_test)
-    jobs = [(str(tmp), size, j) for j in bp_jobs + raf_jobs if j]
+    dis_jobs, dis_counts = _plan_disfa(tmp, seed, disfa_subjects, disfa_frames, size)
+    jobs = [(str(tmp), size, j) for j in bp_jobs + raf_jobs + dis_jobs if j]
     total = sum(len(j[2]) for j in jobs)
     workers = workers or min(2, os.cpu_count() or 1)
     with tqdm.tqdm(
@@ -270,6 +345,9 @@ def generate(
       "frames_per_task": frames_per_task,
       "raf_train": raf_train,
       "raf_test": raf_test,
+      "disfa_subjects": disfa_subjects,
+      "disfa_frames": disfa_frames,
+      "disfa_aus": list(DISFA_AUS),
       "size": size,
       "bp4d_frame": [round(render.FRAME_ASPECT[0] * size), round(render.FRAME_ASPECT[1] * size)],
       "landmarks": "BP4D/2DFeatures/<subject>_<task>.mat (49 points, 1-based)",
@@ -281,6 +359,7 @@ def generate(
       "images": total,
       **bp_counts,
       **raf_counts,
+      **dis_counts,
     }
     with open(tmp / "synthface.json", "w", encoding="utf-8", newline="\n") as f:
       json.dump(summary, f, indent=1, sort_keys=True)
@@ -310,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--raf-train", type=int, default=2400)
   ap.add_argument("--raf-test", type=int, default=600)
   ap.add_argument("--size", type=int, default=112, help="image side in pixels")
+  ap.add_argument("--disfa-subjects", type=int, default=12, help="DISFA-like subjects (0: none)")
+  ap.add_argument("--disfa-frames", type=int, default=96, help="frames per DISFA-like subject")
   ap.add_argument("--workers", type=int, default=None, help="rendering processes (default 2)")
   ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   ap.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
@@ -323,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raf_train=a.raf_train,
       raf_test=a.raf_test,
       size=a.size,
+      disfa_subjects=a.disfa_subjects,
+      disfa_frames=a.disfa_frames,
       progress=not a.quiet,
       overwrite=a.overwrite,
       workers=a.workers,
@@ -334,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
       f"SynthFace v{s['version']}: {s['bp4d_frames']} BP4D-like frames "
       f"({s['subjects']} subjects x 8 tasks), {s['raf_train']}+{s['raf_test']} RAF-like "
-      f"images at {s['size']} px -> {s['out']}"
+      f"images, {s['disfa_images']} DISFA-like frames ({s['disfa_subjects']} subjects) at "
+      f"{s['size']} px -> {s['out']}"
     )
   return 0
