@@ -421,6 +421,15 @@ _EMBEDDED_TOKENIZER_CONFIG = {
 }
 
 
+_HEAD_OUTPUT = {
+  "sigmoid": "sigmoid >= 0.5 is present",
+  "softmax": "softmax over the labels",
+  "expected_level": "the intensity of AU j is softmax(logits.view(N, J, levels)[:, j]) @ "
+  "arange(levels)",
+  "clip": "the intensity is logits.clamp(0, levels - 1)",
+}
+
+
 def export_run(
   workdir: str,
   out_dir: str | os.PathLike,
@@ -445,7 +454,7 @@ def export_run(
     f"- Head: {run.head.task.upper()} ({len(run.head.labels)} labels, trained as "
     f"'{run.head.trained_head}') in `{heads_lib.JSON_NAME}` + `{heads_lib.TENSORS_NAME}`: "
     f"`logits = z @ weight.T + bias` on the L2-normalised image embedding z; "
-    f"{'sigmoid >= 0.5 is present' if run.head.task == 'au' else 'softmax over the labels'}."
+    f"{_HEAD_OUTPUT[run.head.output]}."
     if run.head is not None
     else "- Head: none (a run without a trained label head)."
   )

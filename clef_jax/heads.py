@@ -5,19 +5,26 @@ Every stage-2 head clef-jax trains is affine in the L2-normalised image embeddin
   text, FER       s · z Cᵀ                  (C: the label-text embeddings, s: the logit scale)
   text, AU        s_au · z Cᵀ + b
   text, AU pairs  s · (z Cᵀ − z Nᵀ)         (N: the "without AU" prompts)
+  intensity, text  s · z Lᵀ + b_jk          (L: the AU-level texts, J AUs x K = 6 levels)
+  intensity, linear W (sqrt(D)·z) + b       (one regressed code per AU)
 so a head is stored as `weight [C, D]` and `bias [C]` with `logits = z @ weight.T + bias`, read
-off the run's own predict function (`from_run`). Anyone with the image tower (a transformers
-`CLIPModel`, after `export.save_hf`) gets the run's logits without our code or label texts:
+off the run's own predict function (`from_run`; for intensity, off its level logits). Anyone
+with the image tower (a transformers `CLIPModel`, after `export.save_hf`) gets the run's
+outputs without our code or label texts:
 
   z = model.get_image_features(pixel_values).pooler_output; z = z / z.norm(dim=-1, keepdim=True)
   logits = torch.nn.functional.linear(z, weight, bias)
   AU: sigmoid(logits) >= 0.5 is "present"; FER: softmax over `labels`, argmax.
+  AU intensity, output "expected_level": logits.view(N, J, levels).softmax(-1) @ arange(levels)
+  (levels 6: FACS 0 and A-E); output "clip": logits.clamp(0, levels - 1).
 
 Side file (`save` / `load`), beside the CLIP folder's files:
   clef_heads.json         {"format": "clef-heads", "version": 1, "input": ..., "heads": [
-                            {"task": "au"|"fer", "labels": [...], "label_names": [...],
+                            {"task": "au"|"fer"|"au_intensity", "labels": [...],
+                             "label_names": [...],
                              "trained_head": "linear"|"text"|"text_prompt_pair",
-                             "output": "sigmoid"|"softmax", "threshold": 0.5 | null,
+                             "output": "sigmoid"|"softmax"|"expected_level"|"clip",
+                             "threshold": 0.5 | null, "levels": 6 (au_intensity only),
                              "weight": "<task>.weight", "bias": "<task>.bias"}]}
   clef_heads.safetensors  the named float32 tensors.
 """
@@ -26,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 from typing import Any, Sequence
@@ -50,25 +56,41 @@ INPUT = (
 class Head:
   """One task's head: `logits = z @ weight.T + bias` on unit-norm image embeddings z."""
 
-  task: str  # 'au' | 'fer'
+  task: str  # 'au' | 'fer' | 'au_intensity'
   labels: tuple  # AU numbers (int) or expression names (str), in logit order
-  weight: np.ndarray  # float32 [C, D]
+  weight: np.ndarray  # float32 [C, D] (au_intensity text head: C = J x levels, AU-major)
   bias: np.ndarray  # float32 [C]
   trained_head: str = "linear"  # what the run trained: 'linear' | 'text' | 'text_prompt_pair'
+  levels: int = 0  # au_intensity: the intensity levels (6: 0-5)
 
   def __post_init__(self):
-    if self.task not in ("au", "fer"):
-      raise ValueError(f"Head.task={self.task!r}: expected 'au' or 'fer'")
+    if self.task not in ("au", "fer", "au_intensity"):
+      raise ValueError(f"Head.task={self.task!r}: expected 'au', 'fer' or 'au_intensity'")
+    if (self.task == "au_intensity") != (self.levels > 1):
+      raise ValueError(f"Head {self.task}: levels={self.levels} (> 1 exactly for au_intensity)")
     w, b = np.asarray(self.weight), np.asarray(self.bias)
-    if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[0] != len(self.labels):
+    rows = len(self.labels) * (self.levels if self.output == "expected_level" else 1)
+    if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[0] != rows:
       raise ValueError(
         f"Head {self.task}: weight {w.shape}, bias {b.shape} and {len(self.labels)} labels "
-        "do not agree (expected weight [C, D], bias [C], C labels)"
+        f"do not agree (expected weight [{rows}, D], bias [{rows}])"
       )
 
   @property
   def output(self) -> str:
+    if self.task == "au_intensity":
+      return "expected_level" if self.trained_head == "text" else "clip"
     return "sigmoid" if self.task == "au" else "softmax"
+
+  def intensities(self, z: np.ndarray) -> np.ndarray:
+    """au_intensity: [N, D] unit-norm embeddings -> float32 [N, J] intensities in [0, levels-1]."""
+    logits = self.logits(z).astype(np.float64)
+    if self.output == "clip":
+      return np.clip(logits, 0, self.levels - 1).astype(np.float32)
+    x = logits.reshape(len(logits), len(self.labels), self.levels)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    p = e / e.sum(-1, keepdims=True)
+    return (p @ np.arange(self.levels)).astype(np.float32)
 
   def logits(self, z: np.ndarray) -> np.ndarray:
     """float32 [N, D] unit-norm embeddings -> [N, C] logits."""
@@ -134,13 +156,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   config = ml_collections.ConfigDict(raw)
   tok = tokenizer_lib.get(config.tokenizer, context_length=config.model.context_length)
   head = None
-  if config.mode in ("finetune", "linear_probe") and config.finetune.task == "au_intensity":
-    logging.warning(
-      "%s: an AU intensity head (a softmax over levels) is not exported or predicted yet; "
-      "only the towers are used",
-      workdir,
-    )
-  elif config.mode in ("finetune", "linear_probe") and "heads" in params:
+  if config.mode in ("finetune", "linear_probe") and "heads" in params:
     recorded = read_labels(workdir)
     if recorded is None:
       labels = _labels_from_data(config, workdir)
@@ -186,16 +202,29 @@ def from_run(run_config, params, tokenizer, labels: Sequence) -> Head:
 
   fc = run_config.finetune
   model = models.build(run_config.model)
-  objective = objectives.finetune_objective(run_config, model, tokenizer, labels)
-  fns = common.make_predict_fns(objective)
+  levels = 0
+  if fc.task == "au_intensity":
+    objective = objectives.intensity_objective(
+      run_config, model, tokenizer, labels, columns=range(len(labels))
+    )
+    levels = objectives.INTENSITY_LEVELS
+
+    def affine(p, z):  # the level logits [n, J, K] (text) / regressed codes [n, J] (linear)
+      out = objective.head_fn(p, z, objective.embed_texts(p, jax.random.key(0)))
+      return out.reshape(out.shape[0], -1)
+
+    head_fn = jax.jit(affine)
+  else:
+    objective = objectives.finetune_objective(run_config, model, tokenizer, labels)
+    head_fn = common.make_predict_fns(objective).label_logits
   dim = int(run_config.model.embed_dim)
   basis = np.concatenate([np.zeros((1, dim), np.float32), np.eye(dim, dtype=np.float32)])
-  out = np.asarray(jax.device_get(fns.label_logits(params, jnp.asarray(basis))), np.float64)
+  out = np.asarray(jax.device_get(head_fn(params, jnp.asarray(basis))), np.float64)
   bias = out[0]
   weight = (out[1:] - bias).T  # [C, D]
   z = np.random.default_rng(0).normal(size=(8, dim))
   z /= np.linalg.norm(z, axis=-1, keepdims=True)
-  want = np.asarray(jax.device_get(fns.label_logits(params, jnp.asarray(z, jnp.float32))))
+  want = np.asarray(jax.device_get(head_fn(params, jnp.asarray(z, jnp.float32))))
   got = z @ weight.T + bias
   if not np.allclose(got, want, atol=1e-4, rtol=1e-4):
     raise ValueError(
@@ -205,13 +234,15 @@ def from_run(run_config, params, tokenizer, labels: Sequence) -> Head:
   trained = fc.head
   if fc.head == "text" and fc.task == "au" and fc.au_head == "prompt_pair":
     trained = "text_prompt_pair"
-  labels = tuple(int(x) for x in labels) if fc.task == "au" else tuple(str(x) for x in labels)
+  is_au = fc.task in ("au", "au_intensity")
+  labels = tuple(int(x) for x in labels) if is_au else tuple(str(x) for x in labels)
   return Head(
     task=fc.task,
     labels=labels,
     weight=weight.astype(np.float32),
     bias=bias.astype(np.float32),
     trained_head=trained,
+    levels=levels,
   )
 
 
@@ -240,6 +271,7 @@ def save(folder: str | os.PathLike, heads: Sequence[Head]) -> list[pathlib.Path]
         "trained_head": h.trained_head,
         "output": h.output,
         "threshold": 0.5 if h.task == "au" else None,
+        **({"levels": h.levels} if h.task == "au_intensity" else {}),
         "weight": f"{h.task}.weight",
         "bias": f"{h.task}.bias",
       }
@@ -288,6 +320,7 @@ def load(folder: str | os.PathLike) -> list[Head]:
           weight=np.asarray(w, np.float32),
           bias=np.asarray(b, np.float32),
           trained_head=entry.get("trained_head", "linear"),
+          levels=int(entry.get("levels", 0)),
         )
       )
     except KeyError as e:

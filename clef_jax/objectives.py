@@ -79,6 +79,9 @@ class Objective:
   loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   predict_fn: Callable[..., jax.Array] | None = None
   frozen_features: bool = False  # batches carry embeddings ('z') instead of images
+  # The head's affine part (params, zimg, ztxt) -> [n, ...] where predict_fn is not affine in
+  # the embedding (AU intensity: the level logits [n, J, K] that a softmax expectation follows).
+  head_fn: Callable[..., jax.Array] | None = None
 
   def on_features(self) -> "Objective":
     """The same objective on precomputed image embeddings: `images(batch)` is `batch['z']`
@@ -543,6 +546,7 @@ def intensity_objective(
     text_fn=text_fn,
     loss_fn=loss_fn,
     predict_fn=predict_fn,
+    head_fn=outputs,
   )
 
 

@@ -61,7 +61,8 @@ class Predictions:
 
   z [N, D] unit-norm image embeddings; au_prob / au [N, J] (probability, 0/1 at the head's
   threshold) for `aus`; fer_prob [N, C] and fer [N] (argmax index into `classes`);
-  prompt_prob [N, P] (softmax over the prompts) and prompt_cos [N, P] (cosine similarity).
+  prompt_prob [N, P] (softmax over the prompts) and prompt_cos [N, P] (cosine similarity);
+  au_intensity [N, J'] (0-5, an AU intensity run) for `intensity_aus`.
   """
 
   z: np.ndarray
@@ -74,6 +75,8 @@ class Predictions:
   prompts: tuple = ()
   prompt_prob: np.ndarray | None = None
   prompt_cos: np.ndarray | None = None
+  intensity_aus: tuple = ()
+  au_intensity: np.ndarray | None = None
 
 
 class Predictor:
@@ -176,6 +179,10 @@ class Predictor:
   def fer_head(self) -> heads_lib.Head | None:
     return next((h for h in self.heads if h.task == "fer"), None)
 
+  @property
+  def intensity_head(self) -> heads_lib.Head | None:
+    return next((h for h in self.heads if h.task == "au_intensity"), None)
+
   def embed(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, S, S, 3] at the model's size -> float32 [N, D] unit-norm embeddings."""
     import jax  # pylint: disable=g-import-not-at-top
@@ -215,6 +222,9 @@ class Predictor:
       out.classes = h.labels
       out.fer_prob = h.probabilities(z)
       out.fer = np.argmax(out.fer_prob, -1)
+    if (h := self.intensity_head) is not None:
+      out.intensity_aus = h.labels
+      out.au_intensity = h.intensities(z)
     if self._prompt_emb is not None:
       out.prompts = self.prompts
       cos = z @ self._prompt_emb.T
@@ -400,6 +410,10 @@ def rows(faces: Sequence[Face], boxes, pred: Predictions) -> list[dict[str, Any]
         f"AU{a}": {"prob": round(float(pred.au_prob[i, j]), 6), "present": int(pred.au[i, j])}
         for j, a in enumerate(pred.aus)
       }
+    if pred.au_intensity is not None:
+      r["au_intensity"] = {
+        f"AU{a}": round(float(pred.au_intensity[i, j]), 4) for j, a in enumerate(pred.intensity_aus)
+      }
     if pred.fer_prob is not None:
       r["expression"] = {
         "label": str(pred.classes[int(pred.fer[i])]),
@@ -422,6 +436,7 @@ def csv_header(pred: Predictions) -> list[str]:
   cols = ["file", "frame", "box_x0", "box_y0", "box_x1", "box_y1"]
   for a in pred.aus:
     cols += [f"AU{a}_prob", f"AU{a}"]
+  cols += [f"AU{a}_intensity" for a in pred.intensity_aus]
   cols += [f"p_{c}" for c in pred.classes] + (["expression"] if pred.classes else [])
   cols += [f"prompt: {p}" for p in pred.prompts] + (["prompt"] if pred.prompts else [])
   return cols
@@ -431,6 +446,7 @@ def csv_row(r: dict[str, Any]) -> list[Any]:
   out = [r["file"], "" if r["frame"] is None else r["frame"], *r["box"]]
   for v in r.get("au", {}).values():
     out += [f"{v['prob']:.6f}", v["present"]]
+  out += [f"{v:.4f}" for v in r.get("au_intensity", {}).values()]
   if "expression" in r:
     out += [f"{p:.6f}" for p in r["expression"]["probs"].values()] + [r["expression"]["label"]]
   if "prompts" in r:
@@ -468,6 +484,9 @@ def overlay(
     if "au" in r:
       top = sorted(r["au"].items(), key=lambda kv: -kv[1]["prob"])[:TOP_AUS]
       lines.append(" ".join(f"{k} {v['prob']:.2f}" for k, v in top))
+    if "au_intensity" in r:
+      top = sorted(r["au_intensity"].items(), key=lambda kv: -kv[1])[:TOP_AUS]
+      lines.append(" ".join(f"{k} {v:.1f}/5" for k, v in top))
     if "prompt" in r:
       lines.append(f"{r['prompt'][:40]} {r['prompts'][r['prompt']]['prob']:.2f}")
     y = y0 + 3
@@ -480,16 +499,21 @@ def overlay(
 
 
 def video_plot(path: str, video_rows: list[dict[str, Any]], title: str) -> None:
-  """Per-frame AU probabilities (else expression or prompt probabilities) of one video."""
+  """Per-frame AU probabilities (else AU intensities, expression or prompt probabilities) of
+  one video."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   frames = [r["frame"] for r in video_rows]
+  top = 1.0
   if "au" in video_rows[0]:
     series = {k: [r["au"][k]["prob"] for r in video_rows] for k in video_rows[0]["au"]}
     ylabel = "AU probability"
+  elif "au_intensity" in video_rows[0]:
+    series = {k: [r["au_intensity"][k] for r in video_rows] for k in video_rows[0]["au_intensity"]}
+    ylabel, top = "AU intensity (0-5)", 5.0
   elif "expression" in video_rows[0]:
     series = {
       k: [r["expression"]["probs"][k] for r in video_rows]
@@ -506,7 +530,7 @@ def video_plot(path: str, video_rows: list[dict[str, Any]], title: str) -> None:
     ax.plot(frames, values, label=name, lw=1.2)
   ax.set_xlabel("frame")
   ax.set_ylabel(ylabel)
-  ax.set_ylim(-0.02, 1.02)
+  ax.set_ylim(-0.02 * top, 1.02 * top)
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7, ncol=min(6, len(series)), loc="upper right")
   fig.tight_layout()

@@ -131,3 +131,76 @@ def test_bad_intensity_aus(tiny_data_dir, tmp_path):
   c.finetune.intensity_aus = (1, 12)  # BP4D codes no intensity for AU1
   with pytest.raises(ValueError, match=r"intensity_aus: \[1\] have no intensity codes"):
     train.run(c, str(tmp_path / "w"))
+
+
+def test_intensity_heads_export_and_predict(runs, tiny_data_dir, tmp_path):
+  """Both intensity heads leave the run: linearised into clef_heads (text: the 5 x 6 level
+  logits, AU-major; linear: 5 regressed codes), they give the run's own predictions (its
+  objective's predict function, a softmax expectation or a clip, ≤ 1e-4); exported, a
+  transformers CLIPModel plus the side file, computed in torch, give the same; predict writes
+  AU<a>_intensity columns."""
+  import glob  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  from clef_jax import export  # pylint: disable=g-import-not-at-top
+  from clef_jax import heads as heads_lib  # pylint: disable=g-import-not-at-top
+  from clef_jax import models  # pylint: disable=g-import-not-at-top
+  from clef_jax import predict  # pylint: disable=g-import-not-at-top
+  from tests.test_predict import _torch_embed  # pylint: disable=g-import-not-at-top
+
+  paths = sorted(glob.glob(os.path.join(tiny_data_dir, "**", "*_aligned.jpg"), recursive=True))[:6]
+  images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+  for head, (workdir, _) in runs.items():
+    run = heads_lib.load_run(workdir)
+    h = run.head
+    assert h.task == "au_intensity" and h.labels == tuple(BP4D_INTENSITY_AUS) and h.levels == 6
+    assert h.weight.shape[0] == (30 if head == "text" else 5)
+    assert h.output == ("expected_level" if head == "text" else "clip")
+    p = predict.Predictor(f"clef:{workdir}")
+    z = p.embed(np.stack([predict.to_input(im, p.image_size)[0] for im in images]))
+    # The run's own prediction, not linearised.
+    obj = objectives.intensity_objective(
+      run.config, models.build(run.config.model), run.tokenizer, h.labels, range(5)
+    )
+    own = jax.device_get(obj.predict(run.params, z, obj.embed_texts(run.params, jax.random.key(0))))
+    np.testing.assert_allclose(p.from_embeddings(z).au_intensity, own, atol=1e-4)
+    # Exported: torch CLIPModel + the side file, as a PyTorch user would.
+    folder = export.export_run(workdir, tmp_path / head)
+    meta = json.loads((folder / heads_lib.JSON_NAME).read_text())["heads"][0]
+    assert meta["task"] == "au_intensity" and meta["levels"] == 6
+    t = load_file(str(folder / heads_lib.TENSORS_NAME))
+    _, zt = _torch_embed(folder, np.stack([predict.to_input(im, p.image_size)[0] for im in images]))
+    logits = torch.nn.functional.linear(
+      torch.tensor(zt, dtype=torch.float32),
+      torch.tensor(t[meta["weight"]]),
+      torch.tensor(t[meta["bias"]]),
+    )
+    if meta["output"] == "expected_level":
+      ref = logits.view(len(images), 5, 6).softmax(-1) @ torch.arange(6, dtype=torch.float32)
+    else:
+      ref = logits.clamp(0, 5)
+    np.testing.assert_allclose(ref.numpy(), own, atol=1e-4)
+  # predict's outputs.
+  workdir = runs["text"][0]
+  d = tmp_path / "faces"
+  d.mkdir()
+  for i, im in enumerate(images[:2]):
+    Image.fromarray(im).save(d / f"f{i}.png")
+  summary = predict.run(
+    predict.Predictor(f"clef:{workdir}"),
+    str(d),
+    str(tmp_path / "out"),
+    progress=False,
+    detect=False,
+  )
+  assert summary["faces"] == 2
+  header = (tmp_path / "out" / "predictions.csv").read_text().splitlines()[0].split(",")
+  assert [c for c in header if c.endswith("_intensity")] == [
+    f"AU{a}_intensity" for a in BP4D_INTENSITY_AUS
+  ]
+  row = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
+  assert all(0 <= v <= 5 for v in row["au_intensity"].values())
