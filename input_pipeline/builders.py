@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import json
 import os
 import pickle
 import re
@@ -275,7 +276,12 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         continue
       yield f"part{ex['fold']}", ex
 
+  def _source_metadata(self, manual_dir: str) -> dict[str, Any]:
+    """Metadata of the source folder itself, stored with the dataset (none by default)."""
+    return {}
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    self.info.metadata.update(self._source_metadata(os.fspath(dl_manager.manual_dir)))
     root = self._root(os.fspath(dl_manager.manual_dir))
     skips = common.Skips()
     spill_dir = tempfile.mkdtemp(prefix="spill.", dir=os.fspath(self.data_dir))
@@ -543,6 +549,15 @@ class Synthface(_FaceBuilder):
     if part == "disfa":
       return _Spec("disfa", AU_KIND, subdir="DISFA")
     return _Spec("synthface", AU_KIND)
+
+  def _source_metadata(self, manual_dir: str) -> dict[str, Any]:
+    """`synthface_version`: the generator version of the tree (its synthface.json), so that
+    `sources.ensure_synthface` prepares again what an older generator's tree gave."""
+    path = os.path.join(manual_dir, "synthface.json")
+    if not os.path.isfile(path):
+      return {}
+    with open(path, encoding="utf-8") as f:
+      return {"synthface_version": json.load(f).get("version")}
 
   def _classes(self) -> list[str]:
     part = _synthface_part(self.builder_config.name)

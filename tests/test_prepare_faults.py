@@ -193,3 +193,14 @@ def test_synthface_of_two_sizes_coexist_in_one_data_dir(tmp_path, monkeypatch):
   pc = sources.ensure_synthface(tmp_path, **c, **run)
   assert json.loads((raw_c / "synthface.json").read_text())["version"] == synthface.VERSION
   assert (raw_c / "BP4D" / "2DFeatures").is_dir() and len(pc) == 2
+  # Parts prepared from an older generator's tree are prepared again from a new tree.
+  from input_pipeline.synthface import writer  # pylint: disable=g-import-not-at-top
+
+  assert sources.info("synthface", tmp_path, "bp4d")["synthface_version"] == writer.VERSION
+  monkeypatch.setattr(writer, "VERSION", "99.0")
+  assert sources.ensure_synthface(tmp_path, **a, **run) == pa
+  assert (
+    json.loads((tmp_path / "synthface_raw" / "synthface.json").read_text())["version"] == "99.0"
+  )
+  for c in pa:
+    assert sources.info("synthface", tmp_path, c)["synthface_version"] == "99.0"

@@ -2,7 +2,8 @@
 
 Sections: every AU alone at intensity 0 / 3 / 5 on one subject; every expression (noisy
 prototype) on several subjects; one episode strip (a subject doing T1, with per-frame expression
-and the AUs that are on); a row of RAF-like in-the-wild images with their labels.
+and the AUs that are on); BP4D-like full video frames with their 49 tracked points and the
+crops preparation aligns from them; a row of RAF-like in-the-wild images with their labels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from input_pipeline import activities
+from input_pipeline import align
 from input_pipeline import schema
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
@@ -115,6 +117,31 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
     on = [str(au) for au, c in zip(render.AUS, population.occurrence_codes(sess.aus[k])) if c]
     img = render.render_face(people[0].identity, sess.aus[k], size, sess.nuisance[k])
     tiles.append(_tile(img, f"{sess.frames[k]} {sess.expressions[k][:5]} " + "+".join(on), size))
+  parts.append(_grid(tiles, cols, width))
+  parts.append(
+    _title(
+      "BP4D-like full frames (the face moving, 49 tracked points) and the crops aligned from "
+      "them (eyes and mouth on the template)",
+      width,
+    )
+  )
+  tiles = []
+  for k in range(6):
+    subj = people[k + 1]
+    sess = population.make_session(seed, k + 1, subj, population.TASKS[k], 8)
+    t = 7 * k % 8
+    place = render.frame_placement(size, sess.head[t], sess.wall)
+    frame, pts = render.render_frame(subj.identity, sess.aus[t], size, sess.nuisance[t], place)
+    crop = align.align(frame, pts + 1.0, "bp4d49", size)
+    h = round(size * frame.shape[0] / frame.shape[1])
+    im = Image.fromarray(frame).resize((size, h), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(im)
+    for x, y in (pts + 0.5) * (size / frame.shape[1]) - 0.5:
+      draw.point((float(x), float(y)), fill=(255, 40, 40))
+    box = Image.new("RGB", (size, size), _BG)
+    box.paste(im, (0, (size - h) // 2))
+    tiles.append(_tile(np.asarray(box), f"{subj.name} {population.TASKS[k]} frame", size))
+    tiles.append(_tile(crop, "aligned", size))
   parts.append(_grid(tiles, cols, width))
   parts.append(_title("RAF-like (other identities, pose, light, background)", width))
   tiles = []

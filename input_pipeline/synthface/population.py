@@ -114,7 +114,8 @@ class Session:
   jpeg_quality: int
   # Head motion in the full frame (BP4D-like frames): per frame, the face square's centre x
   # (fraction of the frame width), how far its bottom hangs below the frame (fraction of its
-  # side) and its size (fraction of FACE_SIDE x size); and the lab wall's colour.
+  # side; negative: above the frame's bottom) and its size (fraction of FACE_SIDE x size); and
+  # the lab wall's colour.
   head: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))
   wall: tuple[int, int, int] = (128, 128, 128)
 
@@ -262,13 +263,15 @@ def make_session(seed: int, subj_index: int, subject: Subject, task: str, n_fram
     )
   quality = int(rng.integers(85, 96))
   # Mild head motion, as in the lab recordings: a per-session position and size, slow drift.
-  cx0, hang0, size0 = rng.normal(0.5, 0.05), rng.uniform(0.02, 0.12), rng.uniform(0.88, 1.06)
+  # The square's bottom stays 0-15 % of its side above the frame's bottom, so the aligned crop
+  # (down to 0.96 of the square) never reaches past the frame.
+  cx0, hang0, size0 = rng.normal(0.5, 0.05), rng.uniform(-0.12, -0.03), rng.uniform(0.88, 1.06)
   w1, w2, p1, p2 = rng.uniform(0.05, 0.25), rng.uniform(0.05, 0.25), *rng.uniform(0, 6.3, 2)
   k = np.arange(F)
   head = np.stack(
     [
       np.clip(cx0 + 0.05 * np.sin(w1 * k + p1), 0.3, 0.7),
-      hang0 + 0.04 * (1 + np.sin(w2 * k + p2)),
+      hang0 + 0.03 * np.sin(w2 * k + p2),
       size0 * (1 + 0.04 * np.sin(0.5 * w1 * k + p2)),
     ],
     1,

@@ -1105,8 +1105,8 @@ def render_frame(
   ident: Identity, aus, size: int, nuisance: Nuisance, placement: Placement
 ) -> tuple[np.ndarray, np.ndarray]:
   """A full video frame: the face rendered at ``size`` px, resized to ``placement.side`` and
-  blended over a lab wall at ``placement.center``; lighting and sensor noise over the whole
-  frame. Returns (uint8 [H, W, 3], float64 [49, 2] landmarks in 0-based frame pixels)."""
+  blended over a lab wall at ``placement.center`` (the shirt continuing down to the frame's
+  bottom); lighting and sensor noise over the whole frame. Returns (uint8 [H, W, 3], float64 [49, 2] landmarks in 0-based frame pixels)."""
   geometric = dataclasses.replace(nuisance, gain=1.0, gradient=0.0, tint=(1.0, 1.0, 1.0), noise=0.0)
   face = render_face(ident, aus, size, geometric)
   pts = frame_landmarks(ident, aus, size, nuisance, placement)
@@ -1125,6 +1125,8 @@ def render_frame(
     sq = np.asarray(im, np.float32)[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
     m = _blend_mask(side)[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
     frame[fy0:fy1, fx0:fx1] = m * sq + (1 - m) * frame[fy0:fy1, fx0:fx1]
+    if fy1 < h:  # the torso goes on below the square: its last row (the shirt) continues
+      frame[fy1:h, fx0:fx1] = m[-1:] * sq[-1:] + (1 - m[-1:]) * frame[fy1:h, fx0:fx1]
   frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
   return _photometric(frame, nuisance), pts
 
@@ -1157,7 +1159,8 @@ FACE_SIDE = 1.25
 
 def frame_placement(size: int, head: Sequence[float], wall=(128, 128, 128)) -> Placement:
   """The Placement of one frame from a session's head-motion row (centre x, overhang of the
-  square below the frame as a fraction of its side, scale); see population.Session.head."""
+  square below the frame as a fraction of its side, negative when it ends above the frame's
+  bottom; scale); see population.Session.head."""
   w, h = round(FRAME_ASPECT[0] * size), round(FRAME_ASPECT[1] * size)
   cx, hang, scale = (float(v) for v in head)
   side = max(8, round(FACE_SIDE * size * scale))

@@ -43,7 +43,7 @@ from input_pipeline.readers import folds
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 
-VERSION = "2.0"  # 2.0: BP4D-like full frames with 2DFeatures landmarks; the DISFA-like part
+VERSION = "2.1"  # 2.x: BP4D-like full frames with 2DFeatures landmarks, a DISFA-like part
 INT_AUS: tuple[int, ...] = (6, 10, 12, 14, 17)  # BP4D's intensity-coded AUs.
 DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # DISFA's coded AUs.
 
@@ -306,7 +306,7 @@ def generate(
     disfa_subjects, disfa_frames: the DISFA-like part (other identities again, DISFA's subject
       ids and 12 AUs, one recording of `disfa_frames` frames each; 0 subjects: no DISFA/).
     size: side of a face in pixels (RAF-like images; the BP4D-like frames are 2 x 1.5 that,
-      with the face square 1.1-1.3 times it, moving).
+      with the face square 1.05-1.4 times it, moving).
     progress: show a tqdm bar.
     overwrite: replace a non-empty ``out_dir``.
     workers: rendering processes (default min(2, CPUs)); the output does not depend on it.
