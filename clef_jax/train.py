@@ -459,6 +459,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write_scalars(step, res)
             t_log = time.time()  # evaluation time is not training speed
         if preempt.requested:
+          if last_good != step:  # the signal came after this step's save decision
+            _check_finite(jax.device_get(metrics), step, last_good, ckpt.directory)
+            if ckpt.save(step, state, train_iter, force=True):
+              last_good = step
           logging.warning(
             "Stopped at step %d after SIGTERM/SIGINT; the checkpoint is saved (rerun to resume).",
             step,

@@ -179,6 +179,31 @@ def test_signal_saves_and_exits_cleanly(straight, tiny_data_dir, tmp_path, sig):
   _assert_same_params(straight, workdir)
 
 
+def test_signal_after_the_save_decision_still_saves_that_step(
+  straight, tiny_data_dir, tmp_path, monkeypatch
+):
+  """A signal that lands after a step's save decision (here: while step 5's evaluators run;
+  5 is no checkpoint step) still leaves a checkpoint at the step the run stops at. CI met this
+  once: stopped at 6 with the last checkpoint at 4."""
+  from clef_jax import evaluators  # pylint: disable=g-import-not-at-top
+
+  real = evaluators.run
+
+  def run_and_signal(evs, params, step=None, final=False):
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(evs, params, step=step, final=final)
+
+  monkeypatch.setattr(train.evaluators, "run", run_and_signal)
+  workdir = str(tmp_path / "late")
+  assert train.run(_config(tiny_data_dir), workdir) == {"preempted_at_step": 5}
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps == [4, 5] and max(writers.read_metrics(workdir)) == 5
+  monkeypatch.setattr(train.evaluators, "run", real)
+  train.run(_config(tiny_data_dir), workdir)
+  _assert_same_params(straight, workdir)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
