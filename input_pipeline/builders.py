@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -166,10 +167,11 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _reader_kwargs(self) -> dict[str, Any]:
     """What the reader gets: the config's options (+ machine-specific ones, not in metadata)."""
-    if self._alignment().align in ("landmarks", "landmarks_or_detector"):
+    if self._alignment.align in ("landmarks", "landmarks_or_detector"):
       return {**self._options(), "landmarks": True}
     return self._options()
 
+  @functools.cached_property
   def _alignment(self) -> FaceConfig:
     """The config with its alignment fields (TFDS hands class configs, e.g. 'default', as they
     are declared, without the dataset's alignment default)."""
@@ -177,7 +179,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _face(self, ex: dict[str, Any], skips: common.Skips) -> np.ndarray | None:
     """The stored face of an example: aligned (by the config's mode) or resized; None = skip."""
-    cfg = self._alignment()
+    cfg = self._alignment
     size, mode, margin = cfg.image_size, cfg.align, cfg.align_margin
     points = ex.pop("landmarks", None)
     scheme = ex.pop("landmark_scheme", "")
@@ -362,7 +364,7 @@ class _FaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     md["stats"] = stats
     md["caption_stats"] = captions.as_dict()
     md["image_size"] = size
-    cfg = self._alignment()
+    cfg = self._alignment
     md["align"] = {
       "mode": cfg.align,
       "margin": cfg.align_margin,

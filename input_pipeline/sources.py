@@ -336,15 +336,13 @@ def ensure_synthface(
         f"delete {raw} and the prepared {prepared} to generate it again"
       )
   # Prepared from this generator version's tree, else prepared again (from a current tree).
+  prepared = [c for c in configs if is_prepared("synthface", data_dir, c)]
   stale = [
-    c
-    for c in configs
-    if is_prepared("synthface", data_dir, c)
-    and info("synthface", data_dir, c).get("synthface_version") != writer.VERSION
+    c for c in prepared if info("synthface", data_dir, c).get("synthface_version") != writer.VERSION
   ]
   if stale:
     logging.warning("SynthFace %s prepared from an older generator: preparing again", stale)
-  missing = [c for c in configs if not is_prepared("synthface", data_dir, c) or c in stale]
+  missing = [c for c in configs if c not in prepared or c in stale]
   if missing and paths.is_remote(data_dir):
     from input_pipeline import synthface  # pylint: disable=import-outside-toplevel
 

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -125,20 +124,6 @@ def _committed(fs) -> list[int]:
   )
 
 
-def _launch(workdir, data_dir, env, log_path):
-  args = [
-    sys.executable,
-    "main.py",
-    "--config=configs/pretrain.py:tiny",
-    f"--workdir={workdir}",
-    f"--config.data.data_dir={data_dir}",
-  ] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-  log = open(log_path, "ab")  # pylint: disable=consider-using-with
-  return subprocess.Popen(
-    args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-  )
-
-
 def _read(path) -> str:
   with open(path, encoding="utf-8", errors="replace") as f:
     return f.read()
@@ -166,7 +151,7 @@ def test_pretrain_on_gcs_killed_and_resumed_matches_local(gcs, tiny_data_dir, tm
   # commit_success.txt, a step's last object), then resumed from the newest committed one.
   workdir = f"gs://{BUCKET}/runs/pretrain"
   log_path = tmp_path / "gcs.log"
-  proc = _launch(workdir, data_dir, env, log_path)
+  proc = test_train._launch(workdir, data_dir, env=env, log_path=log_path)
   deadline = time.time() + 600
   while True:
     try:
@@ -183,7 +168,7 @@ def test_pretrain_on_gcs_killed_and_resumed_matches_local(gcs, tiny_data_dir, tm
   resumed_from = max(_committed(fs))
   assert 4 <= resumed_from < TOTAL
   logged_before = max(writers.read_metrics(workdir))
-  proc = _launch(workdir, data_dir, env, log_path)
+  proc = test_train._launch(workdir, data_dir, env=env, log_path=log_path)
   assert proc.wait(timeout=600) == 0, _read(log_path)[-5000:]
   log = _read(log_path)
   assert "taking over the lock of pid" in log, log[-3000:]

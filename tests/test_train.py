@@ -40,7 +40,9 @@ def _config(data_dir):
   return common.set_fields(c, OVERRIDES)
 
 
-def _launch(workdir, data_dir, *extra, env=None):
+def _launch(workdir, data_dir, *extra, env=None, log_path=None):
+  """main.py on the tiny pretrain with OVERRIDES, output appended to `log_path` (default
+  `<workdir>.log` beside the workdir)."""
   args = [
     sys.executable,
     "main.py",
@@ -49,7 +51,9 @@ def _launch(workdir, data_dir, *extra, env=None):
     f"--config.data.data_dir={data_dir}",
   ]
   args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra)
-  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "ab")
+  log = open(
+    log_path or os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "ab"
+  )
   return subprocess.Popen(
     args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
   )

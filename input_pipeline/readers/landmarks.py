@@ -31,31 +31,22 @@ _DISFA_NAME_RE = re.compile(r"^(?:(?P<sn>[A-Za-z]+\d+)_|l0)(?P<t>\d+)_lm\.mat$",
 
 
 def load_mat(path: str) -> tuple[str, Any]:
-  """('v5', dict of variables) or ('v7.3', open h5py.File); DatasetError if it is neither."""
+  """('v5', dict of variables) or ('v7.3', open h5py.File); DatasetError if it is neither.
+
+  MATLAB v7.3 files are HDF5 (h5py.is_hdf5 tells), older ones are read with scipy.
+  """
+  import h5py  # pylint: disable=import-outside-toplevel
   import scipy.io  # pylint: disable=import-outside-toplevel
 
+  if h5py.is_hdf5(path):
+    try:
+      return "v7.3", h5py.File(path, "r")
+    except OSError as e:
+      raise common.DatasetError(path, f"not a readable MATLAB v7.3 (HDF5) file ({e})") from None
   try:
     return "v5", scipy.io.loadmat(path, simplify_cells=True)
-  except NotImplementedError:  # "Please use HDF reader for matlab v7.3 files"
-    pass
-  except (ValueError, TypeError, OSError, EOFError) as e:
-    if not _is_hdf5(path):
-      raise common.DatasetError(path, f"not a readable MATLAB file ({e})") from None
-  import h5py  # pylint: disable=import-outside-toplevel
-
-  try:
-    return "v7.3", h5py.File(path, "r")
-  except OSError as e:
-    raise common.DatasetError(path, f"not a readable MATLAB v7.3 (HDF5) file ({e})") from None
-
-
-def _is_hdf5(path: str) -> bool:
-  try:
-    with open(path, "rb") as f:
-      head = f.read(1024)
-  except OSError:
-    return False
-  return b"\x89HDF\r\n\x1a\n" in head
+  except (ValueError, TypeError, OSError, EOFError, NotImplementedError) as e:
+    raise common.DatasetError(path, f"not a readable MATLAB file ({e})") from None
 
 
 def _points(value: Any, path: str, where: str, num_points: int) -> np.ndarray | None:

@@ -75,19 +75,19 @@ def _render_job(args: tuple[str, int, list[_Item]]) -> int:
 def write_landmarks(path: pathlib.Path, points: Sequence[np.ndarray | None]):
   """BP4D's 2DFeatures file: struct array `fit` (one per frame), field `pred` 49 x 2 (1-based
   MATLAB pixel coordinates; an empty matrix for an untracked frame), MATLAB v5."""
-  import scipy.io  # pylint: disable=import-outside-toplevel
-
   fit = np.empty((1, len(points)), dtype=[("pred", object)])
   for i, p in enumerate(points):
     fit["pred"][0, i] = np.zeros((0, 0)) if p is None else np.asarray(p, np.float64) + 1.0
   path.parent.mkdir(parents=True, exist_ok=True)
-  scipy.io.savemat(path, {"fit": fit}, do_compression=True)
-  _fix_mat_header(path)
+  _savemat(path, {"fit": fit})
 
 
-def _fix_mat_header(path: pathlib.Path):
-  """savemat stamps the time into the 116-byte text header: a fixed one keeps the tree a
-  function of the seed."""
+def _savemat(path: pathlib.Path, variables: dict[str, Any]):
+  """scipy.io.savemat (v5, compressed) with a fixed text header: savemat stamps the time into
+  its 116 bytes, and the tree must stay a function of the seed."""
+  import scipy.io  # pylint: disable=import-outside-toplevel
+
+  scipy.io.savemat(path, variables, do_compression=True)
   with open(path, "r+b") as f:
     f.write(b"MATLAB 5.0 MAT-file, written by the clef-jax SynthFace generator".ljust(116))
 
@@ -194,8 +194,6 @@ def _plan_disfa(
   root: pathlib.Path, seed: int, n_subjects: int, n_frames: int, size: int
 ) -> tuple[list[list[_Item]], dict[str, Any]]:
   """Writes the DISFA-like label and landmark files; returns rendering jobs and counts."""
-  import scipy.io  # pylint: disable=import-outside-toplevel
-
   dis = root / "DISFA"
   jobs: list[list[_Item]] = []
   n_frames_total = 0
@@ -217,9 +215,7 @@ def _plan_disfa(
       pts = render.frame_landmarks(
         subj.identity, sess.aus[t], size, sess.nuisance[t], places[t], "disfa66"
       )
-      path = lm_dir / f"{name}_{t:04d}_lm.mat"
-      scipy.io.savemat(path, {"pts": pts + 1.0})
-      _fix_mat_header(path)
+      _savemat(lm_dir / f"{name}_{t:04d}_lm.mat", {"pts": pts + 1.0})
     (dis / name).mkdir(parents=True, exist_ok=True)
     jobs.append(
       [
