@@ -576,8 +576,10 @@ class Manifest(_FaceBuilder):
   name = "manifest"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Point --manual_dir at the folder that holds manifest.csv or manifest.jsonl (columns: path and
-  any of subject, task, activity_text, frame, au_<n>, expression, fold, split; image paths are
-  relative to that folder or absolute).
+  any of subject, task, activity_text, frame, au_<n>, expression, fold, split, caption,
+  landmarks; image paths are relative to that folder or absolute). Faces are stored as given
+  (resized, centre crop) unless the config aligns them: `_lm` from the landmarks column, `_det`
+  by the detector, `_lmdet` both.
   """
 
   @classmethod
@@ -601,7 +603,8 @@ class Manifest(_FaceBuilder):
     module = readers.get("manifest")
     by_fold = bool(module.folds(root))
     counted = module.has_captions(root)
-    for line, split, ex in module.read_splits(root, skips=skips):
+    lm = bool(self._reader_kwargs().get("landmarks"))
+    for line, split, ex in module.read_splits(root, skips=skips, landmarks=lm):
       if by_fold:
         if ex["fold"] <= 0:
           skips.add(SKIP_NO_PART, ex["subject"])

@@ -360,3 +360,91 @@ def test_affectnet_faces_are_aligned_from_facial_landmarks(tmp_path):
   (lists / "training.csv").write_text("\n".join(bad) + "\n")
   with pytest.raises(common.DatasetError, match=r"training.csv:3: facial_landmarks has 3 numbers"):
     sources.prepare("affectnet", str(root), str(tmp_path / "data2"), "8class")
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's manifest with a landmarks column (SynthFace-Captions writes five points per photo).
+# ----------------------------------------------------------------------------------------------
+
+
+def _dots_image(path: pathlib.Path, key: np.ndarray, h: int = 90, w: int = 120) -> None:
+  """White dots on black at the [3, 2] 0-based key points (eyes, mouth)."""
+  img = np.zeros((h, w, 3), np.uint8)
+  yy, xx = np.mgrid[:h, :w]
+  for p in key:
+    img[(xx - p[0]) ** 2 + (yy - p[1]) ** 2 < 3.0**2] = 255
+  Image.fromarray(img).save(path)
+
+
+def test_manifest_landmarks_align_faces_and_bad_rows_name_their_line(tmp_path, caplog):
+  """Five points as JSON pairs, 68 (iBUG) points as a flat list and 49 (BP4D order) points as a
+  CSV string of numbers, all 0-based: with `_lm` each prepared face has its painted eyes and
+  mouth on the template (±1 px at 32 px); a row without landmarks is a counted skip. Without
+  `_lm` the faces are stored as given, with a warning that the column went unused. A wrong
+  number of points and a non-number are DatasetErrors naming the manifest line."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from input_pipeline.readers import manifest  # pylint: disable=import-outside-toplevel
+
+  root, size = tmp_path / "m", 32
+  root.mkdir()
+  keys = [
+    np.array([[40.0, 30.0], [70.0, 32.0], [56.0, 65.0]]),
+    np.array([[30.0, 40.0], [62.0, 36.0], [50.0, 72.0]]),
+    np.array([[50.0, 20.0], [80.0, 20.0], [65.0, 50.0]]),
+  ]
+  for i, k in enumerate(keys):
+    _dots_image(root / f"{i}.png", k)
+  _dots_image(root / "3.png", keys[0])
+  k = keys[0]
+  five = [
+    k[0].tolist(),
+    k[1].tolist(),
+    [55.0, 48.0],
+    (k[2] - [6, 0]).tolist(),
+    (k[2] + [6, 0]).tolist(),
+  ]
+  ibug = np.zeros((68, 2))
+  ibug[36:42], ibug[42:48], ibug[48], ibug[54] = keys[1][0], keys[1][1], keys[1][2], keys[1][2]
+  pts49 = np.zeros((49, 2))
+  pts49[19:25], pts49[25:31], pts49[31], pts49[37] = keys[2][0], keys[2][1], keys[2][2], keys[2][2]
+  rows = [
+    {"path": "0.png", "caption": "five points", "landmarks": five},
+    {"path": "1.png", "caption": "68 points", "landmarks": ibug.reshape(-1).tolist()},
+    {"path": "2.png", "caption": "49 points", "landmarks": " ".join(map(str, pts49.reshape(-1)))},
+    {"path": "3.png", "caption": "no landmarks"},
+  ]
+  (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert manifest.has_landmarks(root)
+  data_dir = tmp_path / "tfds"
+  sources.prepare("manifest", root, data_dir, "default_lm", image_size=size)
+  meta = sources.info("manifest", data_dir, f"default_lm_{size}px")
+  assert meta["align"]["mode"] == "landmarks"
+  assert meta["num_examples"] == {"train": 3}
+  assert meta["skips"] == {landmarks.SKIP_NO_LANDMARKS: 1}
+  ds = sources.open_source("manifest", "train", data_dir, f"default_lm_{size}px")
+  yy, xx = np.mgrid[:size, :size]
+  for i in range(3):
+    out = ds[i]["image"][..., 0].astype(np.float64)
+    for t in align.template() * size - 0.5:
+      near = ((xx - t[0]) ** 2 + (yy - t[1]) ** 2 < 4**2) & (out > 100)
+      np.testing.assert_allclose(_centroid(near), t, atol=1.0)
+
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    plain = list(manifest.read(root))
+  assert len(plain) == 4 and "landmarks" not in plain[0]
+  assert any("landmarks column" in r.getMessage() for r in caplog.records)
+
+  for bad, message in (
+    (
+      [[1.0, 2.0]] * 7,
+      r"manifest.jsonl:2: landmarks: expected 5, 49, 66, 68 \(x, y\) points, got 14",
+    ),
+    ("1 2 x 4", r"manifest.jsonl:2: landmarks: expected numbers"),
+    ([[1.0, float("nan")]] * 5, r"manifest.jsonl:2: landmarks: NaN"),
+  ):
+    rows[1]["landmarks"] = bad
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(common.DatasetError, match=message):
+      list(manifest.read(root, landmarks=True))

@@ -11,6 +11,12 @@ Columns (CSV header / JSONL keys); only `path` is required:
   expression     canonical name (input_pipeline.schema.EXPRESSIONS) or its index 0..7
   au_<n>         occurrence of AU n: 1 present, 0 absent, -1 or empty (null) unknown
   caption        free text about the image (e.g. web alt-text, as in LAION-Face); stripped
+  landmarks      face landmarks in 0-based pixel coordinates of the image, x then y: JSONL a
+                 list of [x, y] pairs (or a flat list), CSV the numbers separated by spaces;
+                 5 points (a detector's: eyes, nose, mouth corners), 49 (BP4D), 66 (DISFA) or
+                 68 (iBUG) pick the scheme (input_pipeline.align.SCHEMES; all 0-based here);
+                 empty = none. Read only when asked (`read(..., landmarks=True)`: the builder's
+                 `_lm` / `_lmdet` configs, `prepare --align=landmarks`) to align the faces.
 `activity`, `label` and `text` are accepted for activity_text, expression and caption (one name
 per field in a row); other columns are ignored with a warning. The AU columns define the AU
 order, sorted by AU number (`aus(path)`).
@@ -31,6 +37,9 @@ import os
 import re
 from typing import Any, Iterator
 
+import numpy as np
+
+from input_pipeline import align as align_lib
 from input_pipeline import schema
 from input_pipeline.readers import common
 
@@ -48,9 +57,13 @@ KNOWN = (
   "fold",
   "split",
   "caption",
+  "landmarks",
 )
 ALIASES = {"activity": "activity_text", "label": "expression", "text": "caption"}
 _AU_RE = re.compile(r"^au_?(\d+)$", re.IGNORECASE)
+# Landmark schemes (input_pipeline.align.SCHEMES) by number of points. A manifest's coordinates
+# are 0-based; the schemes of 1-based files (bp4d49, disfa66) get them shifted by their origin.
+_LANDMARK_SCHEMES = {s.num_points: s.name for s in align_lib.SCHEMES.values()}
 
 
 def manifest_path(root: str | os.PathLike[str]) -> str:
@@ -209,18 +222,54 @@ def _au_value(row: dict[str, Any], key: str, path: str, line: int) -> int:
   raise common.DatasetError(path, f"{key}: expected 1, 0, -1 or empty, got {v!r}", line)
 
 
+def _landmarks(row: dict[str, Any], path: str, line: int) -> tuple[np.ndarray, str] | None:
+  """(float32 [K, 2] points in the scheme's own coordinates, scheme name) or None if empty."""
+  v = row.get("landmarks")
+  if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+    return None
+  try:
+    if isinstance(v, str):
+      nums = [float(x) for x in re.split(r"[\s,;]+", v.strip())]
+    else:
+      nums = np.asarray(v, np.float64).reshape(-1).tolist()
+  except (TypeError, ValueError):
+    raise common.DatasetError(
+      path, f"landmarks: expected numbers x1 y1 x2 y2 ..., got {str(v)[:80]!r}", line
+    ) from None
+  known = sorted(_LANDMARK_SCHEMES)
+  if len(nums) % 2 or len(nums) // 2 not in _LANDMARK_SCHEMES:
+    raise common.DatasetError(
+      path,
+      f"landmarks: expected {', '.join(map(str, known))} (x, y) points, got {len(nums)} numbers",
+      line,
+    )
+  pts = np.asarray(nums, np.float64).reshape(-1, 2)
+  if not np.all(np.isfinite(pts)):
+    raise common.DatasetError(path, "landmarks: NaN or infinite coordinates", line)
+  scheme = align_lib.SCHEMES[_LANDMARK_SCHEMES[len(pts)]]
+  return (pts + scheme.origin).astype(np.float32), scheme.name
+
+
+def has_landmarks(root: str | os.PathLike[str]) -> bool:
+  """True if the manifest has a landmarks column (for JSONL: on any line)."""
+  return "landmarks" in _columns(manifest_path(root), warn=False)[1]
+
+
 def read(
   root: str | os.PathLike[str],
   *,
   split: str | None = None,
   skips: common.Skips | None = None,
   captions: common.CaptionStats | None = None,
+  landmarks: bool = False,
   **unused: Any,
 ) -> Iterator[dict[str, Any]]:
   """Yields the manifest's examples (common schema) in file order; `split` filters the rows.
 
   Skipped rows are counted in `skips`. In a manifest with a caption column, the yielded
-  examples' captions are counted in `captions` and empty ones reported in one warning.
+  examples' captions are counted in `captions` and empty ones reported in one warning. With
+  `landmarks`, each example carries its row's `landmarks` and `landmark_scheme` (none where the
+  row has none), for the builder's face alignment.
   """
   del unused
   if split is not None and split not in SPLITS:
@@ -229,7 +278,7 @@ def read(
   au_cols, present = _columns(path)
   counted = "caption" in present
   captions = common.CaptionStats() if captions is None else captions
-  for line, _, ex in _examples(path, au_cols, skips, split):
+  for line, _, ex in _examples(path, au_cols, skips, split, landmarks):
     if counted:
       captions.add(ex["caption"], line)
     yield ex
@@ -242,19 +291,31 @@ def read_splits(
   *,
   skips: common.Skips | None = None,
   only: str | None = None,
+  landmarks: bool = False,
 ) -> Iterator[tuple[int, str, dict[str, Any]]]:
   """(line, split, example) for every usable row in one pass (rows of split `only`, if given).
 
-  One pass counts each skipped line once in `skips`, whatever the number of splits.
+  One pass counts each skipped line once in `skips`, whatever the number of splits. `landmarks`
+  as in `read`.
   """
   path = manifest_path(root)
-  yield from _examples(path, _au_columns(path), skips, only)
+  yield from _examples(path, _au_columns(path), skips, only, landmarks)
 
 
 def _examples(
-  path: str, au_cols: dict[int, str], skips: common.Skips | None, only: str | None
+  path: str,
+  au_cols: dict[int, str],
+  skips: common.Skips | None,
+  only: str | None,
+  landmarks: bool = False,
 ) -> Iterator[tuple[int, str, dict[str, Any]]]:
   skips = common.Skips() if skips is None else skips
+  if not landmarks and "landmarks" in _columns(path, warn=False)[1]:
+    logging.warning(
+      "%s has a landmarks column, but the faces are not aligned from it: prepare with "
+      "--align=landmarks (config suffix _lm) to align them",
+      path,
+    )
   base = os.path.dirname(os.path.abspath(path))
   bad_lines: list[int] = []
   n = 0
@@ -273,6 +334,7 @@ def _examples(
       raise common.DatasetError(path, f"fold must be >= 0, got {fold}", line)
     expression = _expression(row, path, line)
     au = [_au_value(row, k, path, line) for k in au_cols.values()]
+    points = _landmarks(row, path, line) if landmarks else None
     if only is not None and row_split != only:
       continue
     image_path = rel if os.path.isabs(rel) else os.path.join(base, rel)
@@ -294,6 +356,7 @@ def _examples(
         expression=expression,
         fold=fold,
         caption=_text(row, "caption"),
+        **({"landmarks": points[0], "landmark_scheme": points[1]} if points else {}),
       ),
     )
   for line in bad_lines:
