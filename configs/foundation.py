@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 0.1
   c.data.name = "manifest"
-  c.data.config = "synthface_captions"
+  c.data.config = "synthface_captions_lm"  # input_pipeline.sources.CAPTIONS_CONFIG: aligned
   c.data.test_split = "validation"
   c.data.leakage_guard = False  # no subject folds: the corpus has its own identities
   # Captions say "looking to the left": a mirrored image would contradict its caption.

@@ -54,7 +54,7 @@ SYNTHFACE_ARGS = {
 SYNTHFACE_RUN_ARGS = ("progress", "workers")  # passed on to generate; the output does not vary
 # SynthFace-Captions (the LAION-Face analog) is prepared as a user's manifest would be.
 CAPTIONS_RAW = "synthface_captions_raw"
-CAPTIONS_CONFIG = "synthface_captions"
+CAPTIONS_CONFIG = "synthface_captions_lm"  # aligned from the manifest's five landmarks
 
 
 def dataset_dir(name: str, data_dir: str | os.PathLike[str], config: str | None = None) -> str:
@@ -385,7 +385,19 @@ def ensure_synthface_captions(
     have = json.loads(summary_path.read_text(encoding="utf-8"))
     flat = {**have, **{f"rate_{k}": v for k, v in have.get("rates", {}).items()}}
     diff = {k: (flat.get(k), v) for k, v in args.items() if k in flat and flat[k] != v}
-    if diff:
+    from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
+
+    if have.get("version") != captions.VERSION:  # an older generator's corpus: made again
+      logging.info(
+        "%s: SynthFace-Captions %s is stale; generating %s",
+        raw,
+        have.get("version"),
+        captions.VERSION,
+      )
+      have = None
+      if is_prepared("manifest", data_dir, config):
+        epath.Path(dataset_dir("manifest", data_dir, config)).rmtree()
+    elif diff:
       raise ValueError(
         f"{raw}: SynthFace-Captions was generated with other arguments (have, wanted): {diff}; "
         f"use another data_dir or delete {raw} and {epath.Path(data_dir) / 'manifest' / config}"

@@ -17,8 +17,12 @@ alt-text built from what was rendered, with web-like noise:
 Layout under ``out``::
 
   manifest.jsonl    {"path": "images/C00001_00.jpg", "caption": "...", "subject": "C00001",
-                     "split": "train" | "validation"}, one line per image (input_pipeline's
-                     `manifest` reader: the same path as a user's own image–text data)
+                     "split": "train" | "validation", "landmarks": [[x, y] x 5]}, one line
+                     per image (input_pipeline's `manifest` reader: the same path as a user's
+                     own image–text data). The landmarks are what a face detector gives a web
+                     photo (eye centres, nose tip, mouth corners; 0-based pixels): the corpus is
+                     prepared aligned from them, the crop the evaluation sets get (FaRL, like
+                     the AU models, trains and tests on aligned face crops)
   images/*.jpg      the faces
   truth.jsonl       what was rendered (expression, AU intensities, what the caption says); for
                     analysis only, never read by training
@@ -49,7 +53,7 @@ from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 from input_pipeline.synthface import writer
 
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: five-point landmarks in the manifest
 GENERATOR = "synthface-captions"
 # Random streams of this corpus (population uses 1..4): identities and images.
 _S_IDENTITY, _S_IMAGE = 11, 12
@@ -215,6 +219,14 @@ class Shot:
   jpeg_quality: int
   caption: str
   said: dict[str, Any]  # what the caption says: expression word (and whether right), AUs, facs
+
+
+def five_points(shot: Shot, size: int) -> list[list[float]]:
+  """A detector's five keypoints of the shot's face (image-left eye, image-right eye, nose tip,
+  mouth corners) in 0-based pixels of its `size` image, rounded to 0.01 px."""
+  p = render.face_landmarks(shot.person.identity, shot.aus, size, shot.nuisance, "bp4d49")
+  five = [p[19:25].mean(0), p[25:31].mean(0), p[16], p[31], p[37]]
+  return [[round(float(x), 2), round(float(y), 2)] for x, y in five]
 
 
 def _nuisance(rng: np.random.Generator) -> render.Nuisance:
@@ -476,6 +488,7 @@ def generate(
       for s in shots:
         row = {"path": s.rel, "caption": s.caption, "subject": s.person.name}
         row["split"] = s.said["split"]
+        row["landmarks"] = five_points(s, size)
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(tmp / "truth.jsonl", "w", encoding="utf-8", newline="\n") as f:
       for s in shots:
