@@ -374,19 +374,17 @@ def ensure_synthface_captions(
   when generated with the same arguments; other arguments are an error) and prepares it. With
   a remote data_dir the raw folder is generated in a local temporary folder and deleted after.
   """
+  from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
+
   data_dir = os.fspath(data_dir)
   config = CAPTIONS_CONFIG
   if image_size and image_size != builders.DEFAULT_IMAGE_SIZE:
     config = f"{config}_{image_size}px"
   raw = os.fspath(epath.Path(data_dir) / CAPTIONS_RAW)
   summary_path = epath.Path(raw) / "captions.json"
-  have = None
+  have, stale = None, False
   if summary_path.is_file():
     have = json.loads(summary_path.read_text(encoding="utf-8"))
-    flat = {**have, **{f"rate_{k}": v for k, v in have.get("rates", {}).items()}}
-    diff = {k: (flat.get(k), v) for k, v in args.items() if k in flat and flat[k] != v}
-    from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
-
     if have.get("version") != captions.VERSION:  # an older generator's corpus: made again
       logging.info(
         "%s: SynthFace-Captions %s is stale; generating %s",
@@ -394,26 +392,26 @@ def ensure_synthface_captions(
         have.get("version"),
         captions.VERSION,
       )
-      have = None
-      if is_prepared("manifest", data_dir, config):
-        epath.Path(dataset_dir("manifest", data_dir, config)).rmtree()
-    elif diff:
-      raise ValueError(
-        f"{raw}: SynthFace-Captions was generated with other arguments (have, wanted): {diff}; "
-        f"use another data_dir or delete {raw} and {epath.Path(data_dir) / 'manifest' / config}"
-      )
-  if not is_prepared("manifest", data_dir, config):
+      have, stale = None, True
+    else:
+      flat = {**have, **{f"rate_{k}": v for k, v in have.get("rates", {}).items()}}
+      diff = {k: (flat.get(k), v) for k, v in args.items() if k in flat and flat[k] != v}
+      if diff:
+        raise ValueError(
+          f"{raw}: SynthFace-Captions was generated with other arguments (have, wanted): "
+          f"{diff}; use another data_dir or delete {raw} and "
+          f"{epath.Path(data_dir) / 'manifest' / config}"
+        )
+  if stale or not is_prepared("manifest", data_dir, config):
     with tempfile.TemporaryDirectory(prefix="clef_captions.") as local:
       if paths.is_remote(data_dir):  # generated and read locally, prepared into the bucket
         raw, have = os.path.join(local, CAPTIONS_RAW), None
       if have is None:
-        from input_pipeline.synthface import captions  # pylint: disable=import-outside-toplevel
-
         rates = {k.removeprefix("rate_"): args.pop(k) for k in list(args) if k.startswith("rate_")}
         logging.info("generating SynthFace-Captions into %s", raw)
         summary = captions.generate(
           raw, overwrite=os.path.isdir(raw), rates=captions.Rates(**rates), **args
         )
         logging.info("%s", captions.describe(summary))
-      prepare("manifest", raw, data_dir, config)
+      prepare("manifest", raw, data_dir, config, overwrite=stale)
   return dataset_dir("manifest", data_dir, config)

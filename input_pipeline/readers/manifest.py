@@ -278,7 +278,7 @@ def read(
   au_cols, present = _columns(path)
   counted = "caption" in present
   captions = common.CaptionStats() if captions is None else captions
-  for line, _, ex in _examples(path, au_cols, skips, split, landmarks):
+  for line, _, ex in _examples(path, au_cols, present, skips, split, landmarks):
     if counted:
       captions.add(ex["caption"], line)
     yield ex
@@ -299,18 +299,21 @@ def read_splits(
   as in `read`.
   """
   path = manifest_path(root)
-  yield from _examples(path, _au_columns(path), skips, only, landmarks)
+  au_cols, present = _columns(path)
+  yield from _examples(path, au_cols, present, skips, only, landmarks)
 
 
 def _examples(
   path: str,
   au_cols: dict[int, str],
+  present: set[str],
   skips: common.Skips | None,
   only: str | None,
   landmarks: bool = False,
 ) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  """`au_cols` and `present` as `_columns(path)` gives them."""
   skips = common.Skips() if skips is None else skips
-  if not landmarks and "landmarks" in _columns(path, warn=False)[1]:
+  if not landmarks and "landmarks" in present:
     logging.warning(
       "%s has a landmarks column, but the faces are not aligned from it: prepare with "
       "--align=landmarks (config suffix _lm) to align them",

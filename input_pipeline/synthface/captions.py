@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tqdm
 
+from input_pipeline import align
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 from input_pipeline.synthface import writer
@@ -224,8 +225,11 @@ class Shot:
 def five_points(shot: Shot, size: int) -> list[list[float]]:
   """A detector's five keypoints of the shot's face (image-left eye, image-right eye, nose tip,
   mouth corners) in 0-based pixels of its `size` image, rounded to 0.01 px."""
-  p = render.face_landmarks(shot.person.identity, shot.aus, size, shot.nuisance, "bp4d49")
-  five = [p[19:25].mean(0), p[25:31].mean(0), p[16], p[31], p[37]]
+  s = align.SCHEMES["bp4d49"]
+  p = render.face_landmarks(shot.person.identity, shot.aus, size, shot.nuisance, s.name)
+  nose_tip = 16  # the middle of BP4D's lower nose row (points 14-18)
+  eyes = [p[list(s.left_eye)].mean(0), p[list(s.right_eye)].mean(0)]
+  five = [*eyes, p[nose_tip], *p[list(s.mouth)]]
   return [[round(float(x), 2), round(float(y), 2)] for x, y in five]
 
 
