@@ -3,6 +3,7 @@
   python benchmarks/pipeline_overhead.py                 # default pretraining job, workers 0 and 2
   python benchmarks/pipeline_overhead.py --quick         # workers 0 only, 1 step per round
   python benchmarks/pipeline_overhead.py --workers=0,1,2 --steps=4 --repeats=3 --data_dir=DIR
+  python benchmarks/pipeline_overhead.py --config_arg='' --colour=device,host   # both placements
 
 The step is the trainer's (`configs/pretrain.py:image_size=112` by default, `--config_arg`:
 CLEF objective, Ti/16 with 6 vision and 4 text layers, global batch 64 drawn by the activity
@@ -17,6 +18,9 @@ idle are not counted as free), then `--steps` timed steps:
              resized crop, flip, colour jitter, greyscale, two views, batch; N `mp_prefetch`
              worker processes, 0 = in-process read threads), `sharding.global_batch`, the step.
 Dispatch is asynchronous as in the trainer, so the host pipeline overlaps the step's compute.
+`--colour` times each mode with the colour jitter and greyscale applied on the device (the
+default, `data.augment.colour_on_device`: the host draws them, the jitted step applies them, so
+"staged" includes that op) and/or on the host (Pillow, in the pipeline), side by side.
 It prints the median seconds per step of each mode and the share the pipeline adds (target
 <= 10 %), plus the pipeline's own time per batch with no step running, as a share of the step.
 """
@@ -51,6 +55,14 @@ flags.DEFINE_string(
   "get_config, e.g. 'variant=S/16,image_size=112' ('' = the default job)",
 )
 flags.DEFINE_list("workers", ["0", "2"], "grain mp_prefetch worker counts to time")
+flags.DEFINE_list("colour", ["device"], "where the colour jitter runs: device, host or both")
+flags.DEFINE_list(
+  "cache",
+  ["warm"],
+  "decoded-example cache (data.cache_mb): 'warm' (each mode's untimed warm-up first reads one "
+  "epoch, so the timed steps read from the cache as every epoch after a run's first does), "
+  "'off' (cache_mb=0: every example read and decoded, as in a run's first epoch), or both",
+)
 flags.DEFINE_integer("steps", 2, "timed steps per mode and round")
 flags.DEFINE_integer("warmup", 1, "untimed steps per mode and round (fresh iterator)")
 flags.DEFINE_integer("repeats", 2, "rounds (medians reported)")
@@ -65,12 +77,17 @@ flags.DEFINE_string(
 SYNTHFACE = dict(seed=0, subjects=12, frames_per_task=16, raf_train=64, raf_test=32, size=112)
 
 
-def make_config(data_dir: str, config_arg: str, worker_count: int):
+def make_config(
+  data_dir: str, config_arg: str, worker_count: int, colour: str = "device", cache: str = "warm"
+):
   from configs import pretrain  # pylint: disable=g-import-not-at-top
 
   config = pretrain.get_config(config_arg or None)
   config.data.data_dir = data_dir
   config.data.worker_count = worker_count
+  config.data.augment.colour_on_device = colour == "device"
+  if cache == "off":
+    config.data.cache_mb = 0
   config.data.synthface.update(SYNTHFACE)
   config.optim.total_steps = config.total_steps
   return config
@@ -139,75 +156,106 @@ def main(argv):
     f"images, sampler {'on' if config.data.sampler.enabled else 'off'}"
   )
 
-  def fresh_iterator(w: int):
+  colours = list(dict.fromkeys(FLAGS.colour))
+  if not colours or any(c not in ("device", "host") for c in colours):
+    raise app.UsageError(f"--colour={FLAGS.colour}: expected device, host or both")
+  caches = list(dict.fromkeys(FLAGS.cache))
+  if not caches or any(c not in ("warm", "off") for c in caches):
+    raise app.UsageError(f"--cache={FLAGS.cache}: expected warm, off or both")
+  variants = [f"{c}/{k}" for c in colours for k in caches]  # 'device/warm', ...
+  epoch = -(-len(data.train) // config.batch_size)
+
+  def fresh_iterator(w: int, variant: str):
+    colour, cache = variant.split("/")
     return data_lib.train_iterator(
-      make_config(FLAGS.data_dir, FLAGS.config_arg, w), data, loop.keys
+      make_config(FLAGS.data_dir, FLAGS.config_arg, w, colour, cache), data, loop.keys
     )
 
-  it = fresh_iterator(0)
-  staged = loop.to_device(next(it))
-  del it
-  loop.run(lambda: staged, 1)  # compile
-  print(f"compile + warm-up {time.perf_counter() - t0:.0f} s")
+  def warm_up(variant: str) -> int:
+    return max(FLAGS.warmup, epoch if variant.endswith("/warm") else 0)
+
+  staged = {}
+  for v in variants:
+    if v.split("/")[0] not in staged:
+      it = fresh_iterator(0, v)
+      staged[v.split("/")[0]] = loop.to_device(next(it))
+      del it
+      # compile (a batch with colour draws is another signature)
+      loop.run(lambda b=staged[v.split("/")[0]]: b, 1)
+  print(f"compile + warm-up {time.perf_counter() - t0:.0f} s; an epoch is {epoch} batches")
 
   # The pipeline alone (no step running): a fresh iterator pulled back to back, so no batch was
   # prefetched while something else ran.
   alone_batches = max(steps, 6)
-  it = fresh_iterator(0)
-  next(it)
-  t0 = time.perf_counter()
-  for _ in range(alone_batches):
-    next(it)
-  alone = (time.perf_counter() - t0) / alone_batches
-  del it
-  gc.collect()
+  alone = {}
+  for c in variants:
+    it = fresh_iterator(0, c)
+    for _ in range(max(1, warm_up(c))):
+      next(it)
+    t0 = time.perf_counter()
+    for _ in range(alone_batches):
+      next(it)
+    alone[c] = (time.perf_counter() - t0) / alone_batches
+    del it
+    gc.collect()
 
   def timed(mode: str) -> float:
     """Seconds per step of one mode: a fresh iterator, warm-up steps, then `steps` timed."""
-    if mode == "staged":
-      loop.run(lambda: staged, FLAGS.warmup)
-      return loop.run(lambda: staged, steps) / steps
-    it = fresh_iterator(int(mode.split("=")[1]))
+    what, variant = mode.split("/", 1)
+    if what == "staged":
+      colour = variant.split("/")[0]
+      loop.run(lambda: staged[colour], FLAGS.warmup)
+      return loop.run(lambda: staged[colour], steps) / steps
+    it = fresh_iterator(int(what.split("=")[1]), variant)
     try:
-      loop.run(lambda: loop.to_device(next(it)), FLAGS.warmup)
+      loop.run(lambda: loop.to_device(next(it)), warm_up(variant))
       return loop.run(lambda: loop.to_device(next(it)), steps) / steps
     finally:
       it = None  # stops its read threads / worker processes
       gc.collect()
 
-  modes = ["staged"] + [f"workers={w}" for w in workers]
+  modes = [f"staged/{c}/-" for c in colours] + [
+    f"workers={w}/{v}" for v in variants for w in workers
+  ]
   secs = {m: [] for m in modes}
   for r in range(FLAGS.repeats):
     for m in modes if r % 2 == 0 else modes[::-1]:
       secs[m].append(timed(m))
     print(
       f"  round {r + 1}: "
-      + "  ".join(f"{m} {secs[m][-1]:.2f} s/step" for m in modes)
-      + f"  load {os.getloadavg()[0]:.2f}"
+      + "  ".join(f"{m} {secs[m][-1]:.3f}" for m in modes)
+      + f" s/step  load {os.getloadavg()[0]:.2f}"
     )
-  base = statistics.median(secs["staged"])
-  print(
-    f"\npipeline alone (workers=0, no step running): {alone:.2f} s per batch of "
-    f"{config.batch_size} ({images} augmented images)"
-  )
   cores = os.cpu_count() or 1
-  print(
-    f"  = {100 * alone / base:.1f}% of the median staged step: what it adds run serially with "
-    f"the step; its CPU time (threads on {cores} cores) is at most {cores}x that, "
-    f"{100 * cores * alone / min(secs['staged']):.1f}% of the fastest staged step (bounds "
-    "that hold up under machine load, unlike the side-by-side ratios below)"
-  )
-  spread = max(secs["staged"]) / min(secs["staged"]) - 1
-  print(
-    f"median s/step: staged {base:.2f} (round-to-round spread {100 * spread:.0f}%: side-by-side "
-    "differences smaller than that are noise)"
-  )
-  for m in modes[1:]:
-    t = statistics.median(secs[m])
-    added = t / base - 1
+  for v in variants:
+    c, k = v.split("/")
+    base = statistics.median(secs[f"staged/{c}/-"])
     print(
-      f"  {m}: {t:.2f} s/step -> pipeline adds {100 * added:+.1f}% "
-      f"(target <= 10%: {'met' if added <= 0.10 else 'MISSED'})"
+      f"\ncolour on the {c}, cache {k}: pipeline alone (workers=0, no step running) "
+      f"{alone[v]:.3f} s per batch of {config.batch_size} ({images} augmented images) = "
+      f"{100 * alone[v] / base:.1f}% of the median staged step (what it adds run serially); its "
+      f"CPU time (threads on {cores} cores) is at most "
+      f"{100 * cores * alone[v] / min(secs[f'staged/{c}/-']):.1f}% of the fastest staged step"
+    )
+    spread = max(secs[f"staged/{c}/-"]) / min(secs[f"staged/{c}/-"]) - 1
+    print(
+      f"  median s/step: staged {base:.3f} (round-to-round spread {100 * spread:.0f}%: "
+      "side-by-side differences smaller than that are noise)"
+    )
+    for w in workers:
+      t = statistics.median(secs[f"workers={w}/{v}"])
+      added = t / base - 1
+      print(
+        f"  workers={w}: {t:.3f} s/step -> pipeline adds {100 * added:+.1f}% "
+        f"(target <= 10%: {'met' if added <= 0.10 else 'MISSED'})"
+      )
+  for w in workers:
+    loops = {v: statistics.median(secs[f"workers={w}/{v}"]) for v in variants}
+    fastest = min(loops, key=loops.get)
+    print(
+      f"\nworkers={w}, the trainer's loop: "
+      + ", ".join(f"{v} {loops[fastest] / t:.2f}x" for v, t in loops.items())
+      + f" the speed of the fastest ({fastest})"
     )
   print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -32,6 +32,7 @@ LABEL_KEYS = (
 )
 NUMERIC_BATCH_KEYS = (
   "image",
+  "colour",  # colour draws still to apply on device (data.augment.colour_on_device)
   "au",
   "au_intensity",
   "expression",
@@ -294,6 +295,7 @@ def train_iterator(config, data: Data, keys: Sequence[str], source: Any | None =
     keys=tuple(keys),
     worker_count=config.data.worker_count,
     sampler=sampler,
+    cache_mb=config.data.cache_mb,
   )
 
 

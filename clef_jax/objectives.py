@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clef_jax import augment
 from clef_jax import losses
 from clef_jax import models
 from clef_jax import prompts
@@ -133,7 +134,9 @@ def grad_fn(objective: Objective, params, batch, rng, accum_steps: int = 1):
   accum_steps > 1 embeds `accum_steps` interleaved micro-batches without gradients, takes
   d loss / d embeddings on the whole batch, then back-propagates each micro-batch's share
   through the image tower (a `lax.scan`, so peak activation memory is one micro-batch).
+  A batch with `colour` draws (`data.augment.colour_on_device`) is colour-jittered first.
   """
+  batch = augment.apply_to_batch(batch)
   images = objective.images(batch)
   if accum_steps <= 1:
 

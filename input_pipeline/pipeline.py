@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import grain
@@ -161,10 +162,46 @@ def label_table(
   return out
 
 
+class DecodedCache:
+  """Loaded examples (decoded images included) kept in memory, up to `max_mb` MiB.
+
+  Training reads every example once per epoch; reading a TFDS ArrayRecord example, parsing it
+  and decoding its JPEG cost about two thirds of the host's time per example
+  (benchmarks/pipeline_overhead.py), so from the second epoch on the cache leaves only the
+  augmentation to the host. Examples are added until the budget is full and never evicted.
+  The budget is per process: every grain worker process holds its own cache. Thread-safe.
+  """
+
+  def __init__(self, max_mb: float):
+    if max_mb < 0:
+      raise ValueError(f"cache max_mb must be >= 0, got {max_mb!r}")
+    self.max_bytes = int(max_mb * 2**20)
+    self.bytes = 0
+    self.examples: dict[int, dict[str, Any]] = {}
+    self._lock = threading.Lock()
+
+  def get(self, index: int) -> dict[str, Any] | None:
+    return self.examples.get(index)
+
+  def put(self, index: int, example: dict[str, Any]) -> None:
+    size = sum(getattr(v, "nbytes", 0) for v in example.values())
+    with self._lock:
+      if index not in self.examples and self.bytes + size <= self.max_bytes:
+        self.examples[index] = example
+        self.bytes += size
+
+  def __getstate__(self):  # a worker process starts with an empty cache of the same budget
+    return {"max_bytes": self.max_bytes}
+
+  def __setstate__(self, state):
+    self.__init__(state["max_bytes"] / 2**20)
+
+
 class ExampleLoader:
   """`loader(i)` reads `source[i]` and returns the requested keys as numpy values.
 
-  The image is decoded to uint8 [H, W, 3] (not resized; the transforms do that).
+  The image is decoded to uint8 [H, W, 3] (not resized; the transforms do that). With a `cache`
+  the loaded examples are kept and not read again (the values returned are the same).
   """
 
   def __init__(
@@ -173,17 +210,30 @@ class ExampleLoader:
     keys: Sequence[str],
     subjects: Sequence[str] | None,
     tasks: Sequence[str] | None,
+    cache: DecodedCache | None = None,
   ):
     self.source = source
     self.keys = tuple(keys)
     self.subject_ids = None if subjects is None else {s: i for i, s in enumerate(subjects)}
     self.task_ids = None if tasks is None else {t: i for i, t in enumerate(tasks)}
+    self.cache = cache
 
   def __call__(self, index: int | tuple[int, int]) -> dict[str, Any]:
     position = None
     if isinstance(index, tuple):  # (global stream position, source index) from training
       position, index = index
     index = int(index)
+    out = self.cache.get(index) if self.cache is not None else None
+    if out is None:
+      out = self._load(index)
+      if self.cache is not None:
+        self.cache.put(index, out)
+    out = dict(out)  # the transforms replace values; the cached dict stays as loaded
+    if position is not None:
+      out[_POSITION] = np.int64(position)
+    return out
+
+  def _load(self, index: int) -> dict[str, Any]:
     example = self.source[index]
     where = f"example {index}"
     if "image/path" in example:
@@ -202,8 +252,6 @@ class ExampleLoader:
         out[key] = decode_image(_get(example, key, where), where)
       else:
         out[key] = _convert(key, _get(example, key, where))
-    if position is not None:
-      out[_POSITION] = np.int64(position)
     return out
 
 
@@ -351,6 +399,7 @@ def make_train_dataset(
   worker_count: int = 0,
   sampler: sampler_lib.ActivityBatchSampler | None = None,
   read_options: grain.ReadOptions | None = None,
+  cache_mb: float = 0,
 ) -> grain.IterDataset:
   """Infinite, shuffled (or sampler-composed), augmented, per-process batches.
 
@@ -370,6 +419,9 @@ def make_train_dataset(
     sampler: an `ActivityBatchSampler` over the same source replacing the shuffle; its batch size
       must equal `global_batch_size`.
     read_options: grain read threads/buffer per process (default `default_read_options()`).
+    cache_mb: keep up to this many MiB of loaded, decoded examples in memory per process
+      (`DecodedCache`; 0 = read every example from the source each time). The batches are the
+      same either way.
 
   Returns:
     A `grain.IterDataset` of dicts of numpy arrays; `iter()` gives a checkpointable iterator.
@@ -405,7 +457,8 @@ def make_train_dataset(
       )
     positions = grain.MapDataset.source(_SamplerPositions(sampler, process_index, local_bs))
 
-  ds = positions.map(ExampleLoader(source, keys, subjects, tasks))
+  cache = DecodedCache(cache_mb) if cache_mb else None
+  ds = positions.map(ExampleLoader(source, keys, subjects, tasks, cache))
   if "image" in keys:
     ds = ds.map(_PositionSeededAugment(transform, int(seed)))
   else:

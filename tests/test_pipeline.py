@@ -218,6 +218,68 @@ def test_state_round_trip_with_mp_prefetch_worker(source):
   assert_batches_equal(take(plain, 3), expected)
 
 
+class CountingSource:
+  """A source that counts its reads per index."""
+
+  def __init__(self, examples):
+    self.examples, self.reads = examples, {}
+
+  def __len__(self):
+    return len(self.examples)
+
+  def __getitem__(self, i):
+    self.reads[i] = self.reads.get(i, 0) + 1
+    return self.examples[i]
+
+
+def test_decoded_cache_gives_the_same_batches_and_reads_each_example_once():
+  """Three epochs with the cache: the batches (augmentations included, PNG-encoded images
+  among them) equal the uncached pipeline's, and every example is read from the source once;
+  the iterator state round-trips with the cache on."""
+  examples = make_source(encode_every=3)
+  plain = take(train_iter(CountingSource(examples), two_views=True), 15)  # 120 draws of 40
+  counted = CountingSource(examples)
+  it = train_iter(counted, two_views=True, cache_mb=64)
+  counted.reads = {}  # building the pipeline read example 0 to check the keys
+  got = take(it, 12)
+  state = it.get_state()
+  got += take(it, 3)
+  assert_batches_equal(got, plain)
+  assert set(counted.reads) == set(range(N)) and max(counted.reads.values()) == 1
+  fresh = train_iter(CountingSource(examples), two_views=True, cache_mb=64)
+  fresh.set_state(state)
+  assert_batches_equal(take(fresh, 3), plain[12:])
+
+
+def test_decoded_cache_stops_at_its_budget():
+  """A budget of 5 images' bytes (16x16x3 each) keeps 4 examples, since their labels count too;
+  the rest are read again every epoch. A negative budget is an error."""
+  cache = pipeline.DecodedCache(5 * 16 * 16 * 3 / 2**20)
+  counted = CountingSource(make_source())
+  loader = pipeline.ExampleLoader(counted, KEYS, SUBJECTS, TASKS, cache)
+  for _ in range(3):
+    for i in range(N):
+      out = loader((i, i))
+      assert out["index"] == i
+  assert len(cache.examples) == 4 and cache.bytes <= cache.max_bytes
+  assert sum(counted.reads[i] == 1 for i in range(N)) == 4
+  assert sum(counted.reads[i] == 3 for i in range(N)) == N - 4
+  assert cache.bytes > 4 * 16 * 16 * 3  # the labels count too: a fifth image would not fit
+  with pytest.raises(ValueError, match="cache max_mb must be >= 0"):
+    pipeline.DecodedCache(-1)
+
+
+def test_decoded_cache_does_not_travel_to_worker_processes():
+  """Pickled (as grain sends the dataset to mp_prefetch workers), a cache arrives empty with
+  the same budget, not with the parent's examples."""
+  import pickle
+
+  cache = pipeline.DecodedCache(1)
+  cache.put(0, {"image": np.zeros((8, 8, 3), np.uint8)})
+  copy = pickle.loads(pickle.dumps(cache))
+  assert copy.examples == {} and copy.max_bytes == cache.max_bytes and len(cache.examples) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Eval batches.
 # --------------------------------------------------------------------------------------------
