@@ -13,7 +13,7 @@ and greyscale exactly as it would apply them (same random stream, so the same se
 same images) and hands them on as `colour` float32 [COLOUR_PARAMS] per view (layout below);
 `clef_jax.augment.apply_colour` then applies them to the batch inside the jitted train step,
 Pillow's arithmetic reproduced in integers and float32. The host's augmentation time falls from
-0.46 to 0.26 ms per example (two 64 px views of a 112 px face, one core; docs/benchmarks.md),
+0.46 to 0.26 ms per example (two 64 px views of a 112 px face, one core; benchmarks/host_cost.py),
 which matters on small CPUs where the input pipeline and the step share the cores.
 
 Everything random draws from the `np.random.Generator` grain hands to `RandomMap.random_map`, so a
