@@ -29,16 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-EXPRESSIONS = (
-  "neutral",
-  "happiness",
-  "sadness",
-  "surprise",
-  "fear",
-  "disgust",
-  "anger",
-  "contempt",
-)
+from input_pipeline.schema import EXPRESSIONS  # noqa: E402  (the label order of every dataset)
+
 WORDS = dict(
   neutral="expressionless",
   happiness="smiling",

@@ -174,28 +174,26 @@ def main(argv):
   def warm_up(variant: str) -> int:
     return max(FLAGS.warmup, epoch if variant.endswith("/warm") else 0)
 
-  staged = {}
-  for v in variants:
-    if v.split("/")[0] not in staged:
-      it = fresh_iterator(0, v)
-      staged[v.split("/")[0]] = loop.to_device(next(it))
-      del it
-      # compile (a batch with colour draws is another signature)
-      loop.run(lambda b=staged[v.split("/")[0]]: b, 1)
+  staged = {}  # one device batch per colour placement (the cache does not change a batch)
+  for c in colours:
+    it = fresh_iterator(0, f"{c}/off")
+    staged[c] = loop.to_device(next(it))
+    del it
+    loop.run(lambda b=staged[c]: b, 1)  # compile (a batch with colour draws: another signature)
   print(f"compile + warm-up {time.perf_counter() - t0:.0f} s; an epoch is {epoch} batches")
 
   # The pipeline alone (no step running): a fresh iterator pulled back to back, so no batch was
   # prefetched while something else ran.
   alone_batches = max(steps, 6)
   alone = {}
-  for c in variants:
-    it = fresh_iterator(0, c)
-    for _ in range(max(1, warm_up(c))):
+  for v in variants:
+    it = fresh_iterator(0, v)
+    for _ in range(max(1, warm_up(v))):
       next(it)
     t0 = time.perf_counter()
     for _ in range(alone_batches):
       next(it)
-    alone[c] = (time.perf_counter() - t0) / alone_batches
+    alone[v] = (time.perf_counter() - t0) / alone_batches
     del it
     gc.collect()
 

@@ -3,8 +3,8 @@
 With `config.data.augment.colour_on_device` the host pipeline (input_pipeline/augment.py) crops,
 resizes and flips each view, draws its colour jitter and greyscale, and hands the draws on as
 `batch['colour']` float32 [..., COLOUR_PARAMS]. `apply_colour` applies them inside the jitted
-train step, reproducing Pillow's `ImageEnhance` arithmetic (tests/test_augment.py compares it
-with Pillow pixel for pixel):
+train step, reproducing Pillow's `ImageEnhance` arithmetic (tests/test_augment_device.py
+compares it with Pillow pixel for pixel):
 
 - Pillow's luma: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, in integers.
 - Each enhance is `Image.blend(degenerate, image, f)`: x ← trunc(d + f (x − d)) in float32,
