@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 
 from clef_jax import prompts
+from input_pipeline import align
 from input_pipeline import synthface
 from input_pipeline.readers import landmarks
 from input_pipeline.synthface import population
@@ -101,6 +102,39 @@ def test_bp4d_layout(tiny):
   assert sorted(points) == jpgs
   for p in points.values():
     assert p.shape == (49, 2) and np.all(p >= 1) and np.all(p <= [96, 72])
+
+
+def test_raf_aligned_images_undo_roll_scale_and_shift(tiny):
+  """RAF-like 'aligned' images are aligned like RAF-DB's: a rolled, scaled, shifted render of a
+  face aligns to nearly the same crop as the upright one, and its eyes sit on the template."""
+  out, _ = tiny
+  ident = render.sample_identity(np.random.default_rng(0), "F", wild=True)
+  aus = np.zeros(len(render.AUS))
+  moved = render.Nuisance(roll=18.0, scale=0.9, shift=(0.05, -0.04))
+  size = 64
+  raw = [render.render_face(ident, aus, size, n).astype(float) for n in (render.NO_NUISANCE, moved)]
+  crop = [
+    writer.aligned_face(ident, aus, size, n).astype(float) for n in (render.NO_NUISANCE, moved)
+  ]
+  inner = (slice(12, 52), slice(12, 52))  # the face, away from the corners a roll fills black
+  raw_diff = np.abs(raw[0] - raw[1])[inner].mean()
+  crop_diff = np.abs(crop[0] - crop[1])[inner].mean()
+  assert crop_diff < raw_diff / 4, (crop_diff, raw_diff)
+  # The eyes land on the template, level and centred. Eyes and mouth are fitted together by
+  # least squares, so the eye distance is the template's (0.4 / 1.4 of the side) only to within
+  # this face's proportions: 0.269 here.
+  big = round(size * writer.AlignedCrop().oversample)
+  pts = render.face_landmarks(ident, aus, big, moved, "bp4d49") + 1.0
+  m = align.alignment_matrix(pts, "bp4d49", size)
+  eyes = align.transform_points(m, align.key_points(pts, "bp4d49"))[:2]
+  assert abs(np.linalg.norm(eyes[1] - eyes[0]) / size - 0.4 / 1.4) < 0.03
+  assert abs(eyes[1, 1] - eyes[0, 1]) < 0.5 and abs(eyes[:, 0].mean() - (size - 1) / 2) < 0.5
+  # The files on disk are these crops, JPEG-coded at the image's quality.
+  im = population.make_raf_image(3, 0)
+  want = writer.encode_jpeg(
+    writer.aligned_face(im.identity, im.aus, 48, im.nuisance), im.jpeg_quality
+  )
+  assert (out / "RAF/basic/Image/aligned/train_00001_aligned.jpg").read_bytes() == want
 
 
 def test_raf_layout(tiny):

@@ -21,6 +21,7 @@ from input_pipeline import align
 from input_pipeline import schema
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
+from input_pipeline.synthface import writer
 
 _LABEL_H = 14
 # FACS names of the rendered AUs, for the captions only.
@@ -143,13 +144,13 @@ def contact_sheet(seed: int = 0, size: int = 96, subjects: int = 12) -> Image.Im
     tiles.append(_tile(np.asarray(box), f"{subj.name} {population.TASKS[k]} frame", size))
     tiles.append(_tile(crop, "aligned", size))
   parts.append(_grid(tiles, cols, width))
-  parts.append(_title("RAF-like (other identities, pose, light, background)", width))
+  parts.append(_title("RAF-like aligned (other identities, pose, light, background)", width))
   tiles = []
   for i in range(cols):
     im = population.make_raf_image(seed, i)
     tiles.append(
       _tile(
-        render.render_face(im.identity, im.aus, size, im.nuisance),
+        writer.aligned_face(im.identity, im.aus, size, im.nuisance),
         f"{im.label} {population.RAF_LABELS[im.label - 1]}",
         size,
       )

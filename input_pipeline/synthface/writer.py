@@ -14,7 +14,8 @@ Layout under ``out``::
   DISFA/ActionUnit_Labels/<SN>/<SN>_au<N>.txt            lines frameIdx,intensity (1-based, 0–5)
                                                          for DISFA's 12 AUs
   DISFA/Landmark_Points/<SN>/tmp_frame_lm/<SN>_<t>_lm.mat   66 points `pts` (1-based)
-  RAF/basic/Image/aligned/train_00001_aligned.jpg …      test_0001_aligned.jpg …
+  RAF/basic/Image/aligned/train_00001_aligned.jpg …      test_0001_aligned.jpg …: faces aligned
+                                                         to the evaluation template (2.2 on)
   RAF/basic/EmoLabel/list_patition_label.txt             "train_00001.jpg 5" (RAF order 1..7)
   synthface.json                                         version, seed, sizes, counts
 
@@ -26,6 +27,7 @@ is a function of the seed only: same seed => byte-identical tree, whatever the w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -39,17 +41,49 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from input_pipeline import align
 from input_pipeline.readers import folds
 from input_pipeline.synthface import population
 from input_pipeline.synthface import render
 
-VERSION = "2.1"  # 2.x: BP4D-like full frames with 2DFeatures landmarks, a DISFA-like part
+# 2.x: BP4D-like full frames with 2DFeatures landmarks, a DISFA-like part; 2.2: RAF-like
+# "aligned" images aligned to the template of the other sets' crops.
+VERSION = "2.2"
 INT_AUS: tuple[int, ...] = (6, 10, 12, 14, 17)  # BP4D's intensity-coded AUs.
 DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # DISFA's coded AUs.
 
+
+@dataclasses.dataclass(frozen=True)
+class AlignedCrop:
+  """A face crop aligned to the template of the evaluation crops, as RAF-DB's `aligned` images
+  are: the face is rendered at `oversample` times the crop side and warped from its eyes and
+  mouth (`align.align`, the same similarity transform the readers apply to BP4D frames)."""
+
+  margin: float = align.DEFAULT_MARGIN
+  oversample: float = 1.5
+
+
 # One rendering job: [(relative path, identity, AU vector, nuisance, jpeg quality, placement in
-# a full frame or None for a face crop)].
-_Item = tuple[str, render.Identity, np.ndarray, render.Nuisance, int, render.Placement | None]
+# a full frame, an aligned crop, or None for the face square as rendered)].
+_Item = tuple[
+  str, render.Identity, np.ndarray, render.Nuisance, int, render.Placement | AlignedCrop | None
+]
+
+
+def aligned_face(
+  ident: render.Identity,
+  aus,
+  size: int,
+  nuisance: render.Nuisance = render.NO_NUISANCE,
+  crop: AlignedCrop = AlignedCrop(),
+) -> np.ndarray:
+  """uint8 [size, size, 3]: the face of `render_face` aligned to the template at
+  `crop.margin`, so its eyes and mouth sit where they sit in every other aligned crop."""
+  big = max(size, round(size * crop.oversample))
+  img = render.render_face(ident, aus, big, nuisance)
+  points = render.face_landmarks(ident, aus, big, nuisance, "bp4d49")
+  # face_landmarks is 0-based; the bp4d49 scheme reads MATLAB's 1-based points.
+  return align.align(img, points + 1.0, "bp4d49", size, crop.margin)
 
 
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
@@ -65,6 +99,8 @@ def _render_job(args: tuple[str, int, list[_Item]]) -> int:
     path = os.path.join(root, rel)
     if place is None:
       img = render.render_face(ident, aus, size, nuis)
+    elif isinstance(place, AlignedCrop):
+      img = aligned_face(ident, aus, size, nuis, place)
     else:
       img = render.render_frame(ident, aus, size, nuis, place)[0]
     with open(path, "wb") as f:
@@ -256,7 +292,7 @@ def _plan_raf(
         im.aus,
         im.nuisance,
         im.jpeg_quality,
-        None,
+        AlignedCrop(),
       )
     )
   _write_text(root / "RAF" / "basic" / "EmoLabel" / "list_patition_label.txt", lines)
