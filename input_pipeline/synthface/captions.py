@@ -170,13 +170,16 @@ _SEPARATORS = (", ", ", ", ", ", " - ", " | ", ". ")
 class Rates:
   """How noisy the alt-text is (probabilities per caption); written to captions.json."""
 
-  expression: float = 0.5  # names an expression at all
-  wrong: float = 0.15  # of those: names another expression than the one rendered
-  vague: float = 0.2  # of those not wrong: a vague word instead of a specific one
-  appearance: float = 0.3  # has appearance phrases of visible AUs
+  # The defaults are configs/foundation.py's, what 650 steps on 2 CPU cores can learn from
+  # (docs/foundation.md, finding 8); LAION-like alt-text is nearer expression=0.5,
+  # attribute=0.6, clutter=0.35.
+  expression: float = 0.9  # names an expression at all
+  wrong: float = 0.05  # of those: names another expression than the one rendered
+  vague: float = 0.05  # of those not wrong: a vague word instead of a specific one
+  appearance: float = 0.2  # has appearance phrases of visible AUs
   facs: float = 0.01  # has a FACS name ("lip corner puller")
-  attribute: float = 0.6  # each person/photo attribute (hair, glasses, ...) is mentioned
-  clutter: float = 0.35  # hashtags, file names, "stock photo"
+  attribute: float = 0.0  # each person/photo attribute (hair, glasses, ...) is mentioned
+  clutter: float = 0.2  # hashtags, file names, "stock photo"
 
   def check(self) -> None:
     for f in dataclasses.fields(self):
