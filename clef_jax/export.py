@@ -395,6 +395,7 @@ A CLIP-style model trained with clef-jax, exported as a transformers `CLIPModel`
 
 ```python
 import transformers
+
 model = transformers.CLIPModel.from_pretrained(PATH)
 tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
 ids = tokenizer(texts, padding="max_length", max_length={c.context_length}, truncation=True)
