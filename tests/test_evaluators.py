@@ -168,6 +168,8 @@ def test_head_evaluator_compiles_once(tiny_data_dir):
     (dict(type="zeroshot_fer", promt="x"), r"config\.evals\.bad\.promt: unknown field"),
     (dict(type="zeroshot_fer", every_steps=-1), r"config\.evals\.bad\.every_steps=-1"),
     (dict(type="linear_probe_au", max_train=0), r"config\.evals\.bad\.max_train=0"),
+    (dict(type="linear_probe_au", val_fraction=1.0), r"config\.evals\.bad\.val_fraction=1\.0"),
+    (dict(type="linear_probe_au", Cs=(1.0, -1.0)), r"config\.evals\.bad\.Cs=\(1\.0, -1\.0\)"),
     (
       dict(type="zeroshot_activity"),
       r"config\.evals\.bad\.type='zeroshot_activity': .*no activity",
@@ -331,6 +333,60 @@ def test_every_steps_scheduling(caplog):
   assert len(lines) == 3
   assert lines[2].startswith("eval end: value=0.5000") and lines[2].endswith(" s)")
   assert "AU12" not in lines[2]
+
+
+def test_probe_chooses_c_on_held_out_training_subjects_like_sklearn_grid_search():
+  """The probe's C: chosen on whole held-out training subjects (never the test rows), the
+  smaller C on a tie, refitted on all training rows; against sklearn's GridSearchCV over a
+  StandardScaler + balanced LogisticRegression pipeline with the same predefined split."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import GridSearchCV  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import PredefinedSplit  # pylint: disable=g-import-not-at-top
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
+
+  from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(3)
+  # Few rows, many noisy dimensions: regularisation matters, so the sweep has a real optimum.
+  n, d = 160, 120
+  x = rng.normal(size=(n, d))
+  w = np.zeros(d)
+  w[:4] = 1.0
+  y = (x @ w + rng.normal(scale=1.5, size=n) > 0.8).astype(np.int64)[:, None]
+  groups = np.repeat(np.arange(16), 10)  # 16 subjects, 10 frames each
+  xte = rng.normal(size=(80, d))
+  yte = (xte @ w > 0.8).astype(np.int64)[:, None]
+
+  val = linear_probe_au.validation_subjects(groups, 0.25, seed=0)
+  assert val.sum() == 40 and len(np.unique(groups[val])) == 4  # 4 whole subjects
+  assert not set(groups[val]) & set(groups[~val])
+  cs = (1e-3, 1e-2, 0.1, 1.0, 10.0)
+  c, val_f1, scores = linear_probe_au.select_c(x, y, groups, cs=cs, val_fraction=0.25, seed=0)
+  assert len(set(np.round(list(scores.values()), 6))) > 1  # C changes the validation score
+  out = linear_probe_au.probe_with_validation(
+    x, y, groups, xte, yte, [12], cs=cs, val_fraction=0.25, seed=0
+  )
+
+  pipe = make_pipeline(
+    StandardScaler(), LogisticRegression(max_iter=2000, random_state=0, class_weight="balanced")
+  )
+  search = GridSearchCV(
+    pipe,
+    {"logisticregression__C": list(cs)},
+    scoring="f1",
+    cv=PredefinedSplit(np.where(val, 0, -1)),
+    refit=True,
+  ).fit(x, y[:, 0])
+  assert c == search.best_params_["logisticregression__C"] == out["C"]
+  np.testing.assert_allclose(val_f1, search.best_score_, rtol=1e-9)
+  assert out["val/au_f1/mean"] == val_f1
+  ref = search.predict(xte)
+  tp, fp, fn = [np.sum((ref == a) & (yte[:, 0] == b)) for a, b in ((1, 1), (1, 0), (0, 1))]
+  np.testing.assert_allclose(out["au_f1/AU12"], 2 * tp / (2 * tp + fp + fn), rtol=1e-9)
+
+  with pytest.raises(ValueError, match="1 subject"):
+    linear_probe_au.select_c(x, y, np.zeros(n, int))
 
 
 def test_raw_pixel_reference_is_grey_box_downsampling_and_an_sklearn_probe():
