@@ -9,9 +9,11 @@ gives a loss of 0 (never NaN). Logit scales and temperatures are passed in by th
 
 Which function is which loss of docs/method.md:
   stage 0 (CLIP InfoNCE on captions)   ``clip_loss``
-  stage 1  ``L = λ_PI · L_II' + λ_PA · L_IA``
+  stage 1  ``L = λ_PI · L_II' + λ_inst · L_inst + λ_PA · L_IA``
     L_II' (PI, image–image SupCon)     ``supcon_from_mask(z, pairing_mask(pairing, ...), τ)``
                                        (``supcon(z, labels, τ)``: the same with label equality)
+    L_inst (the instance term)         ``supcon_from_mask(z, pairing_mask('instance', ...), τ)``
+    collapse monitor                   ``embedding_health``
     L_IA (PA, image–activity text)     ``image_activity_loss``
   stage 2  ``L = L_IN + λ_DN · L_DN``
     L_IN, FER                          ``softmax_ce`` on the logits ``s·<f(x_i), t_c>``
@@ -96,7 +98,11 @@ def _multi_positive_infonce(
 
 
 def supcon_from_mask(
-  z: ArrayLike, positive_mask: ArrayLike, temperature: float, mask: ArrayLike | None = None
+  z: ArrayLike,
+  positive_mask: ArrayLike,
+  temperature: float,
+  mask: ArrayLike | None = None,
+  negative_mask: ArrayLike | None = None,
 ) -> jax.Array:
   """Supervised contrastive loss (Khosla et al. 2020, "L_out") with explicit positives.
 
@@ -113,6 +119,8 @@ def supcon_from_mask(
       diagonal and rows/columns of masked rows are ignored.
     temperature: τ > 0.
     mask: optional ``[N] bool``, False for padding rows.
+    negative_mask: optional ``[N, N] bool``; when given, only these non-positive rows join
+      ``A(i)`` (e.g. views of other subjects: ``pretrain.pi_negatives='other_subjects'``).
 
   Returns:
     Scalar float32 loss (0 if no anchor has a positive).
@@ -126,6 +134,11 @@ def supcon_from_mask(
   valid = _row_mask(mask, n)
   logits = (z @ z.T) / jnp.float32(temperature)
   candidate = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)
+  if negative_mask is not None:
+    negative_mask = jnp.asarray(negative_mask, bool)
+    if negative_mask.shape != (n, n):
+      raise ValueError(f"negative_mask has shape {negative_mask.shape}, expected ({n}, {n})")
+    candidate &= positive_mask | negative_mask
   return _multi_positive_infonce(logits, positive_mask & candidate, candidate, valid)
 
 
@@ -194,6 +207,39 @@ def pairing_mask(
       same &= subj[:, None] != subj[None, :]
     pos |= same
   return pos & ~jnp.eye(n, dtype=bool)
+
+
+def embedding_health(z: ArrayLike, mask: ArrayLike | None = None) -> dict[str, jax.Array]:
+  """How spread out a batch of L2-normalised embeddings is: the stage-1 collapse monitor.
+
+  Returns float32 scalars (no gradient flows through them):
+
+  * ``effective_rank``: RankMe (Garrido et al. 2023, after Roy & Vetterli 2007),
+    ``exp(H(σ / Σσ))`` over the singular values ``σ`` of the valid rows; 1 when every row is the
+    same point, up to ``min(N, D)`` when they fill the space evenly.
+  * ``mean_cosine``: mean cosine similarity of distinct valid rows; 1 at point collapse.
+
+  (The value a SupCon term takes when the rows collapse, all logits equal, is
+  ``supcon_from_mask`` of constant embeddings: ``log(N − 1)`` with every row a candidate.)
+
+  Args:
+    z: ``[N, D]`` embeddings (cast to float32).
+    mask: optional ``[N] bool``, False for padding rows.
+  """
+  z = jax.lax.stop_gradient(_f32(z))
+  _check_2d("z", z)
+  n = z.shape[0]
+  valid = _row_mask(mask, n)
+  zv = jnp.where(valid[:, None], z, 0.0)
+  sv = jnp.linalg.svd(zv, compute_uv=False)
+  p = sv / jnp.maximum(jnp.sum(sv), 1e-12)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  pair = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)
+  cos = _safe_mean(zv @ zv.T, pair)
+  return {
+    "effective_rank": jnp.exp(entropy),
+    "mean_cosine": cos,
+  }
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,7 +219,9 @@ def _repeat_views(x, batch):
 
 
 def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) -> Objective:
-  """L = λ_PI · L_II' + λ_PA · L_IA (objective='clef'), or CLIP InfoNCE (objective='clip').
+  """L = λ_PI · L_II' + λ_inst · L_inst + λ_PA · L_IA (objective='clef'), or CLIP InfoNCE
+  (objective='clip'). Every step also reports `health/*` (losses.embedding_health of the image
+  embeddings): the collapse monitor.
 
   activity_texts: the K distinct activity texts, index k = activity id k.
   """
@@ -229,6 +231,10 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
     raise ValueError(f"config.pretrain.objective={pc.objective!r}: expected 'clef' or 'clip'")
   if pc.pairing not in losses.PAIRINGS:
     raise ValueError(f"config.pretrain.pairing={pc.pairing!r}: expected one of {losses.PAIRINGS}")
+  if pc.pi_negatives not in ("all", "other_subjects"):
+    raise ValueError(
+      f"config.pretrain.pi_negatives={pc.pi_negatives!r}: expected 'all' or 'other_subjects'"
+    )
   if not activity_texts:
     raise ValueError("pretraining needs activity texts, but the dataset defines no activities")
   tokens = {"activities": tokenizer(list(activity_texts))}
@@ -255,20 +261,33 @@ def pretrain_objective(config, model, tokenizer, activity_texts: Sequence[str]) 
       loss, aux = losses.clip_loss(zimg, zt, scale, mask & (act >= 0))
       return loss, {**aux, "logit_scale": scale}
     aux = {"logit_scale": scale}
+    aux.update({f"health/{k}": v for k, v in losses.embedding_health(zimg, mask).items()})
     loss = jnp.float32(0.0)
-    if pc.lambda_pi:
+    if pc.lambda_pi or pc.lambda_inst:
       z = zimg
       if head is not None:
         z = models.l2_normalize(head.apply({"params": params["heads"]["pi_proj"]}, zimg))
-      pos = losses.pairing_mask(
-        pc.pairing,
-        instance_ids=_repeat_views(batch["index"], batch),
-        activity_ids=act,
-        subject_ids=_repeat_views(batch["subject_id"], batch),
-      )
-      l_pi = losses.supcon_from_mask(z, pos, pc.temperature, mask)
+      inst = _repeat_views(batch["index"], batch)
+      subj = _repeat_views(batch["subject_id"], batch)
+      # pi_negatives='other_subjects': a subject's own frames of other activities are no
+      # negatives (they are the identity shortcut the activity term would otherwise fight).
+      neg = None if pc.pi_negatives == "all" else subj[:, None] != subj[None, :]
+    if pc.lambda_pi:
+      pos = losses.pairing_mask(pc.pairing, instance_ids=inst, activity_ids=act, subject_ids=subj)
+      l_pi = losses.supcon_from_mask(z, pos, pc.temperature, mask, neg)
       loss += pc.lambda_pi * l_pi
       aux["loss_pi"] = l_pi
+      # The value L_II' takes when every view is at one point (all logits equal): log(2B - 1)
+      # with every view a candidate, less with pi_negatives='other_subjects'.
+      flat = jnp.ones((z.shape[0], 1), jnp.float32)
+      aux["health/loss_pi_at_collapse"] = losses.supcon_from_mask(flat, pos, 1.0, mask, neg)
+    if pc.lambda_inst:
+      # The instance term next to the activity term: only the twin view is a positive, so the
+      # within-activity detail that the activity term alone may erase keeps a gradient.
+      pos = losses.pairing_mask("instance", instance_ids=inst)
+      l_inst = losses.supcon_from_mask(z, pos, pc.temperature, mask, neg)
+      loss += pc.lambda_inst * l_inst
+      aux["loss_inst"] = l_inst
     if pc.lambda_pa:
       l_pa, pa_aux = losses.image_activity_loss(zimg, zact, act, scale, mask)
       loss += pc.lambda_pa * l_pa

@@ -365,6 +365,10 @@ def progress_line(step: int, total: int, m: dict[str, float], sps: float, ips: f
   terms = " ".join(f"{k[5:]} {m[k]:.4f}" for k in sorted(m) if k.startswith("loss_"))
   eta = _fmt_time((total - step) / max(sps, 1e-9))
   loss = f"loss {m['loss']:.4f}" + (f" ({terms})" if terms else "")
+  if "health/effective_rank" in m:  # stage 1's collapse monitor
+    loss += f"  rank {m['health/effective_rank']:.1f}"
+    if "health/loss_pi_at_collapse" in m:
+      loss += f" (pi at collapse {m['health/loss_pi_at_collapse']:.2f})"
   return f"step {step}/{total}  {loss}  {sps:.2f} steps/s  {ips:.1f} img/s  ETA {eta}"
 
 

@@ -37,6 +37,8 @@ def get_config(arg=None):
       temperature=0.1,  # τ_img of L_II'
       lambda_pi=1.0,
       lambda_pa=1.0,
+      lambda_inst=0.0,  # weight of the instance (SimCLR) term next to the activity term
+      pi_negatives="all",  # 'all' | 'other_subjects': the negatives of L_II' and the instance term
       proj_head=False,  # MLP head used only by L_II' (SimCLR/SupCon style)
       proj_dim=128,
     )
@@ -59,6 +61,13 @@ def get_config(arg=None):
   c.evals.expression_descriptions = ml_collections.ConfigDict(
     dict(type="zeroshot_fer", protocol="prompts", texts="descriptions", data=dict(config="raf"))
   )
+  if c.init:
+    # From a pretrained tower (the foundation, CLIP, FaRL): a 10x lower lr and the instance term
+    # next to the activity term. With lr 5e-4 and the activity term alone, the views of the
+    # default job fall to one point within 30 steps (loss_pi at log(2B-1), effective rank
+    # 21 -> 6.3) and the AU probe ends below the init's; docs/method.md §3 has the runs.
+    c.optim.lr = 5e-5
+    c.pretrain.lambda_inst = 1.0
   if args.tiny:
     c.evals.au_probe.max_train = 200
   return common.finalize(c, args)

@@ -215,6 +215,47 @@ def test_pairing_mask_errors():
     losses.pairing_mask("activity_cross_subject", instance_ids=inst, activity_ids=inst)
 
 
+def test_embedding_health_against_numpy_and_at_the_two_extremes():
+  """RankMe's effective rank (exp entropy of the normalised singular values) and the mean cosine
+  of distinct rows against numpy; padding rows (mask) do not count; a batch at one point has
+  rank 1, cosine 1, and SupCon at its collapse value."""
+  rng = np.random.default_rng(0)
+  z = _unit(rng, 12, 8)
+  mask = np.arange(12) < 10
+  h = jax.jit(losses.embedding_health)(z, mask)
+  zv = z[:10]
+  sv = np.linalg.svd(zv, compute_uv=False)
+  p = sv / sv.sum()
+  np.testing.assert_allclose(h["effective_rank"], np.exp(-(p * np.log(p)).sum()), rtol=1e-5)
+  gram = zv @ zv.T
+  np.testing.assert_allclose(h["mean_cosine"], (gram.sum() - 10) / 90, rtol=1e-5, atol=1e-6)
+
+  # Orthonormal rows fill the space evenly: rank = their number, cosine 0.
+  eye = np.eye(8, dtype=np.float32)
+  h = losses.embedding_health(eye)
+  np.testing.assert_allclose(h["effective_rank"], 8.0, rtol=1e-5)
+  np.testing.assert_allclose(h["mean_cosine"], 0.0, atol=1e-7)
+  # Point collapse: one direction, every cosine 1, and the SupCon term sits at log(N - 1).
+  point = np.tile(_unit(rng, 1, 8), (12, 1))
+  h = losses.embedding_health(point)
+  np.testing.assert_allclose(h["effective_rank"], 1.0, rtol=1e-4)
+  np.testing.assert_allclose(h["mean_cosine"], 1.0, rtol=1e-5)
+  labels = np.arange(12) % 3
+  np.testing.assert_allclose(losses.supcon(point, labels, 0.1), math.log(11), rtol=1e-5)
+  # ... and constant embeddings give that value for any positive set (what objectives log as
+  # health/loss_pi_at_collapse); without a subject's own rows as negatives it is log(|A(i)|).
+  pos = labels[:, None] == labels[None, :]
+  flat = np.ones((12, 1), np.float32)
+  np.testing.assert_allclose(losses.supcon_from_mask(flat, pos, 1.0), math.log(11), rtol=1e-6)
+  subj = np.arange(12) // 4  # 3 subjects of 4 rows: A(i) = 8 other-subject rows + positives
+  neg = subj[:, None] != subj[None, :]
+  a = (pos | neg) & ~np.eye(12, dtype=bool)
+  expected = np.mean(np.log(a.sum(1)))
+  np.testing.assert_allclose(
+    losses.supcon_from_mask(flat, pos, 1.0, None, neg), expected, rtol=1e-6
+  )
+
+
 def test_instance_pairing_is_simclr_nt_xent():
   # pairing='instance' (the SimCLR baseline of L_II'): SupCon whose only positive is the twin
   # view is NT-Xent over the 2B views, padded images (mask) left out as anchors and negatives.
