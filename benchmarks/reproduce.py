@@ -2,6 +2,12 @@ r"""Reproduces the poster's tables on SynthFace and writes docs/results.md (issu
 
   python benchmarks/reproduce.py                       # the full run (about 1–2 h on 2 CPU cores)
   python benchmarks/reproduce.py --quick --workdir=W   # minutes: tiny models, tiny data
+  python benchmarks/reproduce.py --init=hf:/ckpt/clip-vit-base-patch16 --config_arg=variant=B/16
+
+--init names the vision-language model every row starts from, like the paper's CLIP/FaRL: by
+default the shipped SynthFace-CLIP (models/synthface-clip, the FaRL analog); `none` trains from
+random weights (the --quick default). The `init` row is that model without stage 1 (the
+poster's "CLIP"/"FaRL" rows); `random` is the architecture's random initialisation.
 
 Stages (each resumable: a rerun skips what is on disk under --workdir):
  1. Pretraining, per subject-exclusive fold k (the leakage guard keeps fold k's test subjects
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import os
@@ -46,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from clef_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
@@ -54,6 +62,7 @@ from clef_jax import evaluators  # pylint: disable=g-import-not-at-top
 from clef_jax import losses  # pylint: disable=g-import-not-at-top
 from clef_jax import models  # pylint: disable=g-import-not-at-top
 from clef_jax import objectives  # pylint: disable=g-import-not-at-top
+from clef_jax import pretrained  # pylint: disable=g-import-not-at-top
 from clef_jax import sharding  # pylint: disable=g-import-not-at-top
 from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 from clef_jax import train  # pylint: disable=g-import-not-at-top
@@ -66,6 +75,7 @@ from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-
 
 # Rows of the ablation table: pretraining overrides (None: no pretraining).
 PRETRAIN_ROWS = {
+  "init": None,
   "random": None,
   "instance": {"pretrain.pairing": "instance", "pretrain.lambda_pa": 0.0},
   "clef_pi": {"pretrain.pairing": "activity", "pretrain.lambda_pa": 0.0},
@@ -73,6 +83,7 @@ PRETRAIN_ROWS = {
   "clef_pa_pi": {"pretrain.pairing": "activity"},
 }
 ROW_TITLES = {
+  "init": "foundation init, no stage 1 (the poster's CLIP/FaRL row)",
   "random": "random init (no pretraining)",
   "instance": "instance pairing (SimCLR, the problem)",
   "clef_pi": "CLEF PI (L_II', activity pairing)",
@@ -114,7 +125,21 @@ def settings(args) -> dict[str, Any]:
       folds=args.folds or "1,2,3",
       finetune_steps=args.finetune_steps or 100,
     )
+  init = getattr(args, "init", "") or ("none" if args.quick else "foundation")
+  if init == "foundation":
+    # The pretrain config's own default (Ti/16 at 64 px starts from the shipped foundation).
+    init, tokenizer = f"hf:{pretrain_config.FOUNDATION}", pretrain_config.FOUNDATION
+    arg = s["config_arg"]
+  elif init == "none":
+    init, tokenizer = "", "embedded"
+    arg = ",".join(a for a in (s["config_arg"], "init=none") if a)
+  else:
+    tokenizer = init.split(":", 1)[1] if init.startswith("hf:") else "embedded"
+    arg = ",".join(a for a in (s["config_arg"], f"init={init}") if a)
+  s["config_arg"] = ",".join(a for a in (arg, getattr(args, "config_arg", "")) if a)
   s.update(
+    init=init,
+    tokenizer=getattr(args, "tokenizer", "") or tokenizer,
     seed=args.seed,
     head_lr=args.head_lr,
     quick=args.quick,
@@ -126,7 +151,12 @@ def settings(args) -> dict[str, Any]:
 
 
 def base_overrides(s, data_dir: str, fold: int) -> dict[str, Any]:
-  return {"fold": fold, "seed": s["seed"], "data.data_dir": data_dir}
+  return {
+    "fold": fold,
+    "seed": s["seed"],
+    "data.data_dir": data_dir,
+    "tokenizer": s.get("tokenizer", "embedded"),
+  }
 
 
 def cli(config_file: str, s, workdir: str, overrides: dict[str, Any]) -> str:
@@ -181,13 +211,34 @@ def pretrain(s, root: str, data_dir: str, row: str, fold: int, log: list) -> dic
 # ------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _init_model(spec: str, image_size: int, dtype: str, remat: bool) -> tuple[dict, Any]:
+  """(model config, params) of --init, read once per process (a real CLIP is hundreds of MB)."""
+  mc, params = pretrained.load(spec, image_size=image_size, dtype=dtype, remat=remat)
+  return mc.to_dict(), params
+
+
 def au_config(s, data_dir: str, fold: int):
+  """configs/finetune_au.py for the fold; with --init, the model is the checkpoint's
+  architecture (as `train.resolve_init` makes it for the stage-1 runs)."""
   config = finetune_au.get_config(s["config_arg"])
-  return common.set_fields(config, base_overrides(s, data_dir, fold))
+  common.set_fields(config, base_overrides(s, data_dir, fold))
+  if s.get("init"):
+    mc = config.model
+    model, _ = _init_model(s["init"], mc.image_size, mc.dtype, mc.remat)
+    with config.unlocked():
+      config.init = s["init"]
+      config.model = ml_collections.ConfigDict(model)
+  return config
 
 
 def row_params(s, root: str, row: str, fold: int, config) -> dict[str, Any]:
-  """The CLIP towers of a row: a finished pretraining, or the model's init (seed = fold)."""
+  """The CLIP towers of a row: a finished pretraining, --init itself, or the model's random
+  init (seed = fold)."""
+  if row == "init":
+    mc = config.model
+    _, p = _init_model(s["init"], mc.image_size, mc.dtype, mc.remat)
+    return {k: p[k] for k in objectives.MODEL_KEYS if k in p}
   if PRETRAIN_ROWS[row] is None:
     model = models.build(config.model)
     p = jax.jit(models.init, static_argnums=0)(model, jax.random.key(1000 + fold))
@@ -330,7 +381,7 @@ def run_cells(
 
   Each finished (row, fold) is kept in WORKDIR/cells/ROW/foldK.json and not recomputed.
   """
-  tok = tok_lib.get("embedded", context_length=au_config(s, data_dir, 1).model.context_length)
+  tok = tok_lib.get(s["tokenizer"], context_length=au_config(s, data_dir, 1).model.context_length)
   cells: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in rows}
   fitters: dict[tuple, HeadFitter] = {}
   for fold in folds:
@@ -581,13 +632,13 @@ def full_finetunes(
   """configs/finetune_au.py (image tower trained) from the fold-1 instance and CLEF models."""
   out = {}
   fold = s["folds"][0]
-  for row in [r for r in ("instance", "clef_pa_pi") if r in rows]:
+  for row in [r for r in ("init", "instance", "clef_pa_pi") if r in rows]:
     wd = os.path.join(root, "finetune_au", row, f"fold{fold}")
     over = {
       **base_overrides(s, data_dir, fold),
       "total_steps": s["finetune_steps"],
       "checkpoint_every_steps": s["finetune_steps"],
-      "init": f"clef:{pretrain_workdir(root, row, fold)}",
+      "init": s["init"] if row == "init" else f"clef:{pretrain_workdir(root, row, fold)}",
     }
     commands.append(cli("configs/finetune_au.py", s, wd, over))
     done = os.path.join(wd, "results.json")
@@ -700,8 +751,12 @@ file, except the Reading section); rerun it to check. Machine: {
 Data: SynthFace ({sf.subjects} BP4D-like subjects × 8 tasks × {sf.frames_per_task} frames at
 {sf.size} px; {sf.raf_train} + {sf.raf_test} RAF-like images; generator seed {sf.seed}; code at
 commit `{commit}`). Model: {mc.vision_layers}-layer ViT (width {mc.vision_width}, patch
-{mc.patch_size}) at {mc.image_size} px and a {mc.text_layers}-layer text tower, from scratch (no
-CLIP/FaRL weights exist on this machine). Pretraining {s["pretrain_steps"]} steps of batch
+{mc.patch_size}) at {mc.image_size} px and a {mc.text_layers}-layer text tower, {
+    f"every row but `random` starting from `{os.path.relpath(s['init'].split(':', 1)[1], ROOT)}`"
+    f" ({s['init'].split(':', 1)[0]}:, tokenizer `{os.path.basename(s['tokenizer'])}`)"
+    if s.get("init")
+    else "from scratch (--init=none)"
+  }. Pretraining {s["pretrain_steps"]} steps of batch
 {pc.batch_size} (two views each) per row and fold; stage-2 heads {s["head_steps"]} steps of batch
 {s["head_batch"]} at lr {s["head_lr"]} on frozen image embeddings; seed {s["seed"]}.
 
@@ -758,7 +813,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--figures", default="docs/results", help="folder for the figures")
   p.add_argument("--quick", action="store_true", help="tiny models and data: minutes")
   p.add_argument("--folds", default="")
-  p.add_argument("--rows", default=",".join(PRETRAIN_ROWS))
+  p.add_argument(
+    "--init",
+    default="",
+    help="the model every row starts from: 'foundation' (the shipped SynthFace-CLIP; the "
+    "default), 'none' (random weights; the --quick default), or a pretrained.load spec "
+    "(hf:DIR, openai:FILE)",
+  )
+  p.add_argument("--tokenizer", default="", help="tokenizer spec (default: --init's own)")
+  p.add_argument(
+    "--config_arg", default="", help="extra config argument, e.g. variant=B/16 for ViT-B/16"
+  )
+  p.add_argument("--rows", default="", help="default: every row (without 'init' if --init=none)")
   p.add_argument("--pretrain_steps", type=int, default=0)
   p.add_argument("--head_steps", type=int, default=0)
   p.add_argument("--finetune_steps", type=int, default=0)
@@ -780,10 +846,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.basicConfig(level=logging.WARNING)
   s = settings(args)
-  rows = [r for r in args.rows.split(",") if r]
+  rows = [r for r in args.rows.split(",") if r] or [
+    r for r in PRETRAIN_ROWS if r != "init" or s["init"]
+  ]
   bad = [r for r in rows if r not in PRETRAIN_ROWS]
   if bad:
     raise SystemExit(f"--rows: unknown {bad}; known {list(PRETRAIN_ROWS)}")
+  if "init" in rows and not s["init"]:
+    raise SystemExit("--rows: the 'init' row needs a pretrained --init (it is 'none' here)")
   root = os.path.abspath(args.workdir)
   if args.markdown_only:
     path = os.path.join(root, "results.json")

@@ -73,7 +73,8 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 2
   c.eval_every_steps = 0  # 0: evaluate only at the end
-  c.init = args.get("init", "") or ""  # clef_jax.pretrained.load spec or ''
+  init = args.get("init", "") or ""
+  c.init = "" if init == "none" else init  # clef_jax.pretrained.load spec or '' ('none')
   c.dont_load = ("heads/.*",)  # regexes of params that keep their init when loading `init`
   c.tokenizer = "embedded"  # or a folder with HF CLIP tokenizer files
   c.fold = 1  # subject-exclusive fold for BP4D-like data (1..3)

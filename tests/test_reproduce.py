@@ -183,3 +183,58 @@ def test_trivial_baselines_match_sklearn(tmp_path):
   assert got["au_all_positive"] == [pytest.approx(want_f1)]  # fold 1 has no embeddings
   known = expr[expr >= 0]
   assert got["fer_majority"] == [pytest.approx(np.mean(known == 0))]
+
+
+def _init_settings(**kw):
+  args = dict(
+    quick=False, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0, head_lr=3e-3
+  )
+  args.update(kw)
+  return reproduce.settings(type("Args", (), args)())
+
+
+def test_init_flag_sets_every_rows_start_and_tokenizer():
+  """--init: the shipped foundation by default, 'none' = random weights, or any spec; the stage-1
+  config each row runs gets that init (and the from-a-pretrained-tower recipe), the heads get
+  its tokenizer."""
+  s = _init_settings()
+  assert s["init"] == f"hf:{reproduce.pretrain_config.FOUNDATION}"
+  assert s["tokenizer"] == reproduce.pretrain_config.FOUNDATION
+  pc = reproduce.pretrain_config.get_config(s["config_arg"])
+  assert pc.init == s["init"] and pc.optim.lr == pytest.approx(5e-5)
+  assert pc.pretrain.lambda_inst == 1.0
+  assert reproduce.base_overrides(s, "/d", 2)["tokenizer"] == s["tokenizer"]
+
+  s = _init_settings(init="none")
+  assert s["init"] == "" and s["tokenizer"] == "embedded"
+  pc = reproduce.pretrain_config.get_config(s["config_arg"])
+  assert pc.init == "" and pc.optim.lr == pytest.approx(5e-4) and pc.pretrain.lambda_inst == 0
+  assert reproduce.au_config(s, "/d", 1).init == ""  # 'none' is no init in every config
+
+  s = _init_settings(init="hf:/ckpt/farl", config_arg="image_size=112")
+  assert s["tokenizer"] == "/ckpt/farl" and s["config_arg"] == "init=hf:/ckpt/farl,image_size=112"
+  pc = reproduce.pretrain_config.get_config(s["config_arg"])
+  assert pc.init == "hf:/ckpt/farl" and pc.model.image_size == 112
+  assert pc.optim.lr == pytest.approx(5e-5)
+  assert _init_settings(init="openai:/ckpt/ViT-B-16.pt", tokenizer="/tok")["tokenizer"] == "/tok"
+  # The quick run (tiny models) trains from scratch unless told otherwise.
+  assert _settings()["init"] == ""
+
+
+def test_init_row_needs_an_init_and_loads_it(tmp_path):
+  with pytest.raises(SystemExit, match="'init' row needs a pretrained --init"):
+    reproduce.main(["--quick", "--rows=init", f"--workdir={tmp_path}", "--cache_dir="])
+  with pytest.raises(SystemExit, match="unknown"):
+    reproduce.main(["--quick", "--rows=clip", f"--workdir={tmp_path}", "--cache_dir="])
+  s = _init_settings()
+  config = reproduce.au_config(s, "/d", 1)
+  got = reproduce.row_params(s, str(tmp_path), "init", 1, config)
+  _, want = reproduce.pretrained.load(s["init"], image_size=config.model.image_size)
+  assert set(got) == set(reproduce.objectives.MODEL_KEYS) & set(want)
+  np.testing.assert_array_equal(
+    got["visual"]["positional_embedding"], want["visual"]["positional_embedding"]
+  )
+  # The architecture the rows are built with is the checkpoint's (the heads fit on top of it).
+  model = models.build(config.model)
+  shapes = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+  assert jax.tree.map(np.shape, {k: shapes[k] for k in got}) == jax.tree.map(np.shape, got)
