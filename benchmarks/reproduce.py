@@ -125,21 +125,20 @@ def settings(args) -> dict[str, Any]:
       folds=args.folds or "1,2,3",
       finetune_steps=args.finetune_steps or 100,
     )
-  init = getattr(args, "init", "") or ("none" if args.quick else "foundation")
+  init = args.init or ("none" if args.quick else "foundation")
   if init == "foundation":
     # The pretrain config's own default (Ti/16 at 64 px starts from the shipped foundation).
-    init, tokenizer = f"hf:{pretrain_config.FOUNDATION}", pretrain_config.FOUNDATION
-    arg = s["config_arg"]
+    init, init_arg = f"hf:{pretrain_config.FOUNDATION}", ""
   elif init == "none":
-    init, tokenizer = "", "embedded"
-    arg = ",".join(a for a in (s["config_arg"], "init=none") if a)
+    init, init_arg = "", "init=none"
   else:
-    tokenizer = init.split(":", 1)[1] if init.startswith("hf:") else "embedded"
-    arg = ",".join(a for a in (s["config_arg"], f"init={init}") if a)
-  s["config_arg"] = ",".join(a for a in (arg, getattr(args, "config_arg", "")) if a)
+    init_arg = f"init={init}"
+  s["config_arg"] = ",".join(a for a in (s["config_arg"], init_arg, args.config_arg) if a)
+  # An hf: folder carries its own tokenizer files.
+  tokenizer = init.split(":", 1)[1] if init.startswith("hf:") else "embedded"
   s.update(
     init=init,
-    tokenizer=getattr(args, "tokenizer", "") or tokenizer,
+    tokenizer=args.tokenizer or tokenizer,
     seed=args.seed,
     head_lr=args.head_lr,
     quick=args.quick,
@@ -155,7 +154,7 @@ def base_overrides(s, data_dir: str, fold: int) -> dict[str, Any]:
     "fold": fold,
     "seed": s["seed"],
     "data.data_dir": data_dir,
-    "tokenizer": s.get("tokenizer", "embedded"),
+    "tokenizer": s["tokenizer"],
   }
 
 

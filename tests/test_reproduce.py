@@ -20,7 +20,16 @@ from clef_jax import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
 def _settings(**kw):
   args = dict(
-    quick=True, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0, head_lr=3e-3
+    quick=True,
+    pretrain_steps=0,
+    head_steps=0,
+    folds="",
+    finetune_steps=0,
+    seed=0,
+    head_lr=3e-3,
+    init="",
+    tokenizer="",
+    config_arg="",
   )
   args.update(kw)
   return reproduce.settings(type("Args", (), args)())
@@ -186,11 +195,7 @@ def test_trivial_baselines_match_sklearn(tmp_path):
 
 
 def _init_settings(**kw):
-  args = dict(
-    quick=False, pretrain_steps=0, head_steps=0, folds="", finetune_steps=0, seed=0, head_lr=3e-3
-  )
-  args.update(kw)
-  return reproduce.settings(type("Args", (), args)())
+  return _settings(quick=False, **kw)
 
 
 def test_init_flag_sets_every_rows_start_and_tokenizer():
