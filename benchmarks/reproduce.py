@@ -17,17 +17,27 @@ Stages (each resumable: a rerun skips what is on disk under --workdir):
     initialisation (seed k) without pretraining.
  2. Frozen image embeddings of every (row, fold): BP4D-like train/test of the fold and the
     RAF-like train/test split.
- 3. Stage-2 heads on the frozen embeddings, with the project's own fine-tuning objectives
-    (`objectives.finetune_objective`) and optimizer: I = a linear head, I+N = text head over
-    label names, I+D = over descriptions (+ L_DN), I+N+D = names + L_DN. The image tower stays
-    frozen (full fine-tuning of 5 × 4 × 3 models does not fit the CPU budget); the text tower,
-    the logit scales and the heads train. Same steps, batch and lr for every cell.
- 4. Probes and zero-shot: subject identity from frozen embeddings (held-out tasks of the
-    training subjects); unseen expressions (FER head fitted on the seen classes of the RAF-like
-    train split, tested on unseen-class test images over all classes); AU → FER (the fold's
-    AU I+N+D text tower classifies RAF-like test images from expression names).
- 5. One real end-to-end fine-tune (`configs/finetune_au.py`, image tower trained) from the CLEF
-    and instance checkpoints of fold 1, embedding maps and relevance heatmaps.
+ 3. Stage-2 heads on the frozen embeddings. I = the linear head, fitted to convergence as in
+    CLIP's linear probes (L-BFGS logistic regression on standardised features, C chosen on 25 %
+    of the training subjects held out whole; `linear_probe_au`). I+N = text head over label
+    names, I+D = over descriptions (+ L_DN), I+N+D = names + L_DN, with the project's own
+    fine-tuning objectives (`objectives.finetune_objective`) and optimizer at a constant lr:
+    one run on the other 75 % of the subjects scores every step count of --head_steps on the
+    held-out ones, the best is refitted on all training frames (`fit_selected`). The schedule is
+    chosen on the first fold and reused for the row's other folds and the 10 % column; the
+    RAF-like split has no subjects, so its validation images are a random 25 %. The image tower
+    stays frozen (full fine-tuning of 5 × 4 × 3 models does not fit the CPU budget); the text
+    tower, the logit scales and the heads train.
+ 4. References on the same frames: every AU present / the majority class, and head I on the
+    frames' 32×32 grey raw pixels (`pixel_references`). Probes and zero-shot: subject identity
+    from frozen embeddings (held-out tasks of the training subjects); unseen expressions (FER
+    head fitted on the seen classes of the RAF-like train split, tested on unseen-class test
+    images over all classes); AU → FER (the fold's AU I+N+D text tower classifies RAF-like test
+    images from expression names).
+ 5. End-to-end fine-tunes (`configs/finetune_au.py`, image tower trained) from the init (the
+    supervised upper bound; also `configs/finetune_fer.py`), the CLEF and the instance
+    checkpoints of the first fold; the stage-1 loss curves, embedding maps and relevance
+    heatmaps.
 The tables (mean ± std over folds) go to --results (default docs/results.md); raw numbers to
 W/results.json. The file's "Reading" section is kept between runs (it is written by a person).
 """
@@ -71,6 +81,7 @@ from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-
 from clef_jax import trainer  # pylint: disable=g-import-not-at-top
 from configs import common  # pylint: disable=g-import-not-at-top
 from configs import finetune_au  # pylint: disable=g-import-not-at-top
+from configs import finetune_fer  # pylint: disable=g-import-not-at-top
 from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
 
 # Rows of the ablation table: pretraining overrides (None: no pretraining).
@@ -111,7 +122,7 @@ def settings(args) -> dict[str, Any]:
     s = dict(
       config_arg="tiny",
       pretrain_steps=args.pretrain_steps or 4,
-      head_steps=args.head_steps or 20,
+      head_steps=args.head_steps or "5,10",
       head_batch=32,
       folds=args.folds or "1,2",
       finetune_steps=args.finetune_steps or 3,
@@ -120,10 +131,10 @@ def settings(args) -> dict[str, Any]:
     s = dict(
       config_arg="",
       pretrain_steps=args.pretrain_steps or 100,
-      head_steps=args.head_steps or 50,
-      head_batch=256,
+      head_steps=args.head_steps or "50,100,200",
+      head_batch=1024,
       folds=args.folds or "1,2,3",
-      finetune_steps=args.finetune_steps or 100,
+      finetune_steps=args.finetune_steps or 600,
     )
   init = args.init or ("none" if args.quick else "foundation")
   if init == "foundation":
@@ -146,6 +157,9 @@ def settings(args) -> dict[str, Any]:
     zeroshot_unseen=("fear", "disgust", "anger"),
   )
   s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
+  s["head_steps"] = sorted({int(n) for n in str(s["head_steps"]).split(",") if n})
+  if not s["head_steps"] or min(s["head_steps"]) < 1:
+    raise SystemExit(f"--head_steps={args.head_steps!r}: expected step counts > 0, e.g. 50,100,200")
   return s
 
 
@@ -283,11 +297,13 @@ def embed_row(s, root: str, data_dir: str, row: str, fold: int) -> dict[str, np.
 
 
 class HeadFitter:
-  """Fits one stage-2 objective on frozen image embeddings with the trainer's own step (the
+  """Fits one stage-2 text head on frozen image embeddings with the trainer's own step (the
   logit-scale clamp included), compiled once per head variant: the image tower is skipped
   (`Objective.on_features`), the text tower, logit scales and heads train. The AU
   class-balancing weights travel in the batch (`au_pos_weight`), so every fold and label
-  fraction reuses the same compiled step.
+  fraction reuses the same compiled step. The lr is constant after a short warmup, so the
+  params after n steps of one fit are those of an n-step fit: one run scores every step count
+  of the schedule grid on the validation split (`fit_selected`).
   """
 
   def __init__(self, s, config, tok, labels: Sequence):
@@ -297,8 +313,9 @@ class HeadFitter:
       config.batch_size = s["head_batch"]
       config.accum_steps = 1
       config.optim.lr = s["head_lr"]
-      config.optim.total_steps = s["head_steps"]
-      config.optim.warmup_steps = s["head_steps"] // 10
+      config.optim.total_steps = max(s["head_steps"])
+      config.optim.warmup_steps = max(1, min(s["head_steps"]) // 5)
+      config.optim.end_lr_ratio = 1.0  # constant after warmup
       config.optim.freeze = ("visual/.*",)
     self.model = models.build(config.model)
     self.obj = objectives.finetune_objective(config, self.model, tok, labels).on_features()
@@ -315,15 +332,23 @@ class HeadFitter:
     z: np.ndarray,
     labels: dict[str, np.ndarray],
     seed: int,
+    steps: int,
     pos_weight: np.ndarray | None = None,
-  ) -> dict[str, Any]:
-    """params: CLIP towers; z [N, D]; labels {'au': [N, J]} or {'label': [N]}; -> fitted params."""
+    snapshots: Sequence[int] = (),
+  ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """params: CLIP towers; z [N, D]; labels {'au': [N, J]} or {'label': [N]}.
+
+    Returns the params after `steps` steps and {n: params after n steps} for n in snapshots.
+    """
+    if steps > max(self.s["head_steps"]):
+      raise ValueError(f"{steps} head steps: the schedule ends at {max(self.s['head_steps'])}")
+    snaps = {}
     with jax.set_mesh(self.mesh):
       state = trainer.init_state(self.spec, self.config, init=params)
       order = np.random.default_rng(seed)
       bs = min(self.s["head_batch"], len(z))
       metrics = {"loss": np.float32(0)}
-      for _ in range(self.s["head_steps"]):
+      for i in range(1, steps + 1):
         idx = order.choice(len(z), bs, replace=False)
         batch = {k: v[idx] for k, v in labels.items()}
         batch.update(z=z[idx].astype(np.float32), mask=np.ones((bs,), bool))
@@ -333,13 +358,75 @@ class HeadFitter:
             np.asarray(pos_weight, np.float32), sharding.replicated(self.mesh)
           )
         state, metrics = self._step(state, batch)
+        if i in snapshots:
+          snaps[i] = jax.device_get(state["params"])
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
       raise FloatingPointError(f"stage-2 head fit diverged (loss {loss})")
-    return jax.device_get(state["params"])
+    return jax.device_get(state["params"]), snaps
 
   def predict(self, params, z: np.ndarray) -> np.ndarray:
     return np.asarray(self.fns.label_logits(params, jnp.asarray(z, jnp.float32)))
+
+
+VAL_FRACTION = 0.25  # of the training subjects (BP4D-like) or images (RAF-like), as in the probes
+
+
+def au_score(logits: np.ndarray, y: np.ndarray) -> float:
+  return mean_f1((logits >= 0).astype(np.int8), y, list(range(y.shape[1])))[0]
+
+
+def fer_score(logits: np.ndarray, y: np.ndarray) -> float:
+  return float(np.mean(logits.argmax(-1) == y))
+
+
+def fit_selected(
+  fitter: HeadFitter,
+  params,
+  z: np.ndarray,
+  labels: dict[str, np.ndarray],
+  groups: np.ndarray,
+  seed: int,
+  steps: int | None = None,
+) -> tuple[dict[str, Any], int, float | None]:
+  """A head trained for the step count of the grid (`s['head_steps']`) that scores best on a
+  held-out `VAL_FRACTION` of the training `groups` (subjects), then refitted on all of z for
+  that many steps; `steps` given: no selection. -> (params, steps, validation score or None).
+  """
+  task = "au" if "au" in labels else "label"
+  score = au_score if task == "au" else fer_score
+  weight = (lambda y: losses.au_pos_weight(y["au"])) if task == "au" else (lambda y: None)
+  val_score = None
+  if steps is None:
+    grid = fitter.s["head_steps"]
+    val = linear_probe_au.validation_subjects(groups, VAL_FRACTION, seed)
+    fit_labels = {k: v[~val] for k, v in labels.items()}
+    _, snaps = fitter.fit(
+      params, z[~val], fit_labels, seed, max(grid), weight(fit_labels), snapshots=grid
+    )
+    scores = {n: score(fitter.predict(p, z[val]), labels[task][val]) for n, p in snaps.items()}
+    steps = min(scores, key=lambda n: (-scores[n], n))  # ties: the shorter schedule
+    val_score = scores[steps]
+  fitted, _ = fitter.fit(params, z, labels, seed, steps, weight(labels))
+  return fitted, steps, val_score
+
+
+def fer_probe(
+  xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: int
+) -> tuple[np.ndarray, float, float]:
+  """Head I for expressions, CLIP's protocol: multinomial L-BFGS logistic regression on the
+  standardised features, C from `linear_probe_au.CS` by accuracy on a held-out
+  `VAL_FRACTION` of the training images, refitted on all. -> (test predictions, C, val acc)."""
+  val = linear_probe_au.validation_subjects(np.arange(len(xtr)), VAL_FRACTION, seed)
+  a, b = linear_probe_au.standardize(xtr[~val], xtr[val])
+  scores = {}
+  for c in sorted(linear_probe_au.CS):
+    pred = linear_probe_au.logistic_probe(a, ytr[~val], b, seed=seed, balanced=False, C=c)
+    scores[c] = float(np.mean(pred == ytr[val]))
+  best = max(scores, key=lambda c: (scores[c], -c))
+  a, b = linear_probe_au.standardize(xtr, xte)
+  pred = linear_probe_au.logistic_probe(a, ytr, b, seed=seed, balanced=False, C=best)
+  return pred, best, scores[best]
 
 
 def mean_f1(pred: np.ndarray, label: np.ndarray, aus: Sequence[int]) -> tuple[float, dict]:
@@ -359,6 +446,12 @@ def identity_probe(e: dict[str, np.ndarray], s) -> float:
     z[tr_idx], subj[tr_idx], z[te], seed=s["seed"], balanced=False
   )
   return float(np.mean(pred == subj[te]))
+
+
+def scarce_index(n: int, seed: int) -> np.ndarray:
+  """The label-scarce column's training frames: a seeded SCARCE_FRACTION of n, sorted."""
+  k = max(1, int(round(n * SCARCE_FRACTION)))
+  return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
 def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
@@ -407,28 +500,48 @@ def run_cells(
       out: dict[str, Any] = {"activity_zeroshot": pre.get("activity/activity_accuracy")}
       ytr, yte = e["au_train/au"], e["au_test/au"]
       n = len(ytr)
-      scarce = np.sort(
-        np.random.default_rng(s["seed"]).choice(
-          n, max(1, int(round(n * SCARCE_FRACTION))), replace=False
-        )
-      )
+      scarce = scarce_index(n, s["seed"])
       ftr = fer_labels(e["raf_train/expression"], classes)
       fte = fer_labels(e["raf_test/expression"], classes)
+      fkeep = ftr >= 0
+      groups = e["au_train/subject_id"]
+      vseed = s["seed"]  # the same validation subjects for every row
+      # Text-head schedules are chosen on fold `folds[0]` and reused for the row's other folds.
+      first = os.path.join(root, "cells", row, f"fold{s['folds'][0]}.json")
+      prior: dict[str, int] = {}
+      if fold != s["folds"][0] and os.path.isfile(first):
+        with open(first, encoding="utf-8") as f:
+          prior = json.load(f).get("schedule", {})
+      schedule: dict[str, int] = {}
       for head, fields in HEADS.items():
         for part, idx in (("", np.arange(n)), ("scarce_", scarce)):
+          if head == "I":  # the linear head: L-BFGS to convergence, C chosen on validation
+            res = linear_probe_au.probe_with_validation(
+              e["au_train/z"][idx], ytr[idx], groups[idx], e["au_test/z"], yte, aus, seed=vseed
+            )
+            out[f"{part}au_f1/I"] = res["au_f1/mean"]
+            out[f"{part}val/au_f1/I"], out[f"{part}C/au/I"] = res["val/au_f1/mean"], res["C"]
+            continue
           key = ("au", head)
           if key not in fitters:
             c = au_config(s, data_dir, fold)
             common.set_fields(c, {f"finetune.{k}": v for k, v in fields.items()})
             fitters[key] = HeadFitter(s, c, tok, aus)
           fitter = fitters[key]
-          fitted = fitter.fit(
+          # The 10 % column reuses the step count chosen with all labels.
+          fitted, steps, val = fit_selected(
+            fitter,
             params,
             e["au_train/z"][idx],
             {"au": ytr[idx]},
+            groups[idx],
             s["seed"] + fold,
-            pos_weight=losses.au_pos_weight(ytr[idx]),
+            steps=schedule.get(f"au/{head}", prior.get(f"au/{head}")),
           )
+          if not part:
+            schedule[f"au/{head}"] = steps
+            if val is not None:
+              out[f"val/au_f1/{head}"] = val
           pred = (fitter.predict(fitted, e["au_test/z"]) >= 0).astype(np.int8)
           out[f"{part}au_f1/{head}"], per_au = mean_f1(pred, yte, aus)
           if head == "I+N+D" and not part:
@@ -441,20 +554,40 @@ def run_cells(
             out["zeroshot/au_to_fer"] = float(
               np.mean((e["raf_test/z"][keep] @ zc.T).argmax(-1) == fte[keep])
             )
-        key = ("fer", head)
-        if key not in fitters:
-          c = au_config(s, data_dir, fold)
-          c.data.config = "raf"
-          common.set_fields(
-            c, {"finetune.task": "fer", **{f"finetune.{k}": v for k, v in fields.items()}}
+        if head == "I":
+          pred, out["C/fer/I"], out["val/fer_acc/I"] = fer_probe(
+            e["raf_train/z"][fkeep], ftr[fkeep], e["raf_test/z"], vseed
           )
-          fitters[key] = HeadFitter(s, c, tok, classes)
-        fitter = fitters[key]
-        keep = ftr >= 0
-        fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ftr[keep]}, s["seed"] + fold)
-        pred = fitter.predict(fitted, e["raf_test/z"]).argmax(-1)
+        else:
+          key = ("fer", head)
+          if key not in fitters:
+            c = au_config(s, data_dir, fold)
+            c.data.config = "raf"
+            common.set_fields(
+              c, {"finetune.task": "fer", **{f"finetune.{k}": v for k, v in fields.items()}}
+            )
+            fitters[key] = HeadFitter(s, c, tok, classes)
+          fitter = fitters[key]
+          fitted, steps, val = fit_selected(
+            fitter,
+            params,
+            e["raf_train/z"][fkeep],
+            {"label": ftr[fkeep]},
+            np.arange(int(fkeep.sum())),  # no subjects in the RAF-like split: held-out images
+            s["seed"] + fold,
+            steps=prior.get(f"fer/{head}"),
+          )
+          schedule[f"fer/{head}"] = steps
+          if val is not None:
+            out[f"val/fer_acc/{head}"] = val
+          pred = fitter.predict(fitted, e["raf_test/z"]).argmax(-1)
         out[f"fer_acc/{head}"] = float(np.mean(pred[fte >= 0] == fte[fte >= 0]))
-      out.update(unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters))
+      out["schedule"] = schedule
+      out.update(
+        unseen_expressions(
+          s, e, params, classes, tok, data_dir, fold, fitters, schedule["fer/I+N+D"]
+        )
+      )
       out["identity_acc"] = identity_probe(e, s)
       out["identity_chance"] = 1.0 / len(np.unique(e["au_train/subject_id"]))
       cells[row][fold] = out
@@ -471,8 +604,11 @@ def run_cells(
   return cells
 
 
-def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> dict[str, float]:
-  """FER I+N+D head fitted on the seen classes; accuracy on unseen-class test images."""
+def unseen_expressions(
+  s, e, params, classes, tok, data_dir, fold, fitters, steps: int
+) -> dict[str, float]:
+  """FER I+N+D head fitted on the seen classes (for the steps chosen for the 7-class I+N+D head);
+  accuracy on unseen-class test images."""
   seen, unseen = list(s["zeroshot_seen"]), list(s["zeroshot_unseen"])
   key = ("fer_seen",)
   if key not in fitters:
@@ -490,7 +626,9 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
   fitter = fitters[key]
   ytr = fer_labels(e["raf_train/expression"], seen)
   keep = ytr >= 0
-  fitted = fitter.fit(params, e["raf_train/z"][keep], {"label": ytr[keep]}, s["seed"] + fold)
+  fitted, _ = fitter.fit(
+    params, e["raf_train/z"][keep], {"label": ytr[keep]}, s["seed"] + fold, steps
+  )
   zc = eval_common.classify_by_text(
     fitter.fns, fitted, tok, classes, "names", sharding.make_mesh(fitter.config.mesh)
   )
@@ -507,12 +645,18 @@ def unseen_expressions(s, e, params, classes, tok, data_dir, fold, fitters) -> d
   }
 
 
-def trivial_baselines(root: str, rows: Sequence[str], folds: Sequence[int]) -> dict[str, list]:
-  """Per fold: mean AU F1 of predicting every AU present, and FER accuracy of the majority class.
-
-  Read from the labels saved with the embeddings (the same for every row).
-  """
-  out: dict[str, list] = {"au_all_positive": [], "fer_majority": []}
+def references(root: str, rows: Sequence[str], folds: Sequence[int], finetunes: dict) -> dict:
+  """Per fold, on the tables' test sets: mean AU F1 of predicting every AU present and FER
+  accuracy of the majority class (from the labels saved with the embeddings, the same for every
+  row), the raw-pixel probes (`pixel_references`, when on disk), and the supervised upper
+  bounds (end-to-end fine-tunes from the init, fold `folds[0]` only)."""
+  out: dict[str, list] = {
+    "au_all_positive": [],
+    "fer_majority": [],
+    "raw_pixels/au_f1": [],
+    "raw_pixels/scarce_au_f1": [],
+    "raw_pixels/fer_acc": [],
+  }
   for fold in folds:
     path = next(
       (
@@ -530,6 +674,67 @@ def trivial_baselines(root: str, rows: Sequence[str], folds: Sequence[int]) -> d
     out["au_all_positive"].append(f1)
     _, counts = np.unique(expr[expr >= 0], return_counts=True)
     out["fer_majority"].append(float(counts.max() / counts.sum()))
+    ref = os.path.join(root, "references", f"fold{fold}.json")
+    if os.path.isfile(ref):
+      with open(ref, encoding="utf-8") as f:
+        r = json.load(f)
+      for k in ("au_f1", "scarce_au_f1", "fer_acc"):
+        out[f"raw_pixels/{k}"].append(r[f"raw_pixels/{k}"])
+  au, fer = finetunes.get("au/init", {}), finetunes.get("fer/init", {})
+  out["supervised/au_f1"] = [au["test/au_f1/mean"]] if "test/au_f1/mean" in au else []
+  out["supervised/fer_acc"] = [fer["test/fer/accuracy"]] if "test/fer/accuracy" in fer else []
+  return out
+
+
+def pixel_references(s, root: str, data_dir: str, fold: int) -> dict[str, float]:
+  """The raw-pixel references of a fold, same frames and protocol as head I: the AU probe
+  (`linear_probe_au.probe_with_validation`) and the expression probe (`fer_probe`) on 32×32
+  grey pixels. Kept in WORKDIR/references/foldK.json."""
+  path = os.path.join(root, "references", f"fold{fold}.json")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+
+  def pixels(source):
+    return linear_probe_au.raw_pixels(
+      [pipeline.decode_image(source[i]["image"]) for i in range(len(source))]
+    )
+
+  t0 = time.time()
+  config = au_config(s, data_dir, fold)
+  data = data_lib.setup(config)
+  rconfig = au_config(s, data_dir, fold)
+  rconfig.data.config = "raf"
+  rdata = data_lib.setup(rconfig)
+  # Labels in source order, as the embeddings of every row were saved.
+  e = embed_row(s, root, data_dir, "init" if s.get("init") else "random", fold)
+  xtr, xte = pixels(data.train), pixels(data.test)
+  ytr, yte, groups = e["au_train/au"], e["au_test/au"], e["au_train/subject_id"]
+  res = linear_probe_au.probe_with_validation(xtr, ytr, groups, xte, yte, data.aus, seed=s["seed"])
+  sc = scarce_index(len(ytr), s["seed"])
+  scarce = linear_probe_au.probe_with_validation(
+    xtr[sc], ytr[sc], groups[sc], xte, yte, data.aus, seed=s["seed"]
+  )
+  classes = list(rdata.classes)
+  ftr = fer_labels(e["raf_train/expression"], classes)
+  fte = fer_labels(e["raf_test/expression"], classes)
+  keep = ftr >= 0
+  pred, c, val = fer_probe(pixels(rdata.train)[keep], ftr[keep], pixels(rdata.test), s["seed"])
+  out = {
+    "raw_pixels/au_f1": res["au_f1/mean"],
+    "raw_pixels/val/au_f1": res["val/au_f1/mean"],
+    "raw_pixels/au_C": res["C"],
+    "raw_pixels/scarce_au_f1": scarce["au_f1/mean"],
+    "raw_pixels/fer_acc": float(np.mean(pred[fte >= 0] == fte[fte >= 0])),
+    "raw_pixels/val/fer_acc": val,
+    "raw_pixels/fer_C": c,
+  }
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=1)
+  os.replace(path + ".tmp", path)
+  print(f"[references] fold {fold} ({time.time() - t0:.0f} s): {out}", flush=True)
   return out
 
 
@@ -548,7 +753,7 @@ def fmt(values: Sequence[float], pct: bool = True) -> str:
   return f"{m * k:.1f} ± {sd * k:.1f}"
 
 
-def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
+def tables(cells: dict, s, refs: dict[str, list] | None = None) -> str:
   """The markdown tables of docs/results.md."""
   folds = s["folds"]
   rows = list(cells)
@@ -572,13 +777,19 @@ def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
       + " | ".join(fmt(col(r, f"fer_acc/{h}")) for h in HEADS)
       + " |"
     )
-  if baselines and baselines.get("au_all_positive"):
-    lines += [
-      "",
-      "Trivial references (same test sets): predicting every AU present gives mean AU "
-      f"F1 {fmt(baselines['au_all_positive'])}; always predicting the most frequent "
-      f"expression gives FER accuracy {fmt(baselines['fer_majority'])}.",
-    ]
+  refs = refs or {}
+  sup = f"end to end from the init, fold {folds[0]}, {s['finetune_steps']} steps"
+  lines += [
+    "",
+    "| reference (same test frames, same run) | AU F1 | FER acc |",
+    "|---|---:|---:|",
+    f"| trivial: every AU present / the majority expression | {fmt(refs.get('au_all_positive', []))} "
+    f"| {fmt(refs.get('fer_majority', []))} |",
+    "| raw pixels: head I on 32×32 grey pixels (same probe, same C selection) | "
+    f"{fmt(refs.get('raw_pixels/au_f1', []))} | {fmt(refs.get('raw_pixels/fer_acc', []))} |",
+    f"| supervised upper bound: the ViT fine-tuned with the labels ({sup}) | "
+    f"{fmt(refs.get('supervised/au_f1', []))} | {fmt(refs.get('supervised/fer_acc', []))} |",
+  ]
   lines += [
     "",
     f"### Label-scarce: AU F1 with {SCARCE_FRACTION:.0%} of the labelled training "
@@ -591,6 +802,11 @@ def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
     lines.append(
       f"| {ROW_TITLES[r]} | " + " | ".join(fmt(col(r, f"scarce_au_f1/{h}")) for h in HEADS) + " |"
     )
+  lines += [
+    f"| *reference: every AU present* | {fmt(refs.get('au_all_positive', []))} | – | – | – |",
+    f"| *reference: raw pixels, head I on the same 10 %* | "
+    f"{fmt(refs.get('raw_pixels/scarce_au_f1', []))} | – | – | – |",
+  ]
   chance = mean_std(col(rows[0], "identity_chance"))[0]
   lines += [
     "",
@@ -628,26 +844,77 @@ def tables(cells: dict, s, baselines: dict[str, list] | None = None) -> str:
 def full_finetunes(
   s, root: str, data_dir: str, rows: Sequence[str], commands: list
 ) -> dict[str, dict]:
-  """configs/finetune_au.py (image tower trained) from the fold-1 instance and CLEF models."""
+  """End-to-end fine-tunes (image tower trained, I+N+D) on fold `folds[0]`:
+  `configs/finetune_au.py` from the init and the fold's instance and CLEF PA+PI models, and
+  `configs/finetune_fer.py` from the init. From the init they are the supervised upper bounds
+  of the frozen-feature tables. -> {"au/ROW" or "fer/ROW": the run's results.json}."""
   out = {}
   fold = s["folds"][0]
-  for row in [r for r in ("init", "instance", "clef_pa_pi") if r in rows]:
-    wd = os.path.join(root, "finetune_au", row, f"fold{fold}")
+  runs = [("au", r) for r in ("init", "instance", "clef_pa_pi") if r in rows]
+  runs += [("fer", "init")] if "init" in rows else []
+  for task, row in runs:
+    wd = os.path.join(root, f"finetune_{task}", row, f"fold{fold}")
     over = {
       **base_overrides(s, data_dir, fold),
       "total_steps": s["finetune_steps"],
       "checkpoint_every_steps": s["finetune_steps"],
       "init": s["init"] if row == "init" else f"clef:{pretrain_workdir(root, row, fold)}",
     }
-    commands.append(cli("configs/finetune_au.py", s, wd, over))
+    config_file = f"configs/finetune_{task}.py"
+    commands.append(cli(config_file, s, wd, over))
     done = os.path.join(wd, "results.json")
     if os.path.isfile(done):
       with open(done, encoding="utf-8") as f:
-        out[row] = json.load(f)
+        out[f"{task}/{row}"] = json.load(f)
       continue
-    config = finetune_au.get_config(s["config_arg"])
+    config = (finetune_au if task == "au" else finetune_fer).get_config(s["config_arg"])
     common.set_fields(config, over)
-    out[row] = train.run(config, wd)
+    t0 = time.time()
+    out[f"{task}/{row}"] = train.run(config, wd)
+    print(f"[finetune] {task} from {row}: {time.time() - t0:.0f} s", flush=True)
+  return out
+
+
+def stage1_curves(root: str, fig_dir: str, rows: Sequence[str], fold: int) -> str | None:
+  """A PNG of the stage-1 losses of the fold's pretraining rows: loss_pi against its collapse
+  value log(2B-1) (identical embeddings within every positive set), and loss_pa."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  runs = {}
+  for row in rows:
+    path = os.path.join(pretrain_workdir(root, row, fold), "metrics.jsonl")
+    if PRETRAIN_ROWS[row] is not None and os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        runs[row] = [r for r in map(json.loads, f) if "loss" in r]
+  if not runs:
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  collapse = None
+  for row, recs in runs.items():
+    for ax, key in zip(axes, ("loss_pi", "loss_pa")):
+      pts = [(r["step"], r[key]) for r in recs if key in r]
+      if pts:
+        ax.plot(*zip(*pts), label=ROW_TITLES[row])
+    collapse = collapse or next(
+      (r["health/loss_pi_at_collapse"] for r in recs if "health/loss_pi_at_collapse" in r), None
+    )
+  if collapse is not None:
+    axes[0].axhline(
+      collapse, color="k", ls="--", lw=1, label=f"collapse log(2B-1) = {collapse:.2f}"
+    )
+  for ax, title in zip(axes, ("L_II' (loss_pi)", "L_IA (loss_pa)")):
+    ax.set(title=f"{title}, fold {fold}", xlabel="step")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(fig_dir, exist_ok=True)
+  out = os.path.join(fig_dir, "stage1_losses.png")
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
   return out
 
 
@@ -658,6 +925,9 @@ def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> 
   fold = s["folds"][0]
   os.makedirs(fig_dir, exist_ok=True)
   stats = {}
+  curves = stage1_curves(root, fig_dir, rows, fold)
+  if curves:
+    stats["stage1_losses"] = os.path.relpath(curves, fig_dir)
   if "clef_pa_pi" not in rows or "instance" not in rows:
     return stats
   for row in ("instance", "clef_pa_pi"):
@@ -726,8 +996,10 @@ def write_markdown(
   pc = pretrain_config.get_config(s["config_arg"])
   mc, sf = pc.model, pc.data.synthface
   ft = "\n".join(
-    f"| {ROW_TITLES[r]} | {res.get('test/au_f1/mean', float('nan')) * 100:.1f} |"
-    for r, res in finetunes.items()
+    f"| {ROW_TITLES[k.split('/', 1)[1]]} | "
+    + (f"{res['test/au_f1/mean'] * 100:.1f} | – |" if k.startswith("au/") else "")
+    + (f"– | {res['test/fer/accuracy'] * 100:.1f} |" if k.startswith("fer/") else "")
+    for k, res in finetunes.items()
   )
   emb = "\n".join(
     f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
@@ -756,22 +1028,30 @@ commit `{commit}`). Model: {mc.vision_layers}-layer ViT (width {mc.vision_width}
     if s.get("init")
     else "from scratch (--init=none)"
   }. Pretraining {s["pretrain_steps"]} steps of batch
-{pc.batch_size} (two views each) per row and fold; stage-2 heads {s["head_steps"]} steps of batch
-{s["head_batch"]} at lr {s["head_lr"]} on frozen image embeddings; seed {s["seed"]}.
+{pc.batch_size} (two views each) per row and fold; stage-2 heads on frozen image embeddings: head I
+is L-BFGS logistic regression (CLIP's linear-probe protocol, C from {
+    list(linear_probe_au.CS)
+  } chosen on {VAL_FRACTION:.0%} of the training
+subjects held out whole, RAF-like: of the training images), the text heads train with the
+project's objective at constant lr {s["head_lr"]}, batch {s["head_batch"]}, for the step count of {
+    s["head_steps"]
+  } that scores best on the same held-out subjects (images), chosen on fold {s["folds"][0]} and
+reused for the row's other folds, then refitted on all training frames; seed {s["seed"]}.
 
 {READING_START}
 {reading}{READING_END}
 
 ## Tables
 
-{tables(cells, s, trivial_baselines(root, list(cells), s["folds"]))}
+{tables(cells, s, references(root, list(cells), s["folds"], finetunes))}
 
 ### End-to-end fine-tuning (image tower trained, fold {
     s["folds"][0]
-  }, `configs/finetune_au.py`, I+N+D, {s["finetune_steps"]} steps)
+  }, `configs/finetune_au.py` / `configs/finetune_fer.py`, I+N+D, {s["finetune_steps"]} steps,
+the configs' own lr; not tuned)
 
-| init | AU F1 (%) |
-|---|---:|
+| init | AU F1 (%) | FER acc (%) |
+|---|---:|---:|
 {ft}
 
 ## Embedding maps (fold {
@@ -825,9 +1105,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   p.add_argument("--rows", default="", help="default: every row (without 'init' if --init=none)")
   p.add_argument("--pretrain_steps", type=int, default=0)
-  p.add_argument("--head_steps", type=int, default=0)
+  p.add_argument(
+    "--head_steps",
+    default="",
+    help="step counts the text heads choose from on validation (default 50,100,200; quick 5,10)",
+  )
   p.add_argument("--finetune_steps", type=int, default=0)
-  p.add_argument("--head_lr", type=float, default=3e-3, help="peak lr of the stage-2 heads")
+  p.add_argument("--head_lr", type=float, default=3e-3, help="lr of the stage-2 text heads")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
     "--markdown_only",
@@ -845,8 +1129,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.basicConfig(level=logging.WARNING)
   s = settings(args)
+  # With an init, the poster's rows (the init replaces `random`); without, `random` and stage 1.
   rows = [r for r in args.rows.split(",") if r] or [
-    r for r in PRETRAIN_ROWS if r != "init" or s["init"]
+    r for r in PRETRAIN_ROWS if r != ("random" if s["init"] else "init")
   ]
   bad = [r for r in rows if r not in PRETRAIN_ROWS]
   if bad:
@@ -882,9 +1167,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   # Fold 1 first, then its end-to-end fine-tunes and figures, then the other folds: a run cut
   # short still leaves one complete fold (and a rerun resumes from what is on disk).
   run_cells(s, root, data_dir, rows, s["folds"][:1], commands)
+  pixel_references(s, root, data_dir, s["folds"][0])
   finetunes = full_finetunes(s, root, data_dir, rows, commands)
   figs = figures(s, root, args.figures, rows, commands)
   cells = run_cells(s, root, data_dir, rows, s["folds"], commands)
+  for fold in s["folds"][1:]:
+    pixel_references(s, root, data_dir, fold)
   wall = time.time() - t0
   result = {
     "settings": s,

@@ -22,7 +22,7 @@ def _settings(**kw):
   args = dict(
     quick=True,
     pretrain_steps=0,
-    head_steps=0,
+    head_steps="",
     folds="",
     finetune_steps=0,
     seed=0,
@@ -87,7 +87,7 @@ def tiny_clip():
 def test_head_fitter_learns_a_linear_au_rule(tiny_clip, head):
   """AU j occurs when <z, w_j> > 0: a frozen-feature head must recover it (vs sklearn)."""
   config, params, tok = tiny_clip
-  s = {**_settings(), "head_steps": 300, "head_batch": 64, "head_lr": 1e-2}
+  s = {**_settings(), "head_steps": [100, 300], "head_batch": 64, "head_lr": 1e-2}
   for k, v in reproduce.HEADS[head].items():
     config.finetune[k] = v
   rng = np.random.default_rng(1)
@@ -98,7 +98,13 @@ def test_head_fitter_learns_a_linear_au_rule(tiny_clip, head):
   y = (z @ w > 0).astype(np.int32)
   y[::7, 0] = -1  # unknown labels are masked, not negatives
   fitter = reproduce.HeadFitter(s, config, tok, [1, 2, 4])
-  fitted = fitter.fit(params, z[:400], {"au": y[:400]}, seed=0, pos_weight=np.ones(3, np.float32))
+  fitted, snaps = fitter.fit(
+    params, z[:400], {"au": y[:400]}, 0, 300, np.ones(3, np.float32), snapshots=(100, 300)
+  )
+  # Constant lr: the 300-step snapshot is the fit's end, and an n-step fit is its n-step prefix.
+  jax.tree.map(np.testing.assert_array_equal, snaps[300], fitted)
+  short, _ = fitter.fit(params, z[:400], {"au": y[:400]}, 0, 100, np.ones(3, np.float32))
+  jax.tree.map(np.testing.assert_array_equal, snaps[100], short)
   pred = (fitter.predict(fitted, z[400:]) >= 0).astype(np.int32)
   for j in range(3):
     known = y[400:, j] >= 0
@@ -108,6 +114,74 @@ def test_head_fitter_learns_a_linear_au_rule(tiny_clip, head):
     f1_ref = f1_score(y[400:, j][known], ref.predict(z[400:][known]))
     f1 = f1_score(y[400:, j][known], pred[known, j])
     assert f1 > 0.8 and f1 > f1_ref - 0.1, (head, j, f1, f1_ref)  # chance ≈ 0.5
+
+
+class _StepCountFitter:
+  """A stand-in head whose 'params' are its step count: the AU logits of row i are +1 for the
+  AUs of `truth[i]` after exactly `best` steps, and -1 everywhere otherwise (so only the
+  `best`-step head scores above the all-absent prediction). Records every fit."""
+
+  def __init__(self, grid, best, truth):
+    self.s, self.best, self.truth, self.calls = {"head_steps": grid}, best, truth, []
+
+  def fit(self, params, z, labels, seed, steps, pos_weight=None, snapshots=()):
+    self.calls.append((z[:, 0].copy(), steps, tuple(snapshots)))
+    return steps, {n: n for n in snapshots}
+
+  def predict(self, steps, z):
+    rows = z[:, 0].astype(int)
+    return (
+      np.where(self.truth[rows] > 0, 1.0, -1.0)
+      if steps == self.best
+      else -np.ones((len(z), self.truth.shape[1]))
+    )
+
+
+def test_fit_selected_chooses_steps_on_held_out_subjects_then_refits_on_all():
+  rng = np.random.default_rng(0)
+  groups = np.repeat(np.arange(8), 5)  # 8 subjects × 5 frames
+  y = rng.integers(0, 2, size=(40, 3)).astype(np.int8)
+  z = np.arange(40, dtype=np.float32)[:, None]  # z[:, 0] = the row's index
+  fitter = _StepCountFitter([5, 10, 20], best=10, truth=y)
+  fitted, steps, val = reproduce.fit_selected(fitter, None, z, {"au": y}, groups, seed=3)
+  assert (fitted, steps) == (10, 10)
+  (sel_rows, sel_steps, snaps), (all_rows, all_steps, _) = fitter.calls
+  held = reproduce.linear_probe_au.validation_subjects(groups, reproduce.VAL_FRACTION, 3)
+  assert held.sum() == 10 and not set(groups[held]) & set(groups[sel_rows.astype(int)])
+  assert (sel_steps, snaps) == (20, (5, 10, 20))  # one run scores every grid point
+  np.testing.assert_array_equal(all_rows, np.arange(40))  # refitted on every training row
+  assert all_steps == 10
+  ref = f1_score(y[held].ravel(), y[held].ravel())  # the chosen head is right on held-out rows
+  assert val == pytest.approx(ref) == 1.0
+  # A given step count skips the selection: one fit on all rows.
+  fitter.calls.clear()
+  assert reproduce.fit_selected(fitter, None, z, {"au": y}, groups, 3, steps=5)[1:] == (5, None)
+  assert len(fitter.calls) == 1 and fitter.calls[0][1] == 5
+
+
+def test_fer_probe_matches_sklearn_grid_search_on_held_out_images():
+  from sklearn.model_selection import GridSearchCV, PredefinedSplit
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+
+  rng = np.random.default_rng(5)
+  n, d, k = 150, 60, 3
+  w = rng.normal(size=(d, k)) * (np.arange(d) < 5)[:, None]
+  x, xte = rng.normal(size=(n, d)), rng.normal(size=(90, d))
+  y = (x @ w + rng.normal(scale=1.0, size=(n, k))).argmax(-1)
+  pred, c, val = reproduce.fer_probe(x, y, xte, seed=1)
+  held = reproduce.linear_probe_au.validation_subjects(np.arange(n), reproduce.VAL_FRACTION, 1)
+  search = GridSearchCV(
+    make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=1)),
+    {"logisticregression__C": sorted(reproduce.linear_probe_au.CS)},
+    scoring="accuracy",
+    cv=PredefinedSplit(np.where(held, 0, -1)),
+    refit=True,
+  ).fit(x, y)
+  assert c == search.best_params_["logisticregression__C"]
+  assert val == pytest.approx(search.best_score_)
+  np.testing.assert_array_equal(pred, search.predict(xte))
+  assert np.mean(pred == (xte @ w).argmax(-1)) > 0.6  # chance 1/3
 
 
 def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
@@ -122,7 +196,7 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
     f"--figures={fig}",
     "--cache_dir=",
     f"--rows={','.join(rows)}",
-    "--head_steps=10",
+    "--head_steps=4,8",
   ]
   result = reproduce.main(argv)
   s = result["settings"]
@@ -143,6 +217,13 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
       cell = result["cells"][row][fold]
       for k in keys:
         assert 0.0 <= cell[k] <= 1.0, (row, fold, k, cell[k])
+      # Text-head schedules come from the --head_steps grid, chosen on fold 1 and reused.
+      assert set(cell["schedule"]) == {
+        f"{t}/{h}" for t in ("au", "fer") for h in reproduce.HEADS if h != "I"
+      }
+      assert set(cell["schedule"].values()) <= {4, 8}
+      assert cell["schedule"] == result["cells"][row]["1"]["schedule"]
+      assert ("val/au_f1/I+N" in cell) == (fold == "1") and 0 < cell["C/au/I"] <= 1
       if row != "random":  # activity zero-shot comes from the pretraining run
         assert 0.0 <= cell["activity_zeroshot"] <= 1.0
       # The identity number, recomputed from the saved embeddings with sklearn directly.
@@ -161,7 +242,20 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
     want = 3 if row == "random" else 5
     assert text.count(f"| {reproduce.ROW_TITLES[row]} |") == want, row
   assert "AU F1 I+N+D" in text and "python main.py --config=configs/pretrain.py:tiny" in text
-  for name in ("embeddings_instance.png", "embeddings_clef_pa_pi.png"):
+  # The references of the same run: the raw-pixel probes of both folds, on disk and printed.
+  for fold in (1, 2):
+    ref = json.loads((w / "references" / f"fold{fold}.json").read_text())
+    assert 0 < ref["raw_pixels/au_f1"] <= 1 and 0 < ref["raw_pixels/fer_acc"] <= 1
+  raw = reproduce.fmt(
+    [
+      json.loads((w / "references" / f"fold{k}.json").read_text())["raw_pixels/au_f1"]
+      for k in (1, 2)
+    ]
+  )
+  assert (
+    f"| raw pixels: head I on 32×32 grey pixels (same probe, same C selection) | {raw} |" in text
+  )
+  for name in ("embeddings_instance.png", "embeddings_clef_pa_pi.png", "stage1_losses.png"):
     assert (fig / name).stat().st_size > 1000
   assert result["figures"]["relevance_figures"]
   # The Reading section is kept when the page is rewritten from results.json.
@@ -178,20 +272,28 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
   assert again.split("## Tables")[1] == text.split("## Tables")[1]
 
 
-def test_trivial_baselines_match_sklearn(tmp_path):
+def test_references_match_sklearn(tmp_path):
   rng = np.random.default_rng(0)
   y = rng.choice([-1, 0, 1], size=(50, 3), p=[0.1, 0.6, 0.3]).astype(np.int8)
   expr = rng.choice([-1, 0, 1, 2], size=40, p=[0.1, 0.5, 0.3, 0.1])
   d = tmp_path / "embeddings" / "instance"
   d.mkdir(parents=True)
   np.savez(d / "fold2.npz", **{"au_test/au": y, "raf_test/expression": expr})
-  got = reproduce.trivial_baselines(str(tmp_path), ["random", "instance"], [1, 2])
+  (tmp_path / "references").mkdir()
+  (tmp_path / "references" / "fold2.json").write_text(
+    json.dumps({"raw_pixels/au_f1": 0.5, "raw_pixels/scarce_au_f1": 0.4, "raw_pixels/fer_acc": 0.7})
+  )
+  finetunes = {"au/init": {"test/au_f1/mean": 0.8}, "fer/init": {"test/fer/accuracy": 0.9}}
+  got = reproduce.references(str(tmp_path), ["random", "instance"], [1, 2], finetunes)
   want_f1 = np.mean(
     [f1_score(y[y[:, j] >= 0, j], np.ones(int((y[:, j] >= 0).sum()))) for j in range(3)]
   )
   assert got["au_all_positive"] == [pytest.approx(want_f1)]  # fold 1 has no embeddings
   known = expr[expr >= 0]
   assert got["fer_majority"] == [pytest.approx(np.mean(known == 0))]
+  assert got["raw_pixels/au_f1"] == [0.5] and got["raw_pixels/fer_acc"] == [0.7]
+  assert got["supervised/au_f1"] == [0.8] and got["supervised/fer_acc"] == [0.9]
+  assert reproduce.references(str(tmp_path), ["instance"], [2], {})["supervised/au_f1"] == []
 
 
 def _init_settings(**kw):
