@@ -1054,6 +1054,13 @@ the configs' own lr; not tuned)
 |---|---:|---:|
 {ft}
 
+## Stage-1 losses (fold {s["folds"][0]})
+
+`loss_pi` of the activity-pairing rows against its collapse value log(2B−1) (the loss when all
+embeddings are equal), and `loss_pa`; from each pretraining's metrics.jsonl.
+
+{f"![stage-1 losses]({rel}/{figs['stage1_losses']})" if figs.get("stage1_losses") else "(none)"}
+
 ## Embedding maps (fold {
     s["folds"][0]
   } test subjects, t-SNE; kNN purity of the embeddings, chance in brackets)
