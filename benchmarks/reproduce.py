@@ -466,6 +466,23 @@ def fer_labels(expr: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
+def cached_fitter(
+  fitters: dict, key: tuple, s, data_dir, fold, tok, labels, fields, task="au", classes=()
+) -> HeadFitter:
+  """The HeadFitter of a head variant (`fields`: config.finetune overrides), built once per
+  process so its step compiles once; task 'fer' fits on the RAF-like split (`classes`: the
+  class subset to train on, () = all)."""
+  if key not in fitters:
+    c = au_config(s, data_dir, fold)
+    over = {f"finetune.{k}": v for k, v in fields.items()}
+    if task == "fer":
+      c.data.config = "raf"
+      over.update({"finetune.task": "fer", "finetune.classes": tuple(classes)})
+    common.set_fields(c, over)
+    fitters[key] = HeadFitter(s, c, tok, labels)
+  return fitters[key]
+
+
 def run_cells(
   s, root: str, data_dir: str, rows: Sequence[str], folds: Sequence[int], commands: list
 ) -> dict:
@@ -522,12 +539,7 @@ def run_cells(
             out[f"{part}au_f1/I"] = res["au_f1/mean"]
             out[f"{part}val/au_f1/I"], out[f"{part}C/au/I"] = res["val/au_f1/mean"], res["C"]
             continue
-          key = ("au", head)
-          if key not in fitters:
-            c = au_config(s, data_dir, fold)
-            common.set_fields(c, {f"finetune.{k}": v for k, v in fields.items()})
-            fitters[key] = HeadFitter(s, c, tok, aus)
-          fitter = fitters[key]
+          fitter = cached_fitter(fitters, ("au", head), s, data_dir, fold, tok, aus, fields)
           # The 10 % column reuses the step count chosen with all labels.
           fitted, steps, val = fit_selected(
             fitter,
@@ -559,15 +571,9 @@ def run_cells(
             e["raf_train/z"][fkeep], ftr[fkeep], e["raf_test/z"], vseed
           )
         else:
-          key = ("fer", head)
-          if key not in fitters:
-            c = au_config(s, data_dir, fold)
-            c.data.config = "raf"
-            common.set_fields(
-              c, {"finetune.task": "fer", **{f"finetune.{k}": v for k, v in fields.items()}}
-            )
-            fitters[key] = HeadFitter(s, c, tok, classes)
-          fitter = fitters[key]
+          fitter = cached_fitter(
+            fitters, ("fer", head), s, data_dir, fold, tok, classes, fields, task="fer"
+          )
           fitted, steps, val = fit_selected(
             fitter,
             params,
@@ -610,20 +616,9 @@ def unseen_expressions(
   """FER I+N+D head fitted on the seen classes (for the steps chosen for the 7-class I+N+D head);
   accuracy on unseen-class test images."""
   seen, unseen = list(s["zeroshot_seen"]), list(s["zeroshot_unseen"])
-  key = ("fer_seen",)
-  if key not in fitters:
-    c = au_config(s, data_dir, fold)
-    c.data.config = "raf"
-    common.set_fields(
-      c,
-      {
-        "finetune.task": "fer",
-        "finetune.classes": tuple(seen),
-        **{f"finetune.{k}": v for k, v in HEADS["I+N+D"].items()},
-      },
-    )
-    fitters[key] = HeadFitter(s, c, tok, seen)
-  fitter = fitters[key]
+  fitter = cached_fitter(
+    fitters, ("fer_seen",), s, data_dir, fold, tok, seen, HEADS["I+N+D"], task="fer", classes=seen
+  )
   ytr = fer_labels(e["raf_train/expression"], seen)
   keep = ytr >= 0
   fitted, _ = fitter.fit(
