@@ -34,9 +34,12 @@ Stages (each resumable: a rerun skips what is on disk under --workdir):
     head fitted on the seen classes of the RAF-like train split, tested on unseen-class test
     images over all classes); AU → FER (the fold's AU I+N+D text tower classifies RAF-like test
     images from expression names).
- 5. End-to-end fine-tunes (`configs/finetune_au.py`, image tower trained) from the init (the
-    supervised upper bound; also `configs/finetune_fer.py`), the CLEF and the instance
-    checkpoints of the first fold; the stage-1 loss curves, embedding maps and relevance
+ 5. Stage 2 end to end, the paper's protocol (`configs/finetune_au.py` /
+    `configs/finetune_fer.py`, image tower trained), on the first fold: the lr is chosen from
+    --e2e_lrs by AU I+N+D fine-tunes from the baseline trained on one training part and scored
+    on the other (`full_finetunes`); then AU I+N+D from every row of --e2e_rows, AU I and FER
+    I+N+D from the baseline and CLEF PA+PI. From the init they are the frozen tables'
+    supervised upper bounds. Then the stage-1 loss curves, embedding maps and relevance
     heatmaps.
 The tables (mean ± std over folds) go to --results (default docs/results.md); raw numbers to
 W/results.json. The file's "Reading" section is kept between runs (it is written by a person).
@@ -80,6 +83,7 @@ from clef_jax.evaluators import common as eval_common  # pylint: disable=g-impor
 from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-at-top
 from clef_jax import trainer  # pylint: disable=g-import-not-at-top
 from configs import common  # pylint: disable=g-import-not-at-top
+from input_pipeline.readers import folds as folds_lib  # pylint: disable=g-import-not-at-top
 from configs import finetune_au  # pylint: disable=g-import-not-at-top
 from configs import finetune_fer  # pylint: disable=g-import-not-at-top
 from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
@@ -126,6 +130,7 @@ def settings(args) -> dict[str, Any]:
       head_batch=32,
       folds=args.folds or "1,2",
       finetune_steps=args.finetune_steps or 3,
+      e2e_lrs=args.e2e_lrs or "1e-4,1e-3",
     )
   else:
     s = dict(
@@ -134,7 +139,8 @@ def settings(args) -> dict[str, Any]:
       head_steps=args.head_steps or "50,100,200",
       head_batch=1024,
       folds=args.folds or "1,2,3",
-      finetune_steps=args.finetune_steps or 600,
+      finetune_steps=args.finetune_steps or 1000,
+      e2e_lrs=args.e2e_lrs or "2e-4,5e-4,1e-3",
     )
   init = args.init or ("none" if args.quick else "foundation")
   if init == "foundation":
@@ -157,6 +163,12 @@ def settings(args) -> dict[str, Any]:
     zeroshot_unseen=("fear", "disgust", "anger"),
   )
   s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
+  try:
+    s["e2e_lrs"] = sorted({float(x) for x in str(s["e2e_lrs"]).split(",") if x})
+  except ValueError:
+    s["e2e_lrs"] = []
+  if not s["e2e_lrs"] or min(s["e2e_lrs"]) <= 0:
+    raise SystemExit(f"--e2e_lrs={args.e2e_lrs!r}: expected learning rates > 0, e.g. 2e-4,5e-4")
   s["head_steps"] = sorted({int(n) for n in str(s["head_steps"]).split(",") if n})
   if not s["head_steps"] or min(s["head_steps"]) < 1:
     raise SystemExit(f"--head_steps={args.head_steps!r}: expected step counts > 0, e.g. 50,100,200")
@@ -773,7 +785,10 @@ def tables(cells: dict, s, refs: dict[str, list] | None = None) -> str:
       + " |"
     )
   refs = refs or {}
-  sup = f"end to end from the init, fold {folds[0]}, {s['finetune_steps']} steps"
+  sup = (
+    f"end to end from the init, fold {folds[0]}, {s['finetune_steps']} steps, lr chosen on "
+    "validation subjects"
+  )
   lines += [
     "",
     "| reference (same test frames, same run) | AU F1 | FER acc |",
@@ -836,38 +851,117 @@ def tables(cells: dict, s, refs: dict[str, list] | None = None) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+def finetune_workdir(
+  root: str,
+  task: str,
+  head: str,
+  row: str,
+  fold: int,
+  lr: float,
+  steps: int,
+  validation: bool = False,
+) -> str:
+  """W/finetune/TASK-HEAD/lrLR-sSTEPS/ROW/foldK (or .../val-foldK: trained on one training part,
+  tested on the other)."""
+  run = f"lr{lr:g}-s{steps}"
+  leaf = f"val-fold{fold}" if validation else f"fold{fold}"
+  return os.path.join(root, "finetune", f"{task}-{head}", run, row, leaf)
+
+
+def finetune_run(
+  s,
+  root: str,
+  data_dir: str,
+  task: str,
+  head: str,
+  row: str,
+  fold: int,
+  lr: float,
+  commands: list,
+  validation: bool = False,
+) -> dict[str, Any]:
+  """One end-to-end fine-tune (image and text towers trained; `configs/finetune_TASK.py`, head
+  variant `head` of HEADS) from `row`'s model of `fold`; skipped when its results.json is on
+  disk. validation=True (AU only) trains on the fold's first training part and tests on its
+  second, so the test fold is never seen. -> the run's results.json."""
+  if validation and task != "au":
+    raise ValueError("validation runs hold out training subjects: AU task only")
+  steps = s["finetune_steps"]
+  wd = finetune_workdir(root, task, head, row, fold, lr, steps, validation)
+  if row == "init":
+    init = s["init"]
+  elif PRETRAIN_ROWS[row] is None:  # random: the architecture's initialisation (seed)
+    init = ""
+  else:
+    init = f"clef:{pretrain_workdir(root, row, fold)}"
+  over = {
+    **base_overrides(s, data_dir, fold),
+    "total_steps": steps,
+    "checkpoint_every_steps": steps,
+    "optim.lr": lr,
+    "init": init,
+    **{f"finetune.{k}": v for k, v in HEADS[head].items()},
+  }
+  if validation:
+    a, b = folds_lib.train_parts(fold)[:2]
+    over.update({"data.train_split": f"part{a}", "data.test_split": f"part{b}"})
+  config_file = f"configs/finetune_{task}.py"
+  commands.append(cli(config_file, s, wd, over))
+  done = os.path.join(wd, "results.json")
+  if os.path.isfile(done):
+    with open(done, encoding="utf-8") as f:
+      return json.load(f)
+  config = (finetune_au if task == "au" else finetune_fer).get_config(s["config_arg"])
+  common.set_fields(config, over)
+  t0 = time.time()
+  res = train.run(config, wd)
+  what = "validation" if validation else "test"
+  print(
+    f"[finetune] {task} {head} from {row}, lr {lr:g} ({what}): {time.time() - t0:.0f} s", flush=True
+  )
+  return res
+
+
+def e2e_baseline(s) -> str:
+  """The row the baselines start from: the init, or random weights without one."""
+  return "init" if s["init"] else "random"
+
+
+def select_lr(val: dict[float, float]) -> float:
+  """The lr with the best validation score (the smaller one on a tie)."""
+  return min(val, key=lambda lr: (-val[lr], lr))
+
+
 def full_finetunes(
   s, root: str, data_dir: str, rows: Sequence[str], commands: list
-) -> dict[str, dict]:
-  """End-to-end fine-tunes (image tower trained, I+N+D) on fold `folds[0]`:
-  `configs/finetune_au.py` from the init and the fold's instance and CLEF PA+PI models, and
-  `configs/finetune_fer.py` from the init. From the init they are the supervised upper bounds
-  of the frozen-feature tables. -> {"au/ROW" or "fer/ROW": the run's results.json}."""
-  out = {}
+) -> tuple[dict[str, dict], dict[str, Any]]:
+  """Stage 2 end to end, as in the paper (the image tower is fine-tuned), on fold `folds[0]`.
+
+  The lr comes from `--e2e_lrs`: each is an AU I+N+D fine-tune from the baseline (the init) on
+  one training part, scored on the other (held-out training subjects); the best is used for
+  every run below (and for FER, whose RAF-like split has no subjects). Then AU I+N+D from every
+  row, AU I (the linear head, the poster's baseline) and FER I+N+D from the baseline and CLEF
+  PA+PI. From the init they are also the supervised upper bounds of the frozen-feature tables.
+  -> ({"au/ROW" (I+N+D), "au_I/ROW", "fer/ROW": results.json}, {"val": {lr: F1}, "lr": lr}).
+  """
   fold = s["folds"][0]
-  runs = [("au", r) for r in ("init", "instance", "clef_pa_pi") if r in rows]
-  runs += [("fer", "init")] if "init" in rows else []
-  for task, row in runs:
-    wd = os.path.join(root, f"finetune_{task}", row, f"fold{fold}")
-    over = {
-      **base_overrides(s, data_dir, fold),
-      "total_steps": s["finetune_steps"],
-      "checkpoint_every_steps": s["finetune_steps"],
-      "init": s["init"] if row == "init" else f"clef:{pretrain_workdir(root, row, fold)}",
-    }
-    config_file = f"configs/finetune_{task}.py"
-    commands.append(cli(config_file, s, wd, over))
-    done = os.path.join(wd, "results.json")
-    if os.path.isfile(done):
-      with open(done, encoding="utf-8") as f:
-        out[f"{task}/{row}"] = json.load(f)
-      continue
-    config = (finetune_au if task == "au" else finetune_fer).get_config(s["config_arg"])
-    common.set_fields(config, over)
-    t0 = time.time()
-    out[f"{task}/{row}"] = train.run(config, wd)
-    print(f"[finetune] {task} from {row}: {time.time() - t0:.0f} s", flush=True)
-  return out
+  base = e2e_baseline(s)
+  val = {
+    lr: finetune_run(s, root, data_dir, "au", "I+N+D", base, fold, lr, commands, True)[
+      "test/au_f1/mean"
+    ]
+    for lr in s["e2e_lrs"]
+  }
+  lr = select_lr(val)
+  print(f"[finetune] lr {lr:g} chosen on validation subjects: {val}", flush=True)
+  pair = [r for r in (base, "clef_pa_pi") if r in rows]
+  runs = [("au", "I+N+D", r) for r in s["e2e_rows"] if r in rows]
+  runs += [("au", "I", r) for r in pair] + [("fer", "I+N+D", r) for r in pair]
+  out = {}
+  for task, head, row in runs:
+    key = f"{task}{'_I' if head == 'I' else ''}/{row}"
+    out[key] = finetune_run(s, root, data_dir, task, head, row, fold, lr, commands)
+  return out, {"val": val, "lr": lr}
 
 
 def stage1_curves(root: str, fig_dir: str, rows: Sequence[str], fold: int) -> str | None:
@@ -913,8 +1007,11 @@ def stage1_curves(root: str, fig_dir: str, rows: Sequence[str], fold: int) -> st
   return out
 
 
-def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> dict[str, Any]:
-  """Embedding maps of the fold-1 instance and CLEF pretrainings, relevance of the CLEF model."""
+def figures(
+  s, root: str, fig_dir: str, rows: Sequence[str], commands: list, relevance_workdir: str
+) -> dict[str, Any]:
+  """Embedding maps of the fold-1 instance and CLEF pretrainings; relevance of the AU model
+  fine-tuned from CLEF (`relevance_workdir`)."""
   from clef_jax import visualize  # pylint: disable=g-import-not-at-top
 
   fold = s["folds"][0]
@@ -932,7 +1029,7 @@ def figures(s, root: str, fig_dir: str, rows: Sequence[str], commands: list) -> 
     stats[row] = visualize.embeddings_main(
       [wd], out, max_examples=200 if s["quick"] else 2000, perplexity=10.0 if s["quick"] else 30.0
     )[0]
-  wd = os.path.join(root, "finetune_au", "clef_pa_pi", f"fold{fold}")
+  wd = relevance_workdir
   out = os.path.join(fig_dir, "relevance")
   commands.append(f"python -m clef_jax.visualize relevance --workdir={wd} --images=6 --out={out}")
   if os.path.isdir(out):
@@ -966,11 +1063,36 @@ READING_START = "<!-- reading: kept between runs -->"
 READING_END = "<!-- end reading -->"
 
 
+def e2e_table(finetunes: dict[str, dict], selection: dict[str, Any]) -> str:
+  """The markdown table of the end-to-end fine-tunes, with the lr selection under it."""
+  rows = list(dict.fromkeys(k.split("/", 1)[1] for k in finetunes))
+
+  def cell(key: str, metric: str) -> str:
+    res = finetunes.get(key, {})
+    return f"{res[metric] * 100:.1f}" if metric in res else "–"
+
+  lines = [
+    "| start of stage 2 | AU F1 I (%) | AU F1 I+N+D (%) | FER acc I+N+D (%) |",
+    "|---|---:|---:|---:|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {ROW_TITLES[r]} | {cell(f'au_I/{r}', 'test/au_f1/mean')} | "
+      f"{cell(f'au/{r}', 'test/au_f1/mean')} | {cell(f'fer/{r}', 'test/fer/accuracy')} |"
+    )
+  val = selection.get("val", {})
+  if val:
+    scores = ", ".join(f"{float(lr):g}: {v * 100:.1f}" for lr, v in val.items())
+    lines += ["", f"Validation AU F1 (%) by lr: {scores}; chosen: {float(selection['lr']):g}."]
+  return "\n".join(lines)
+
+
 def write_markdown(
   path: str,
   s,
   cells,
   finetunes,
+  selection,
   figs,
   commands,
   wall: float,
@@ -990,12 +1112,7 @@ def write_markdown(
   rel = os.path.relpath(fig_dir, os.path.dirname(os.path.abspath(path)))
   pc = pretrain_config.get_config(s["config_arg"])
   mc, sf = pc.model, pc.data.synthface
-  ft = "\n".join(
-    f"| {ROW_TITLES[k.split('/', 1)[1]]} | "
-    + (f"{res['test/au_f1/mean'] * 100:.1f} | – |" if k.startswith("au/") else "")
-    + (f"– | {res['test/fer/accuracy'] * 100:.1f} |" if k.startswith("fer/") else "")
-    for k, res in finetunes.items()
-  )
+  ft = e2e_table(finetunes, selection)
   emb = "\n".join(
     f"| {ROW_TITLES[r]} | {st['behaviour/purity']:.3f} ({st['behaviour/chance']:.3f}) | "
     f"{st['subject/purity']:.3f} ({st['subject/chance']:.3f}) |"
@@ -1040,13 +1157,15 @@ reused for the row's other folds, then refitted on all training frames; seed {s[
 
 {tables(cells, s, references(root, list(cells), s["folds"], finetunes))}
 
-### End-to-end fine-tuning (image tower trained, fold {
-    s["folds"][0]
-  }, `configs/finetune_au.py` / `configs/finetune_fer.py`, I+N+D, {s["finetune_steps"]} steps,
-the configs' own lr; not tuned)
+### Stage 2 end to end (the paper's protocol: the image tower is fine-tuned; fold {s["folds"][0]})
 
-| init | AU F1 (%) | FER acc (%) |
-|---|---:|---:|
+`configs/finetune_au.py` / `configs/finetune_fer.py`, {s["finetune_steps"]} steps of batch 64,
+cosine schedule; the lr is chosen from {s["e2e_lrs"]} by AU I+N+D fine-tunes from the {
+    e2e_baseline(s)
+  } row trained on one training part and scored on the other (training subjects held out
+whole; the test fold is never seen), and used for every run here (FER too: the RAF-like split
+has no subjects).
+
 {ft}
 
 ## Stage-1 losses (fold {s["folds"][0]})
@@ -1113,6 +1232,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     help="step counts the text heads choose from on validation (default 50,100,200; quick 5,10)",
   )
   p.add_argument("--finetune_steps", type=int, default=0)
+  p.add_argument(
+    "--e2e_lrs",
+    default="",
+    help="lrs the end-to-end fine-tunes choose from on validation subjects "
+    "(default 2e-4,5e-4,1e-3; quick 1e-4,1e-3)",
+  )
+  p.add_argument(
+    "--e2e_rows",
+    default="",
+    help="rows fine-tuned end to end with I+N+D (default: every row; quick: the baseline and "
+    "clef_pa_pi)",
+  )
   p.add_argument("--head_lr", type=float, default=3e-3, help="lr of the stage-2 text heads")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
@@ -1140,6 +1271,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raise SystemExit(f"--rows: unknown {bad}; known {list(PRETRAIN_ROWS)}")
   if "init" in rows and not s["init"]:
     raise SystemExit("--rows: the 'init' row needs a pretrained --init (it is 'none' here)")
+  e2e_rows = [r for r in args.e2e_rows.split(",") if r] or (
+    [r for r in (e2e_baseline(s), "clef_pa_pi") if r in rows] if s["quick"] else rows
+  )
+  bad = [r for r in e2e_rows if r not in rows]
+  if bad:
+    raise SystemExit(f"--e2e_rows: {bad} not among the run's rows {rows}")
+  s["e2e_rows"] = e2e_rows
   root = os.path.abspath(args.workdir)
   if args.markdown_only:
     path = os.path.join(root, "results.json")
@@ -1153,6 +1291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       result["settings"],
       cells,
       result["finetune"],
+      result.get("finetune_selection", {}),
       result["figures"],
       result["commands"],
       result["wall_s"],
@@ -1170,8 +1309,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   # short still leaves one complete fold (and a rerun resumes from what is on disk).
   run_cells(s, root, data_dir, rows, s["folds"][:1], commands)
   pixel_references(s, root, data_dir, s["folds"][0])
-  finetunes = full_finetunes(s, root, data_dir, rows, commands)
-  figs = figures(s, root, args.figures, rows, commands)
+  finetunes, selection = full_finetunes(s, root, data_dir, rows, commands)
+  relevance_wd = finetune_workdir(
+    root, "au", "I+N+D", "clef_pa_pi", s["folds"][0], selection["lr"], s["finetune_steps"]
+  )
+  figs = figures(s, root, args.figures, rows, commands, relevance_wd)
   cells = run_cells(s, root, data_dir, rows, s["folds"], commands)
   for fold in s["folds"][1:]:
     pixel_references(s, root, data_dir, fold)
@@ -1182,6 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     "finetune": {
       r: {k: v for k, v in res.items() if not isinstance(v, list)} for r, res in finetunes.items()
     },
+    "finetune_selection": selection,
     "figures": figs,
     "commands": list(dict.fromkeys(commands)),
     "wall_s": wall,
@@ -1197,6 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     s,
     cells,
     finetunes,
+    selection,
     figs,
     result["commands"],
     wall,

@@ -236,10 +236,40 @@ def test_quick_run_writes_every_table_and_figure(tmp_path, tiny_data_dir):
   for fold in (1, 2):
     cfg = json.loads((w / "pretrain" / "clef_pa_pi" / f"fold{fold}" / "config.json").read_text())
     assert cfg["fold"] == fold and cfg["data"]["leakage_guard"]
+  # Stage 2 end to end: the lr is the best of the grid on held-out training subjects (fold 1's
+  # part 1 trained, part 2 scored; never part 3, its test part), then used for every run.
+  sel, lrs = result["finetune_selection"], s["e2e_lrs"]
+  assert len(lrs) == 2 and set(map(float, sel["val"])) == set(lrs)
+  val = {}
+  for lr in lrs:
+    vwd = w / "finetune" / "au-I+N+D" / f"lr{lr:g}-s3" / "random" / "val-fold1"
+    cfg = json.loads((vwd / "config.json").read_text())
+    assert (cfg["data"]["train_split"], cfg["data"]["test_split"]) == ("part1", "part2")
+    assert cfg["optim"]["lr"] == lr
+    val[lr] = json.loads((vwd / "results.json").read_text())["test/au_f1/mean"]
+  assert sel["lr"] == max(lrs, key=lambda lr: (val[lr], -lr))
+  assert set(result["finetune"]) == {
+    f"{t}/{r}" for t in ("au", "au_I", "fer") for r in ("random", "clef_pa_pi")
+  }
+  for key in result["finetune"]:
+    task, row = key.split("/")
+    fwd = (
+      w
+      / "finetune"
+      / {"au": "au-I+N+D", "au_I": "au-I", "fer": "fer-I+N+D"}[task]
+      / f"lr{sel['lr']:g}-s3"
+    )
+    cfg = json.loads((fwd / row / "fold1" / "config.json").read_text())
+    # The fold's own splits (train part1+part2, test part3), not the validation ones.
+    assert cfg["optim"]["lr"] == sel["lr"] and cfg["fold"] == 1, key
+    assert cfg["data"]["train_split"] == cfg["data"]["test_split"] == "", key
+    assert cfg["finetune"]["head"] == ("linear" if task == "au_I" else "text"), key
+    assert cfg["init"] == ("" if row == "random" else f"clef:{w / 'pretrain' / row / 'fold1'}")
+  assert reproduce.select_lr({1e-3: 0.5, 1e-4: 0.5, 3e-4: 0.4}) == 1e-4  # ties: the smaller
   text = md.read_text(encoding="utf-8")
-  for row in rows:
-    # ablation, label-scarce, identity/zero-shot (+ end-to-end fine-tune and embedding maps)
-    want = 3 if row == "random" else 5
+  # ablation, label-scarce, identity/zero-shot; end-to-end (random, CLEF), embedding maps (not
+  # random)
+  for row, want in (("random", 4), ("instance", 4), ("clef_pa_pi", 5)):
     assert text.count(f"| {reproduce.ROW_TITLES[row]} |") == want, row
   assert "AU F1 I+N+D" in text and "python main.py --config=configs/pretrain.py:tiny" in text
   # The references of the same run: the raw-pixel probes of both folds, on disk and printed.
