@@ -25,6 +25,7 @@ def _settings(**kw):
     head_steps="",
     folds="",
     finetune_steps=0,
+    e2e_lrs="",
     seed=0,
     head_lr=3e-3,
     init="",
