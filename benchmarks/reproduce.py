@@ -83,10 +83,10 @@ from clef_jax.evaluators import common as eval_common  # pylint: disable=g-impor
 from clef_jax.evaluators import linear_probe_au  # pylint: disable=g-import-not-at-top
 from clef_jax import trainer  # pylint: disable=g-import-not-at-top
 from configs import common  # pylint: disable=g-import-not-at-top
-from input_pipeline.readers import folds as folds_lib  # pylint: disable=g-import-not-at-top
 from configs import finetune_au  # pylint: disable=g-import-not-at-top
 from configs import finetune_fer  # pylint: disable=g-import-not-at-top
 from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
+from input_pipeline.readers import folds as folds_lib  # pylint: disable=g-import-not-at-top
 
 # Rows of the ablation table: pretraining overrides (None: no pretraining).
 PRETRAIN_ROWS = {
@@ -163,12 +163,13 @@ def settings(args) -> dict[str, Any]:
     zeroshot_unseen=("fear", "disgust", "anger"),
   )
   s["folds"] = [int(f) for f in str(s["folds"]).split(",") if f]
+  bad_lrs = SystemExit(f"--e2e_lrs={args.e2e_lrs!r}: expected learning rates > 0, e.g. 2e-4,5e-4")
   try:
     s["e2e_lrs"] = sorted({float(x) for x in str(s["e2e_lrs"]).split(",") if x})
   except ValueError:
-    s["e2e_lrs"] = []
+    raise bad_lrs from None
   if not s["e2e_lrs"] or min(s["e2e_lrs"]) <= 0:
-    raise SystemExit(f"--e2e_lrs={args.e2e_lrs!r}: expected learning rates > 0, e.g. 2e-4,5e-4")
+    raise bad_lrs
   s["head_steps"] = sorted({int(n) for n in str(s["head_steps"]).split(",") if n})
   if not s["head_steps"] or min(s["head_steps"]) < 1:
     raise SystemExit(f"--head_steps={args.head_steps!r}: expected step counts > 0, e.g. 50,100,200")
@@ -1011,7 +1012,7 @@ def figures(
   s, root: str, fig_dir: str, rows: Sequence[str], commands: list, relevance_workdir: str
 ) -> dict[str, Any]:
   """Embedding maps of the fold-1 instance and CLEF pretrainings; relevance of the AU model
-  fine-tuned from CLEF (`relevance_workdir`)."""
+  fine-tuned from CLEF (`relevance_workdir`; '' when it was not fine-tuned: no heatmaps)."""
   from clef_jax import visualize  # pylint: disable=g-import-not-at-top
 
   fold = s["folds"][0]
@@ -1029,6 +1030,8 @@ def figures(
     stats[row] = visualize.embeddings_main(
       [wd], out, max_examples=200 if s["quick"] else 2000, perplexity=10.0 if s["quick"] else 30.0
     )[0]
+  if not relevance_workdir:
+    return stats
   wd = relevance_workdir
   out = os.path.join(fig_dir, "relevance")
   commands.append(f"python -m clef_jax.visualize relevance --workdir={wd} --images=6 --out={out}")
@@ -1159,7 +1162,9 @@ reused for the row's other folds, then refitted on all training frames; seed {s[
 
 ### Stage 2 end to end (the paper's protocol: the image tower is fine-tuned; fold {s["folds"][0]})
 
-`configs/finetune_au.py` / `configs/finetune_fer.py`, {s["finetune_steps"]} steps of batch 64,
+`configs/finetune_au.py` / `configs/finetune_fer.py`, {s["finetune_steps"]} steps of batch {
+    finetune_au.get_config(s["config_arg"]).batch_size
+  },
 cosine schedule; the lr is chosen from {s["e2e_lrs"]} by AU I+N+D fine-tunes from the {
     e2e_baseline(s)
   } row trained on one training part and scored on the other (training subjects held out
@@ -1310,8 +1315,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   run_cells(s, root, data_dir, rows, s["folds"][:1], commands)
   pixel_references(s, root, data_dir, s["folds"][0])
   finetunes, selection = full_finetunes(s, root, data_dir, rows, commands)
-  relevance_wd = finetune_workdir(
-    root, "au", "I+N+D", "clef_pa_pi", s["folds"][0], selection["lr"], s["finetune_steps"]
+  relevance_wd = (
+    finetune_workdir(
+      root, "au", "I+N+D", "clef_pa_pi", s["folds"][0], selection["lr"], s["finetune_steps"]
+    )
+    if "au/clef_pa_pi" in finetunes
+    else ""
   )
   figs = figures(s, root, args.figures, rows, commands, relevance_wd)
   cells = run_cells(s, root, data_dir, rows, s["folds"], commands)
