@@ -8,13 +8,17 @@ Per parameter (names are `clef_jax.sharding.tree_paths` names, e.g.
 `visual/transformer/resblocks_0/mlp/c_fc/kernel`; every regex is full-matched):
   frozen    (`freeze`)    update exactly 0 and no optimizer state at all;
   lr_mult   (`lr_mults`)  the first matching `(regex, mult)` scales its lr;
+  layer     (`layer_decay`) layer-wise lr decay of the image tower (BEiT, FT-CLIP):
+            `visual/transformer/resblocks_i` scales its lr by d**(L - i), the patch
+            and position embeddings and ln_pre by d**(L + 1), ln_post and proj by 1
+            (L = the tower's depth); it multiplies the `lr_mults` factor;
   decay     (`no_decay`)  weight decay unless a `no_decay` regex matches.
 
 The update of a trainable parameter `p` with gradient `g` at step `t`:
   g   <- g * min(1, grad_clip_norm / ||g_trainable||)      (if grad_clip_norm>0)
   u   <- Adam(g; b1, b2, eps)                              (bias-corrected)
   u   <- u + weight_decay * p                              (if decayed)
-  p   <- p - schedule(t) * lr_mult * u
+  p   <- p - schedule(t) * lr_mult * layer_mult * u
 with `schedule` linear from 0 to `lr` over `warmup_steps`, then cosine to
 `lr * end_lr_ratio` at `total_steps` (and constant after). The global grad
 norm is taken over the trainable parameters only.
@@ -23,6 +27,7 @@ norm is taken over the trainable parameters only.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +67,7 @@ REQUIRED = (
 OPTIONAL: dict[str, Any] = dict(
   end_lr_ratio=0.0,
   lr_mults=(),
+  layer_decay=1.0,  # 1 = off
   freeze=(),
   no_decay=None,  # None: DEFAULT_NO_DECAY.
 )
@@ -96,6 +102,8 @@ def _config_dict(optim_config: Any) -> dict[str, Any]:
   for key in ("lr", "weight_decay", "grad_clip_norm", "end_lr_ratio"):
     if cfg[key] < 0:
       raise ValueError(f"config.optim.{key}: must be >= 0, got {cfg[key]!r}")
+  if not 0 < cfg["layer_decay"] <= 1:
+    raise ValueError(f"config.optim.layer_decay: must be in (0, 1], got {cfg['layer_decay']!r}")
   if not (0 <= cfg["b1"] < 1 and 0 <= cfg["b2"] < 1 and cfg["eps"] > 0):
     raise ValueError(
       f"config.optim: need 0 <= b1, b2 < 1 and eps > 0, got "
@@ -156,6 +164,40 @@ def make_schedule(
   )
 
 
+_VISUAL_BLOCK = re.compile(r"visual/transformer/resblocks_(\d+)/.*")
+_VISUAL_STEM = re.compile(r"visual/(conv1|class_embedding|positional_embedding|ln_pre)(/.*)?")
+
+
+def layer_decay_mult(names: Sequence[str], decay: float) -> Callable[[str], float]:
+  """`name -> decay**(depth - layer)` for the image tower's parameters, 1 elsewhere.
+
+  The stem (patch embedding, class and position embeddings, ln_pre) is layer 0,
+  `visual/transformer/resblocks_i` layer i + 1, everything after the blocks
+  (ln_post, proj) and every parameter outside `visual/` layer `depth + 1` (mult 1).
+
+  Raises:
+    ValueError: `decay < 1` and no `visual/transformer/resblocks_i` parameter.
+  """
+  if decay == 1.0:
+    return lambda name: 1.0
+  blocks = {int(m.group(1)) for n in names if (m := _VISUAL_BLOCK.fullmatch(n))}
+  if not blocks:
+    raise ValueError(
+      f"config.optim.layer_decay={decay}: no image-tower block "
+      f"(visual/transformer/resblocks_i/...) among the parameters; names look like {names[:5]}"
+    )
+  top = max(blocks) + 2  # stem = 0, blocks 1..L, head = L + 1
+
+  def mult(name: str) -> float:
+    if m := _VISUAL_BLOCK.fullmatch(name):
+      return decay ** (top - 1 - int(m.group(1)))
+    if _VISUAL_STEM.fullmatch(name):
+      return decay**top
+    return 1.0
+
+  return mult
+
+
 def scale_by_path(mult_fn: Callable[[str], float]) -> optax.GradientTransformation:
   """Multiplies each leaf's update by `mult_fn(name)` (a static float)."""
 
@@ -207,8 +249,11 @@ def make_optimizer(
           f"config.optim.{key}: regex {p.pattern!r} matches no parameter; names look like {names[:5]}"
         )
 
+  by_layer = layer_decay_mult(names, cfg["layer_decay"])
+
   def lr_mult(name: str) -> float:
-    return next((m for p, m in cfg["lr_mults"] if p.fullmatch(name)), 1.0)
+    explicit = next((m for p, m in cfg["lr_mults"] if p.fullmatch(name)), 1.0)
+    return explicit * by_layer(name)
 
   def decays(name: str) -> bool:
     return not full_match_any(cfg["no_decay"], name)
@@ -218,6 +263,15 @@ def make_optimizer(
   logging.info("optim: no weight decay on %s", [n for n in names if not decays(n)][:50])
   for p, m in cfg["lr_mults"]:
     logging.info("optim: lr x%g for %r", m, p.pattern)
+  if cfg["layer_decay"] != 1.0:
+    blocks = [by_layer(n) for n in names if _VISUAL_BLOCK.fullmatch(n)]
+    logging.info(
+      "optim: layer_decay %g: image-tower lr x%.3g (stem), x%.3g (first block) ... x%.3g (last)",
+      cfg["layer_decay"],
+      cfg["layer_decay"] * min(blocks),
+      min(blocks),
+      max(blocks),
+    )
 
   schedule = make_schedule(cfg["lr"], cfg["warmup_steps"], cfg["total_steps"], cfg["end_lr_ratio"])
   parts = []
@@ -229,7 +283,7 @@ def make_optimizer(
       optax.add_decayed_weights(cfg["weight_decay"], mask=lambda p: _map_names(decays, p))
     )
   parts.append(optax.scale_by_learning_rate(schedule))
-  if cfg["lr_mults"]:
+  if cfg["lr_mults"] or cfg["layer_decay"] != 1.0:
     parts.append(scale_by_path(lr_mult))
   freeze = [p.pattern for p in cfg["freeze"]]
   tx = optax.multi_transform(

@@ -161,6 +161,9 @@ def base(mode: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDic
       eps=1e-6,
       grad_clip_norm=1.0,
       lr_mults=(),
+      # Layer-wise lr decay of the image tower (1 = off; BEiT / FT-CLIP fine-tune with 0.6-0.75):
+      # block i of L trains at lr * d**(L - i), the patch embedding at d**(L + 1).
+      layer_decay=1.0,
       freeze=(),
       no_decay=config_dict.placeholder(tuple),
     )

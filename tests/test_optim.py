@@ -226,6 +226,44 @@ def test_lr_mults_scale_first_adam_step():
     np.testing.assert_allclose(u, -0.01 * mult * np.sign(g), rtol=1e-5, err_msg=name)
 
 
+def test_layer_decay_scales_image_tower_blocks_and_composes_with_lr_mults():
+  params = _params()
+  blocks = params["visual"]["transformer"]
+  blocks["resblocks_1"] = jax.tree.map(lambda x: x + 1.0, blocks["resblocks_0"])
+  grads = jax.tree.map(lambda x: x + np.float32(0.3) * np.sign(x), params)
+  cfg = _cfg(
+    lr=0.01,
+    total_steps=100,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    layer_decay=0.5,
+    lr_mults=[("visual/transformer/resblocks_1/.*", 3.0)],
+  )
+  tx, _ = optim.make_optimizer(cfg, params)
+  updates, _ = _first_update(tx, params, grads)
+  # Depth L = 2: stem 0.5**3, block 0 0.5**2, block 1 0.5 (x3 from lr_mults), the rest 1.
+  for name, u in _names_values(updates).items():
+    stem = ("conv1/", "class_embedding", "positional_embedding", "ln_pre/")
+    if name.startswith(tuple(f"visual/{p}" for p in stem)):
+      mult = 0.125
+    elif name.startswith("visual/transformer/resblocks_0/"):
+      mult = 0.25
+    elif name.startswith("visual/transformer/resblocks_1/"):
+      mult = 1.5
+    else:
+      mult = 1.0
+    g = _names_values(grads)[name]
+    np.testing.assert_allclose(u, -0.01 * mult * np.sign(g), rtol=1e-5, err_msg=name)
+
+
+def test_layer_decay_needs_an_image_tower():
+  params = _params()
+  del params["visual"]
+  with pytest.raises(ValueError, match=r"layer_decay=0.7: no image-tower block"):
+    optim.make_optimizer(_cfg(total_steps=10, layer_decay=0.7), params)
+
+
 @pytest.mark.parametrize("clip", [0.5, 1e3])
 def test_clipping_matches_numpy_global_norm(clip):
   # A large eps makes Adam's first step depend on the gradient's scale, so
@@ -304,6 +342,8 @@ def test_trainable_mask_and_labels():
     ),
     ({"total_steps": 10, "no_decay": ["("]}, r"optim.no_decay\[0\] '\(': bad regex"),
     ({"total_steps": 10, "b2": 1.0}, "b2"),
+    ({"total_steps": 10, "layer_decay": 0.0}, r"optim.layer_decay: must be in \(0, 1\]"),
+    ({"total_steps": 10, "layer_decay": 1.5}, r"optim.layer_decay: must be in \(0, 1\]"),
   ],
 )
 def test_config_errors(cfg, message):
