@@ -62,7 +62,7 @@ TOP_KEYS = (
   "sharding_rules, tokenizer, total_steps, transfer_guard"
 )
 OPTIM_KEYS = (
-  "b1, b2, end_lr_ratio, eps, freeze, grad_clip_norm, lr, lr_mults, no_decay, total_steps, "
+  "b1, b2, end_lr_ratio, eps, freeze, grad_clip_norm, layer_decay, lr, lr_mults, no_decay, total_steps, "
   "warmup_steps, weight_decay"
 )
 
