@@ -67,6 +67,46 @@ class ProjectionHead(nn.Module):
     return nn.Dense(self.out, name="fc2")(x)
 
 
+class MimDecoder(nn.Module):
+  """SimMIM's decoder: LayerNorm + one linear layer from a patch token to its pixels."""
+
+  out: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    return nn.Dense(self.out, name="dense")(nn.LayerNorm(epsilon=1e-5, name="ln")(tokens))
+
+
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+  """`[n, H, W, C]` -> `[n, (H/p)*(W/p), p*p*C]`, patches in the tower's row-major order."""
+  n, h, w, ch = images.shape
+  x = images.reshape(n, h // patch, patch, w // patch, patch, ch)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, (h // patch) * (w // patch), patch * patch * ch)
+
+
+def random_patch_mask(rng: jax.Array, n: int, num_patches: int, ratio: float) -> jax.Array:
+  """`[n, num_patches] bool`, exactly round(ratio * num_patches) (at least 1) True per row."""
+  k = max(1, round(ratio * num_patches))
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(rng, (n, num_patches)), axis=-1), axis=-1)
+  return ranks < k
+
+
+def mim_loss(pred: jax.Array, images: jax.Array, mask: jax.Array, valid: jax.Array, patch: int):
+  """MAE's normalised-pixel MSE over the masked patches of the valid images.
+
+  `pred` `[n, N, p*p*3]`, `images` `[n, H, W, 3]` float (CLIP-normalised), `mask` `[n, N]`,
+  `valid` `[n]`. Each target patch is standardised by its own mean and variance (MAE's
+  norm_pix_loss), so the loss is about structure, not brightness.
+  """
+  target = patchify(images.astype(jnp.float32), patch)
+  mean = target.mean(-1, keepdims=True)
+  var = target.var(-1, keepdims=True)
+  target = (target - mean) / jnp.sqrt(var + 1e-6)
+  per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
+  weight = mask.astype(jnp.float32) * valid.astype(jnp.float32)[:, None]
+  return jnp.sum(per_patch * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 @dataclasses.dataclass
 class Objective:
   """See the module docstring. `tokens` holds the step's constant token arrays."""
@@ -182,19 +222,51 @@ def caption_objective(config, model) -> Objective:
   the gradient is still exactly the big-batch one).
   """
   mc = config.model
+  fd = config.get("foundation") or {}
+  mim_weight = float(fd.get("mim_weight", 0.0))
+  patch, width, grid = mc.patch_size, mc.vision_width, mc.image_size // mc.patch_size
+  decoder = MimDecoder(patch * patch * 3)
+
+  def init_heads(rng):
+    if not mim_weight:
+      return {}
+    k_tok, k_dec = jax.random.split(rng)
+    return {
+      "mim": {
+        "mask_token": 0.02 * jax.random.normal(k_tok, (width,), jnp.float32),
+        "decoder": decoder.init(k_dec, jnp.zeros((1, 1, width), jnp.float32))["params"],
+      }
+    }
+
+  def mim_term(params, batch, rng):
+    """Masked image modelling on the first `mim_fraction` of the batch (FaRL's second loss)."""
+    n = max(1, round(float(fd.get("mim_fraction", 1.0)) * batch["image"].shape[0]))
+    images = models.normalize_images(batch["image"][:n])
+    mask = random_patch_mask(rng, n, grid * grid, float(fd.get("mim_mask_ratio", 0.5)))
+    heads = params["heads"]["mim"]
+    _, tokens = model.apply(
+      {"params": model_params(params)}, images, mask, heads["mask_token"], method=model.image_tokens
+    )
+    pred = decoder.apply({"params": heads["decoder"]}, tokens)
+    return mim_loss(pred, images, mask, batch["mask"][:n], patch)
 
   def loss_fn(params, zimg, ztxt, batch, rng):
-    del ztxt, rng
+    del ztxt
     scale = logit_scale(params, mc)
     zcap = encode_tokens(model, params, batch["tokens"])
     loss, aux = losses.clip_loss(zimg, zcap, scale, batch["mask"])
-    return loss, {**aux, "logit_scale": scale}
+    aux = {**aux, "logit_scale": scale}
+    if mim_weight:
+      l_mim = mim_term(params, batch, jax.random.fold_in(rng, 7))
+      aux = {**aux, "loss_clip": loss, "loss_mim": l_mim}
+      loss = loss + mim_weight * l_mim
+    return loss, aux
 
   return Objective(
     model=model,
     model_config=mc,
     tokens={},
-    init_heads=lambda rng: {},
+    init_heads=init_heads,
     images=lambda b: b["image"],
     text_fn=lambda encode, toks, rng: {},
     loss_fn=loss_fn,

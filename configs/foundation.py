@@ -36,6 +36,13 @@ def get_config(arg=None):
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 0.1
+  # FaRL's second loss next to image-text contrast: masked image modelling. `mim_weight` > 0
+  # adds MAE's normalised-pixel MSE on the masked patches (`mim_mask_ratio` of the 16) of the
+  # first `mim_fraction` of each batch, decoded by a LayerNorm + linear layer (SimMIM). The
+  # mask token and decoder live in params['heads'], so the exported tower is a plain CLIP.
+  c.foundation = ml_collections.ConfigDict(
+    dict(mim_weight=0.0, mim_mask_ratio=0.5, mim_fraction=0.25)
+  )
   c.data.name = "manifest"
   c.data.config = "synthface_captions_lm"  # input_pipeline.sources.CAPTIONS_CONFIG: aligned
   c.data.test_split = "validation"

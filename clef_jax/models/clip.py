@@ -79,6 +79,13 @@ class CLIP(nn.Module):
     _, z = self.visual(images)
     return l2_normalize(z) if normalize else z
 
+  def image_tokens(
+    self, images: jax.Array, mask: jax.Array, mask_token: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """Masked images → (L2-normalised embeddings `[B, E]`, patch tokens `[B, N, width]`)."""
+    _, z, tokens = self.visual(images, mask, mask_token, return_tokens=True)
+    return l2_normalize(z), tokens
+
   def encode_text(self, tokens: jax.Array, normalize: bool = True) -> jax.Array:
     """`[N, L] int32` tokens → `[N, embed_dim] float32`."""
     _, z = self.text(tokens)

@@ -192,8 +192,20 @@ class VisionTransformer(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`images` `[B, image_size, image_size, 3] float32`, CLIP-normalised."""
+  def __call__(
+    self,
+    images: jax.Array,
+    mask: jax.Array | None = None,
+    mask_token: jax.Array | None = None,
+    return_tokens: bool = False,
+  ) -> tuple[jax.Array, ...]:
+    """`images` `[B, image_size, image_size, 3] float32`, CLIP-normalised.
+
+    Masked image modelling (the foundation's `mim_weight`): `mask` `[B, grid**2] bool` replaces
+    those patch embeddings by `mask_token` `[width]` (a parameter of the objective, not of the
+    tower, so exported towers stay CLIP-shaped) before the position embeddings are added, and
+    `return_tokens=True` also returns the last block's patch tokens `[B, grid**2, width]`.
+    """
     expected = (self.image_size, self.image_size, 3)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
       raise ValueError(
@@ -212,6 +224,13 @@ class VisionTransformer(nn.Module):
       name="conv1",
     )(images.astype(self.dtype))
     x = x.reshape(x.shape[0], grid * grid, self.width)
+    if mask is not None:
+      if mask_token is None or mask.shape != x.shape[:2]:
+        raise ValueError(
+          f"mask: expected [B, {grid * grid}] with a mask_token, got "
+          f"{tuple(mask.shape)} and {mask_token is not None}"
+        )
+      x = jnp.where(mask[..., None], mask_token.astype(self.dtype), x)
     cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
     posemb = self.param(
       "positional_embedding", nn.initializers.normal(scale), (grid * grid + 1, self.width)
@@ -232,4 +251,6 @@ class VisionTransformer(nn.Module):
       x[:, 0].astype(jnp.float32)
     )
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.embed_dim))
+    if return_tokens:
+      return features, features @ proj, x[:, 1:]
     return features, features @ proj
