@@ -5,7 +5,9 @@ r"""Where the AU information is: linear AU probes on several feature sets of fro
 For each --init (and a random-init tower of the default architecture, and the frames' raw
 pixels) it fits the evaluator's probe (`linear_probe_au`: standardised features, balanced
 logistic regression per AU) on 2,000 training frames of SynthFace's BP4D-like fold 1 and scores
-held-out-subject mean AU F1 on the test part, on:
+held-out-subject mean AU F1 on the test part (with --validation: trained on fold 1's first
+training part and scored on its second, held-out *training* subjects, for choosing a recipe
+without the test fold), on:
   z           the normalised embedding (what `linear_probe_au` probes)
   cls         the class token before the projection (ln_post)
   patch_mean  the mean of the final patch tokens
@@ -28,6 +30,9 @@ def main(argv=None) -> int:
   ap.add_argument("--init", action="append", default=[], help="pretrained.load spec (repeat)")
   ap.add_argument("--data_dir", default="data")
   ap.add_argument("--train_frames", type=int, default=2000)
+  ap.add_argument(
+    "--validation", action="store_true", help="train on part1, score part2 (fold 1's training)"
+  )
   args = ap.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -42,6 +47,8 @@ def main(argv=None) -> int:
 
   config = pretrain.get_config("init=none")
   config.data.data_dir = args.data_dir
+  if args.validation:
+    config.data.train_split, config.data.test_split = "part1", "part2"
   data = data_lib.setup(config)
   idx = np.sort(np.random.default_rng(0).choice(len(data.train), args.train_frames, replace=False))
 
@@ -90,7 +97,8 @@ def main(argv=None) -> int:
   for spec in args.init:
     mc, params = pretrained.load(spec, dtype="float32", image_size=config.model.image_size)
     rows.append((spec, features(mc, params)))
-  print(f"{len(xtr)} training frames (fold 1), {len(xte)} test frames; mean AU F1:")
+  where = "part1 -> part2 (validation)" if args.validation else "fold 1 -> its test part"
+  print(f"{len(xtr)} training frames, {len(xte)} scored frames, {where}; mean AU F1:")
   print(f"{'features':40s} {'z':>6s} {'cls':>6s} {'patch_mean':>10s} {'patch_map':>10s}")
   for name, (tr, te) in rows:
     cells = [score(tr[k], te[k]) for k in ("z", "cls", "patch_mean", "patch_map")]
