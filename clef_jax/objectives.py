@@ -222,8 +222,8 @@ def caption_objective(config, model) -> Objective:
   the gradient is still exactly the big-batch one).
   """
   mc = config.model
-  fd = config.get("foundation") or {}
-  mim_weight = float(fd.get("mim_weight", 0.0))
+  fd = config.get("foundation")  # configs/foundation.py: mim_weight, mim_mask_ratio, mim_fraction
+  mim_weight = float(fd.mim_weight) if fd else 0.0
   patch, width, grid = mc.patch_size, mc.vision_width, mc.image_size // mc.patch_size
   decoder = MimDecoder(patch * patch * 3)
 
@@ -240,9 +240,9 @@ def caption_objective(config, model) -> Objective:
 
   def mim_term(params, batch, rng):
     """Masked image modelling on the first `mim_fraction` of the batch (FaRL's second loss)."""
-    n = max(1, round(float(fd.get("mim_fraction", 1.0)) * batch["image"].shape[0]))
+    n = max(1, round(fd.mim_fraction * batch["image"].shape[0]))
     images = models.normalize_images(batch["image"][:n])
-    mask = random_patch_mask(rng, n, grid * grid, float(fd.get("mim_mask_ratio", 0.5)))
+    mask = random_patch_mask(rng, n, grid * grid, fd.mim_mask_ratio)
     heads = params["heads"]["mim"]
     _, tokens = model.apply(
       {"params": model_params(params)}, images, mask, heads["mask_token"], method=model.image_tokens

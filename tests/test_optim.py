@@ -202,15 +202,15 @@ def test_frozen_leaves_unchanged_and_without_state():
     )
 
 
+# Adam's first step with a tiny eps is -lr * sign(g): what an lr multiplier scales is plain.
+SIGN_STEP = dict(lr=0.01, total_steps=100, b1=0.9, b2=0.999, eps=1e-8)
+
+
 def test_lr_mults_scale_first_adam_step():
   params = _params()
   grads = jax.tree.map(lambda x: x + np.float32(0.3) * np.sign(x), _params(7))
   cfg = _cfg(
-    lr=0.01,
-    total_steps=100,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
+    **SIGN_STEP,
     lr_mults=[("visual/transformer/.*", 0.5), ("visual/.*", 0.1), ("logit_scale", 3.0)],
   )
   tx, _ = optim.make_optimizer(cfg, params)
@@ -232,11 +232,7 @@ def test_layer_decay_scales_image_tower_blocks_and_composes_with_lr_mults():
   blocks["resblocks_1"] = jax.tree.map(lambda x: x + 1.0, blocks["resblocks_0"])
   grads = jax.tree.map(lambda x: x + np.float32(0.3) * np.sign(x), params)
   cfg = _cfg(
-    lr=0.01,
-    total_steps=100,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
+    **SIGN_STEP,
     layer_decay=0.5,
     lr_mults=[("visual/transformer/resblocks_1/.*", 3.0)],
   )

@@ -227,8 +227,8 @@ class VisionTransformer(nn.Module):
     if mask is not None:
       if mask_token is None or mask.shape != x.shape[:2]:
         raise ValueError(
-          f"mask: expected [B, {grid * grid}] with a mask_token, got "
-          f"{tuple(mask.shape)} and {mask_token is not None}"
+          f"mask: expected a [B, {grid * grid}] mask and a mask_token, got a mask of shape "
+          f"{tuple(mask.shape)} and {'a' if mask_token is not None else 'no'} mask_token"
         )
       x = jnp.where(mask[..., None], mask_token.astype(self.dtype), x)
     cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
